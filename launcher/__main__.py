@@ -1,0 +1,43 @@
+"""`python -m launcher`: compose -> plan -> render -> check -> launch. Nothing else lives here."""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from launcher.errors import LauncherError, report
+
+HYDRA_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--resolve", "--package", "-p")
+
+
+def split_script_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Everything after a literal `--` belongs to the user's script, never to Hydra."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    overrides, _script_args = split_script_args(args)
+    if any(a.split("=", 1)[0] in HYDRA_FLAGS for a in overrides):
+        from launcher.hydra_cli import passthrough
+
+        return passthrough(overrides)
+    debug = os.environ.get("LAUNCHER_DEBUG") == "1" or any(o.lstrip("+") in ("run.debug=true", "run.debug=True") for o in overrides)
+    try:
+        from launcher.compose import compose
+        from launcher.job import run_job
+
+        cfg, composed = compose(overrides)
+        return run_job(cfg, composed, cwd=os.getcwd(), environ=dict(os.environ))
+    except LauncherError as err:
+        if debug:
+            traceback.print_exc()
+        return report(err, debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Typed configuration: what the user asked for, as Hydra structured configs.
+
+Defaults live here; the YAML presets under conf/ only say what differs. Hydra composes into these dataclasses (so a
+typo in an override fails with the field's name), then `__main__` converts once with `OmegaConf.to_object`, which
+runs the `__post_init__` checks below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from launcher.errors import LauncherError
+
+
+def _choice(field_name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise LauncherError(field_name, value, f"use one of: {', '.join(allowed)}")
+
+
+def _positive(field_name: str, value: int | float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise LauncherError(field_name, value, "it must be a positive number" if not allow_zero else "it must be >= 0")
+
+
+@dataclass
+class NcclConfig:
+    """NCCL settings rendered into every rank's environment; empty means NCCL's own default."""
+
+    socket_ifname: str = ""
+    ib_hca: str = ""
+    ib_disable: Optional[int] = None
+    net_gdr_level: Optional[int] = None
+    debug: str = ""
+    extra: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TopoConfig:
+    """Where the job runs: hosts, processes per host, memory and network.
+
+    gpus_per_host=None means: detect on this host (local topology). On a machine without GPUs the ranks are CPU
+    processes, `cpu_procs_per_host` of them.
+    """
+
+    name: str = "local"
+    description: str = "this machine: its GPUs, or CPU processes when it has none"
+    backend: str = "local"  # local | hostfile | slurm
+    hosts: List[str] = field(default_factory=list)
+    gpus_per_host: Optional[int] = None
+    cpu_procs_per_host: int = 2
+    accelerator: str = "auto"  # auto | cuda | cpu
+    gpu_memory_gb: Optional[float] = None
+    unified_memory: bool = False
+    host_memory_gb: Optional[float] = None
+    gpu_arch: str = ""
+    master_addr: str = ""
+    master_port: int = 0
+    nccl: NcclConfig = field(default_factory=NcclConfig)
+    env: Dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _choice("topo.backend", self.backend, ("local", "hostfile", "slurm"))
+        _choice("topo.accelerator", self.accelerator, ("auto", "cuda", "cpu"))
+        if self.gpus_per_host is not None:
+            _positive("topo.gpus_per_host", self.gpus_per_host)
+        _positive("topo.cpu_procs_per_host", self.cpu_procs_per_host)
+        if len(set(self.hosts)) != len(self.hosts):
+            dup = sorted({h for h in self.hosts if self.hosts.count(h) > 1})
+            raise LauncherError("topo.hosts", self.hosts, f"host {dup[0]} is listed twice: list each host once")
+
+
+@dataclass
+class PlanConfig:
+    """How the model is split: ZeRO stage (0 = plain data parallel), offload, and the tp/pp degrees."""
+
+    name: str = "zero2"
+    description: str = "ZeRO-2: optimizer states and gradients sharded over data-parallel ranks"
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    tp: int = 1
+    pp: int = 1
+    overlap_comm: bool = True
+    reduce_bucket_mb: int = 200
+    allgather_bucket_mb: int = 200
+    stage3_prefetch_mb: int = 50
+    stage3_param_persistence_kb: int = 100
+
+    def __post_init__(self) -> None:
+        _choice("plan.zero_stage", str(self.zero_stage), ("0", "1", "2", "3"))
+        _positive("plan.tp", self.tp)
+        _positive("plan.pp", self.pp)
+        if self.offload_params and self.zero_stage != 3:
+            raise LauncherError("plan.offload_params", True, "parameter offload needs ZeRO-3: use +plan=zero3_offload")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise LauncherError("plan.offload_optimizer", True, "optimizer offload needs ZeRO 1-3: use +plan=zero3_offload")
+
+
+@dataclass
+class ArchConfig:
+    """Decoder shape. For `tiny` it builds the model; for hub presets it feeds the estimates without a download."""
+
+    model_type: str = "llama"
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    vocab_size: int = 0  # 0: take the tokenizer's size (tiny model only)
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """A Hugging Face causal LM: `path` is a hub id or a local directory; empty builds the tiny model from `arch`."""
+
+    name: str = "tiny"
+    path: str = ""
+    tokenizer: str = ""
+    revision: str = ""
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+    arch: ArchConfig = field(default_factory=ArchConfig)
+
+
+@dataclass
+class DataConfig:
+    """An instruction data set in alpaca or sharegpt format; empty `path` is the small set the project ships."""
+
+    name: str = "default"
+    path: str = ""
+    format: str = "alpaca"  # alpaca | sharegpt
+    packing: bool = False
+    max_samples: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("data.format", self.format, ("alpaca", "sharegpt"))
+
+
+@dataclass
+class MethodConfig:
+    """What is trained: all weights, LoRA adapters, or LoRA on a 4-bit (nf4) base."""
+
+    name: str = "full"  # full | lora | qlora
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: List[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+    def __post_init__(self) -> None:
+        _choice("method.name", self.name, ("full", "lora", "qlora"))
+
+
+@dataclass
+class TrainConfig:
+    """Optimization: the global batch is the invariant; micro batch and accumulation follow from the topology."""
+
+    global_batch_size: int = 8
+    micro_batch_size: int = 2
+    seq_len: int = 256
+    max_steps: int = 40
+    epochs: int = 0  # >0: train this many epochs instead of max_steps
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 4
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    gradient_checkpointing: bool = False
+    seed: int = 1234
+    save_every: int = 20
+    log_every: int = 1
+    keep_last: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("global_batch_size", "micro_batch_size", "seq_len", "log_every"):
+            _positive(f"train.{name}", getattr(self, name))
+        for name in ("max_steps", "epochs", "save_every", "warmup_steps", "keep_last"):
+            _positive(f"train.{name}", getattr(self, name), allow_zero=True)
+        if self.max_steps == 0 and self.epochs == 0:
+            raise LauncherError("train.max_steps", 0, "set train.max_steps to a positive number or train.epochs")
+        _choice("train.precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
+        if self.lr <= 0:
+            raise LauncherError("train.lr", self.lr, "the learning rate must be positive")
+
+
+@dataclass
+class RunConfig:
+    """Where results go and how this invocation behaves; `name` defaults to model-method-plan so a rerun resumes."""
+
+    name: str = ""
+    dir: str = ""
+    output_dir: str = "runs"
+    resume: str = "auto"  # auto | never | <checkpoint path> | <global step>
+    dry_run: bool = False
+    launcher: str = "torchrun"  # torchrun | deepspeed
+    max_restarts: int = 0
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("run.launcher", self.launcher, ("torchrun", "deepspeed"))
+        _positive("run.max_restarts", self.max_restarts, allow_zero=True)
+
+
+@dataclass
+class LauncherConfig:
+    topo: TopoConfig = field(default_factory=TopoConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def register() -> None:
+    """Register the schema so conf/config.yaml can name it in its defaults list."""
+    cs = ConfigStore.instance()
+    cs.store(name="launcher_schema", node=LauncherConfig)

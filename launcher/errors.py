@@ -1,0 +1,35 @@
+"""The one error type users see, and the one place that formats it.
+
+A user mistake must end as one paragraph naming the field, the bad value and what would work, with exit code 2;
+everything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import sys
+import textwrap
+
+USER_ERROR_EXIT = 2
+
+
+class LauncherError(Exception):
+    """A bad input found where it was detected: `field` is the config path a user would type (e.g. train.micro_batch_size)."""
+
+    def __init__(self, field: str, value: object, hint: str, problem: str = "") -> None:
+        self.field = field
+        self.value = value
+        self.hint = hint
+        self.problem = problem
+        super().__init__(self.paragraph())
+
+    def paragraph(self) -> str:
+        problem = f" {self.problem.rstrip('.')}." if self.problem else ""
+        return f"error: {self.field}={self.value!r} cannot be used.{problem} {self.hint.rstrip('.')}."
+
+
+def report(err: LauncherError, debug: bool = False) -> int:
+    """Print a LauncherError as one wrapped paragraph on stderr and return the exit code to use."""
+    text = textwrap.fill(err.paragraph(), width=110, break_on_hyphens=False, break_long_words=False)
+    print(text, file=sys.stderr)
+    if not debug:
+        print("(run with run.debug=true or LAUNCHER_DEBUG=1 for a traceback)", file=sys.stderr)
+    return USER_ERROR_EXIT

@@ -1,0 +1,80 @@
+"""One launch: checked inputs -> Plan -> artifacts in the run dir -> the engine's command, spawned (or printed)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from launcher import inputs
+from launcher.backends.local import local_spec
+from launcher.checkpoint import latest_complete
+from launcher.config import LauncherConfig
+from launcher.errors import LauncherError
+from launcher.hardware import Hardware, detect
+from launcher.plan import Plan, resolve
+from launcher.render.deepspeed import render_ds_config
+from launcher.render.env import rank_env
+from launcher.render.launch import LaunchSpec, render_launch_sh
+from launcher.rundir import default_run_name, write_artifacts
+from launcher.summary import print_summary
+
+
+def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[str, str]) -> int:
+    hw = detect()
+    cfg = inputs.check_model(cfg, cwd)
+    cfg = inputs.check_tokenizer(cfg, cwd)
+    cfg, num_rows = inputs.check_data(cfg, cwd)
+    name = cfg.run.name or default_run_name(cfg.model.name, cfg.method.name, cfg.plan.name)
+    run_dir = Path(inputs.absolute(cfg.run.dir or str(Path(cfg.run.output_dir) / name), cwd))
+    plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, num_samples=num_rows)
+    if not cfg.run.dry_run:
+        check_host_fits(plan, hw)
+    spec = _launch_spec(cfg, plan, hw, environ, cwd)
+    resume = latest_complete(run_dir / "checkpoints") if cfg.run.resume == "auto" else None
+    print_summary(plan, spec, resume)
+    if resume is not None and resume.global_step >= plan.max_steps and not cfg.run.dry_run:
+        print(f"run {name} is already complete at global step {resume.global_step} ({resume.path}); nothing to do. "
+              f"Use run.name=<new> for a new run or train.max_steps=<more> to continue it.")
+        return 0
+    _write(run_dir, cfg, composed, plan, spec)
+    if cfg.run.dry_run:
+        print(f"dry run: artifacts written to {run_dir}; nothing launched")
+        return 0
+    from launcher import spawn
+
+    code = spawn.run(spec, environ)
+    print(f"run {name} finished with exit code {code}; run dir {run_dir}", file=sys.stderr if code else sys.stdout)
+    return code
+
+
+def check_host_fits(plan: Plan, hw: Hardware) -> None:
+    """A local plan cannot use more GPUs than this host has."""
+    if plan.backend != "local" or plan.accelerator != "cuda":
+        return
+    if plan.procs_per_host > hw.gpu_count:
+        raise LauncherError(
+            "topo.gpus_per_host", plan.procs_per_host,
+            f"use topo.gpus_per_host={hw.gpu_count} (or +topo=local to use what is here)" if hw.gpu_count
+            else "use +topo=local to train on this machine's CPU, or run.dry_run=true to only render the job",
+            problem=f"the plan needs {plan.procs_per_host} GPUs on this host, which has {hw.gpu_count}",
+        )
+
+
+def _launch_spec(cfg: LauncherConfig, plan: Plan, hw: Hardware, environ: dict[str, str], cwd: str) -> LaunchSpec:
+    env = rank_env(plan, environ, hw.cpu_count, plan.run_dir)
+    env.update({k: str(v) for k, v in cfg.topo.env.items()})
+    return local_spec(plan, sys.executable, cfg.topo.master_port, env, cwd, cfg.run.launcher, cfg.run.max_restarts)
+
+
+def _write(run_dir: Path, cfg: LauncherConfig, composed: DictConfig, plan: Plan, spec: LaunchSpec) -> None:
+    files = {
+        "resolved.yaml": OmegaConf.to_yaml(composed),
+        "plan.json": plan.to_json(),
+        "ds_config.json": json.dumps(render_ds_config(plan), indent=2) + "\n",
+        "launch.sh": render_launch_sh(spec, plan.run_name),
+    }
+    moved = write_artifacts(run_dir, files, executable=("launch.sh",))
+    if moved:
+        print(f"note: {', '.join(moved)} changed since the last launch; the old versions are under {run_dir}/history/")

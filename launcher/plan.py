@@ -1,0 +1,269 @@
+"""Plan: what will happen, resolved from the config and the hardware, validated, with every number concrete.
+
+`resolve` is pure: it reads only its arguments, so it is tested in milliseconds. The plan is written to
+`plan.json`; workers receive it and never re-derive it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from launcher.config import DataConfig, LauncherConfig, MethodConfig, ModelConfig, TrainConfig
+from launcher.errors import LauncherError
+from launcher.hardware import Hardware
+from launcher.memory import MemoryEstimate, estimate
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Degrees, batch arithmetic and the job, checked in __post_init__ with messages that name the numbers."""
+
+    topo_name: str
+    plan_name: str
+    backend: str
+    hosts: tuple[str, ...]
+    procs_per_host: int
+    accelerator: str
+    dp: int
+    tp: int
+    pp: int
+    zero_stage: int
+    offload_optimizer: bool
+    offload_params: bool
+    global_batch_size: int
+    micro_batch_size: int
+    grad_accum: int
+    max_steps: int
+    precision: str
+    run_dir: str
+    run_name: str
+    model: ModelConfig
+    data: DataConfig
+    method: MethodConfig
+    train: TrainConfig
+    memory: MemoryEstimate
+    nccl_env: dict[str, str] = field(default_factory=dict)
+    resume: str = "auto"
+    overlap_comm: bool = True
+    reduce_bucket_mb: int = 200
+    allgather_bucket_mb: int = 200
+    stage3_prefetch_mb: int = 50
+    stage3_param_persistence_kb: int = 100
+
+    def __post_init__(self) -> None:
+        if self.dp * self.tp * self.pp != self.world_size:
+            raise ValueError(f"dp {self.dp} x tp {self.tp} x pp {self.pp} != world size {self.world_size}")
+        if self.micro_batch_size * self.dp * self.grad_accum != self.global_batch_size:
+            raise ValueError(
+                f"micro {self.micro_batch_size} x dp {self.dp} x accum {self.grad_accum} != global {self.global_batch_size}"
+            )
+
+    @property
+    def world_size(self) -> int:
+        return len(self.hosts) * self.procs_per_host
+
+    @property
+    def num_hosts(self) -> int:
+        return len(self.hosts)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hosts"] = list(self.hosts)
+        d["world_size"] = self.world_size
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+        d = dict(d)
+        d.pop("world_size", None)
+        d["hosts"] = tuple(d["hosts"])
+        d["model"] = _model_from_dict(d["model"])
+        d["data"] = DataConfig(**d["data"])
+        d["method"] = MethodConfig(**d["method"])
+        d["train"] = TrainConfig(**d["train"])
+        d["memory"] = MemoryEstimate(**d["memory"])
+        return cls(**d)
+
+
+def _model_from_dict(d: dict[str, Any]) -> ModelConfig:
+    from launcher.config import ArchConfig
+
+    d = dict(d)
+    d["arch"] = ArchConfig(**d["arch"])
+    return ModelConfig(**d)
+
+
+def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_samples: int = 0) -> Plan:
+    """Turn what the user asked for into what will run. Raises LauncherError for anything that cannot work."""
+    accelerator = _accelerator(cfg, hw)
+    hosts = tuple(cfg.topo.hosts) or ("localhost",)
+    procs = _procs_per_host(cfg, hw, accelerator)
+    world = len(hosts) * procs
+    tp, pp = cfg.plan.tp, cfg.plan.pp
+    _check_model_parallel(cfg, world)
+    dp = world // (tp * pp)
+    grad_accum = _grad_accum(cfg.train, dp)
+    precision = _precision(cfg.train.precision, accelerator, hw)
+    _check_method(cfg, accelerator)
+    max_steps = _max_steps(cfg.train, num_samples)
+    mem = estimate(
+        arch=cfg.model.arch,
+        method=cfg.method.name,
+        zero_stage=cfg.plan.zero_stage,
+        dp=dp,
+        tp=tp,
+        pp=pp,
+        micro_batch_size=cfg.train.micro_batch_size,
+        seq_len=cfg.train.seq_len,
+        precision=precision,
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+        offload_optimizer=cfg.plan.offload_optimizer,
+        offload_params=cfg.plan.offload_params,
+        lora_r=cfg.method.lora_r,
+        capacity_gb=_capacity_gb(cfg, hw, accelerator),
+        unified_memory=cfg.topo.unified_memory or (cfg.topo.backend == "local" and hw.unified_memory),
+        procs_per_host=procs,
+    )
+    return Plan(
+        topo_name=cfg.topo.name,
+        plan_name=cfg.plan.name,
+        backend=cfg.topo.backend,
+        hosts=hosts,
+        procs_per_host=procs,
+        accelerator=accelerator,
+        dp=dp,
+        tp=tp,
+        pp=pp,
+        zero_stage=cfg.plan.zero_stage,
+        offload_optimizer=cfg.plan.offload_optimizer,
+        offload_params=cfg.plan.offload_params,
+        global_batch_size=cfg.train.global_batch_size,
+        micro_batch_size=cfg.train.micro_batch_size,
+        grad_accum=grad_accum,
+        max_steps=max_steps,
+        precision=precision,
+        run_dir=run_dir,
+        run_name=run_name,
+        model=cfg.model,
+        data=cfg.data,
+        method=cfg.method,
+        train=cfg.train,
+        memory=mem,
+        nccl_env=nccl_env(cfg),
+        resume=cfg.run.resume,
+        overlap_comm=cfg.plan.overlap_comm,
+        reduce_bucket_mb=cfg.plan.reduce_bucket_mb,
+        allgather_bucket_mb=cfg.plan.allgather_bucket_mb,
+        stage3_prefetch_mb=cfg.plan.stage3_prefetch_mb,
+        stage3_param_persistence_kb=cfg.plan.stage3_param_persistence_kb,
+    )
+
+
+def _accelerator(cfg: LauncherConfig, hw: Hardware) -> str:
+    if cfg.topo.accelerator != "auto":
+        return cfg.topo.accelerator
+    if cfg.topo.backend == "local" and cfg.topo.gpus_per_host is None:
+        return hw.accelerator
+    return "cuda"
+
+
+def _procs_per_host(cfg: LauncherConfig, hw: Hardware, accelerator: str) -> int:
+    if accelerator == "cpu":
+        return cfg.topo.cpu_procs_per_host
+    if cfg.topo.gpus_per_host is not None:
+        return cfg.topo.gpus_per_host
+    if hw.gpu_count == 0:
+        raise LauncherError(
+            "topo.accelerator", "cuda", "this host has no GPU: use topo.accelerator=cpu, or set topo.gpus_per_host"
+        )
+    return hw.gpu_count
+
+
+def _check_model_parallel(cfg: LauncherConfig, world: int) -> None:
+    tp, pp, arch = cfg.plan.tp, cfg.plan.pp, cfg.model.arch
+    if tp > 1 or pp > 1:
+        field_name, value = ("plan.tp", tp) if tp > 1 else ("plan.pp", pp)
+        raise LauncherError(
+            field_name, value, "tensor and pipeline parallel plans are not available in this version: use plan.tp=1 "
+            "plan.pp=1 with +plan=zero3 (or zero3_offload) to fit large models",
+        )
+    if world % (tp * pp):
+        raise LauncherError(
+            "plan.tp", tp, f"world size {world} is not divisible by tp x pp = {tp * pp}: pick degrees that divide {world}"
+        )
+    if arch.num_heads % tp or arch.num_kv_heads % tp:
+        raise LauncherError(
+            "plan.tp", tp, f"tp must divide the attention heads ({arch.num_heads}) and KV heads ({arch.num_kv_heads})"
+        )
+    if pp > arch.num_layers:
+        raise LauncherError("plan.pp", pp, f"pp cannot exceed the number of layers ({arch.num_layers})")
+
+
+def _grad_accum(train: TrainConfig, dp: int) -> int:
+    per_step = train.micro_batch_size * dp
+    if train.global_batch_size % per_step:
+        lower = max(per_step, train.global_batch_size // per_step * per_step)
+        micros = [m for m in range(1, train.global_batch_size + 1) if train.global_batch_size % (m * dp) == 0]
+        fix = f"use train.global_batch_size={lower} or {lower + per_step}"
+        if micros:
+            fix += f", or keep it and use train.micro_batch_size in {micros[:6]}"
+        raise LauncherError(
+            "train.global_batch_size",
+            train.global_batch_size,
+            fix,
+            problem=f"it must be a multiple of micro batch {train.micro_batch_size} x data-parallel size {dp} = {per_step}",
+        )
+    return train.global_batch_size // per_step
+
+
+def _precision(asked: str, accelerator: str, hw: Hardware) -> str:
+    if asked == "auto":
+        return "bf16" if accelerator == "cuda" and (hw.bf16 or hw.accelerator == "cpu") else "fp32"
+    if asked == "fp16" and accelerator == "cpu":
+        raise LauncherError("train.precision", asked, "fp16 needs a GPU: use train.precision=fp32 or bf16 on CPU")
+    return asked
+
+
+def _check_method(cfg: LauncherConfig, accelerator: str) -> None:
+    if cfg.method.name == "qlora" and accelerator != "cuda":
+        raise LauncherError(
+            "method", "qlora", "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); this run has none: use method=lora"
+        )
+
+
+def _max_steps(train: TrainConfig, num_samples: int) -> int:
+    if train.epochs and num_samples:
+        return max(1, math.floor(train.epochs * num_samples / train.global_batch_size))
+    return train.max_steps
+
+
+def _capacity_gb(cfg: LauncherConfig, hw: Hardware, accelerator: str) -> float:
+    if cfg.topo.gpu_memory_gb:
+        return cfg.topo.gpu_memory_gb
+    if accelerator == "cpu":
+        return cfg.topo.host_memory_gb or hw.host_memory_gb
+    return hw.gpu_memory_gb
+
+
+def nccl_env(cfg: LauncherConfig) -> dict[str, str]:
+    """The NCCL variables the topology asks for; unset fields keep NCCL's own defaults."""
+    n = cfg.topo.nccl
+    env: dict[str, str] = {}
+    if n.socket_ifname:
+        env["NCCL_SOCKET_IFNAME"] = n.socket_ifname
+    if n.ib_hca:
+        env["NCCL_IB_HCA"] = n.ib_hca
+    if n.ib_disable is not None:
+        env["NCCL_IB_DISABLE"] = str(n.ib_disable)
+    if n.net_gdr_level is not None:
+        env["NCCL_NET_GDR_LEVEL"] = str(n.net_gdr_level)
+    if n.debug:
+        env["NCCL_DEBUG"] = n.debug
+    env.update({k: str(v) for k, v in n.extra.items()})
+    return env

@@ -1,0 +1,38 @@
+"""The environment every rank gets: accelerator, NCCL settings, thread counts and the launcher's own variables.
+
+Only variables set here are written into launch.sh; secrets such as WANDB_API_KEY are inherited from the caller's
+environment at spawn time and never written to a file.
+"""
+from __future__ import annotations
+
+import re
+
+from launcher.plan import Plan
+
+ARCH_SUFFIX = re.compile(r"(\d+\.\d+)[a-zA-Z]+")
+
+
+def sanitize_arch_list(value: str) -> str:
+    """DeepSpeed's op builder crashes on suffixed entries such as '9.0a' or '12.1a': keep the numeric part."""
+    entries = [ARCH_SUFFIX.sub(r"\1", e) for e in re.split(r"[;\s,]+", value.strip()) if e]
+    return ";".join(dict.fromkeys(entries))
+
+
+def rank_env(plan: Plan, inherited: dict[str, str], cpu_count: int, run_dir: str) -> dict[str, str]:
+    """Variables to set on top of the inherited environment for every rank of this plan."""
+    env: dict[str, str] = {
+        "DS_ACCELERATOR": "cpu" if plan.accelerator == "cpu" else "cuda",
+        "LAUNCHER_RUN_DIR": run_dir,
+        "LAUNCHER_PLAN": f"{run_dir}/plan.json",
+        "LAUNCHER_DS_CONFIG": f"{run_dir}/ds_config.json",
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    if plan.accelerator == "cpu":
+        env["OMP_NUM_THREADS"] = str(max(1, cpu_count // plan.procs_per_host))
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    arch = inherited.get("TORCH_CUDA_ARCH_LIST", "")
+    if arch and sanitize_arch_list(arch) != arch:
+        env["TORCH_CUDA_ARCH_LIST"] = sanitize_arch_list(arch)
+    env.update(plan.nccl_env)
+    return env

@@ -1,0 +1,32 @@
+"""The run directory: where artifacts are written without ever destroying what an earlier launch left there."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def write_artifacts(run_dir: Path, files: dict[str, str], executable: tuple[str, ...] = ()) -> list[str]:
+    """Write each file; one that exists with other content is first moved to history/<time>/. Returns moved names."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved: list[str] = []
+    for name, text in files.items():
+        path = run_dir / name
+        if path.exists() and path.read_text() != text:
+            keep = run_dir / "history" / stamp / name
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, keep)
+            moved.append(name)
+        if not path.exists():
+            tmp = path.with_name(f".{name}.tmp")
+            tmp.write_text(text)
+            if name in executable:
+                tmp.chmod(0o755)
+            os.replace(tmp, path)
+    return moved
+
+
+def default_run_name(model: str, method: str, plan: str) -> str:
+    """Deterministic, so that rerunning the same command resumes the same run."""
+    return f"{model}-{method}-{plan}"

@@ -1,0 +1,88 @@
+"""Model construction in a rank: hub id, local directory or the tiny model; then LoRA / QLoRA and checkpointing."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from launcher.plan import Plan
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def tiny_config(plan: Plan, tokenizer: Any) -> Any:
+    from transformers import AutoConfig
+
+    a = plan.model.arch
+    return AutoConfig.for_model(
+        a.model_type,
+        hidden_size=a.hidden_size,
+        intermediate_size=a.intermediate_size,
+        num_hidden_layers=a.num_layers,
+        num_attention_heads=a.num_heads,
+        num_key_value_heads=a.num_kv_heads,
+        vocab_size=a.vocab_size or len(tokenizer),
+        max_position_embeddings=max(a.max_position_embeddings, plan.train.seq_len),
+        tie_word_embeddings=a.tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_model(plan: Plan, tokenizer: Any, local_rank: int) -> torch.nn.Module:
+    """The model every rank builds identically (same seed); DeepSpeed shards it afterwards."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = DTYPES[plan.precision]
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": plan.model.attn_implementation}
+    if plan.model.path:
+        if plan.method.name == "qlora":
+            kwargs["quantization_config"] = _bnb_config(dtype)
+            kwargs["device_map"] = {"": local_rank}
+        if plan.model.revision:
+            kwargs["revision"] = plan.model.revision
+        model = AutoModelForCausalLM.from_pretrained(
+            plan.model.path, trust_remote_code=plan.model.trust_remote_code, **kwargs
+        )
+    else:
+        torch.manual_seed(plan.train.seed)
+        model = AutoModelForCausalLM.from_config(tiny_config(plan, tokenizer), **kwargs)
+    model.config.use_cache = False
+    if plan.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if plan.method.name in ("lora", "qlora"):
+        model = _apply_lora(model, plan)
+    return model
+
+
+def _bnb_config(dtype: torch.dtype) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=dtype,
+    )
+
+
+def _apply_lora(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    m = plan.method
+    if m.name == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=plan.train.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif plan.train.gradient_checkpointing:
+        model.enable_input_require_grads()
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in m.target_modules if t in present]
+    config = LoraConfig(
+        r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=targets, task_type="CAUSAL_LM"
+    )
+    torch.manual_seed(plan.train.seed + 1)
+    return get_peft_model(model, config)

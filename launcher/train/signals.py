@@ -1,0 +1,26 @@
+"""Preemption: SIGTERM or SIGUSR1 asks for a save at the next step boundary; a second signal exits at once."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from types import FrameType
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: saved and stopped on request; rerunning the same command resumes
+
+
+class PreemptionFlag:
+    def __init__(self) -> None:
+        self.requested = False
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.requested:
+            print(f"second signal {signal.Signals(signum).name}: exiting now without saving", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.requested = True
+        print(f"received {signal.Signals(signum).name}: saving at the next step boundary", file=sys.stderr, flush=True)
+
+    def __call__(self) -> bool:
+        return self.requested
