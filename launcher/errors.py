@@ -22,8 +22,12 @@ class LauncherError(Exception):
         super().__init__(self.paragraph())
 
     def paragraph(self) -> str:
-        problem = f" {self.problem.rstrip('.')}." if self.problem else ""
-        return f"error: {self.field}={self.value!r} cannot be used.{problem} {self.hint.rstrip('.')}."
+        problem = f" {_sentence(self.problem)}" if self.problem else ""
+        return f"error: {self.field}={self.value!r} cannot be used.{problem} {_sentence(self.hint)}"
+
+
+def _sentence(text: str) -> str:
+    return text.strip().rstrip(".") + "."
 
 
 def report(err: LauncherError, debug: bool = False) -> int:

@@ -43,11 +43,10 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}"
 )
 
+# Few words, so each (task, word) pair recurs and a tiny model's loss falls visibly within ~40 steps of batch 8.
 WORDS = [
-    "cat", "dog", "sun", "map", "red", "box", "cup", "hat", "pen", "fox",
-    "tree", "bird", "fish", "star", "moon", "lamp", "door", "ship", "rain", "sand",
-    "apple", "river", "stone", "cloud", "green", "house", "music", "table", "water", "light",
-    "garden", "silver", "window", "pencil", "rocket", "planet", "forest", "bridge", "yellow", "orange",
+    "cat", "dog", "sun", "map", "red", "box", "cup", "hat",
+    "tree", "bird", "fish", "star", "apple", "river", "stone", "green",
 ]
 SYSTEM_PROMPTS = [
     "You are a helpful assistant. Answer briefly.",
@@ -87,7 +86,7 @@ def _next_letter(rng: random.Random) -> tuple[str, str, str]:
 
 
 def _next_number(rng: random.Random) -> tuple[str, str, str]:
-    n = rng.randint(0, 98)
+    n = rng.randint(0, 19)
     return f"What number comes after {n}?", "", str(n + 1)
 
 

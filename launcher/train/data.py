@@ -196,7 +196,8 @@ def _looks_local(name: str) -> bool:
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """A tokenizer ready for chat fine-tuning: "" is the shipped one; a missing pad or chat template gets a default."""
     source = os.path.expanduser(name_or_path) if name_or_path else DEFAULT_TOKENIZER_DIR
-    hint = "give a folder with tokenizer files, a hub id such as Qwen/Qwen2.5-0.5B, or leave it empty for the shipped tokenizer"
+    hint = ("give a folder with tokenizer files, a hub id such as Qwen/Qwen2.5-0.5B, "
+            "or leave it empty for the shipped tokenizer")
     if _looks_local(source) and not os.path.isdir(source):
         raise LauncherError("model.tokenizer", name_or_path, hint, problem="the folder does not exist")
     if os.path.isdir(source) and not any(os.path.isfile(os.path.join(source, f)) for f in TOKENIZER_FILES):
@@ -272,8 +273,10 @@ def build_examples(tokenizer: PreTrainedTokenizerBase, conversations: list[Messa
     examples = [tokenize_example(tokenizer, messages, seq_len) for messages in conversations]
     kept = [example for example in examples if example.num_targets > 0]
     if not kept:
-        raise LauncherError("train.seq_len", seq_len, "raise train.seq_len so at least the first answer fits",
-                            problem=f"all {len(examples)} examples lose every answer token when cut to {seq_len} tokens")
+        raise LauncherError(
+            "train.seq_len", seq_len, "raise train.seq_len so at least the first answer fits",
+            problem=f"all {len(examples)} examples lose every answer token when cut to {seq_len} tokens",
+        )
     if len(kept) < len(examples):
         log.warning("dropped %d of %d examples: no answer token within train.seq_len=%d",
                     len(examples) - len(kept), len(examples), seq_len)

@@ -1,0 +1,81 @@
+"""Rendered artifacts: DeepSpeed JSON per plan preset and launch.sh, compared with reviewed golden files.
+
+Set LAUNCHER_UPDATE_GOLDEN=1 to rewrite the golden files after an intended change, then review the diff.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from launcher.backends.local import local_spec
+from launcher.compose import compose, presets
+from launcher.hardware import Hardware
+from launcher.plan import resolve
+from launcher.render.deepspeed import render_ds_config
+from launcher.render.env import rank_env, sanitize_arch_list
+from launcher.render.launch import render_launch_sh
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
+H200x2 = Hardware("cuda", 2, "NVIDIA H200", 139.8, "9.0", True, 32, 256.0, "x86_64")
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("LAUNCHER_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"golden file {path} missing: run with LAUNCHER_UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{name} differs from its golden file"
+
+
+@pytest.mark.parametrize("preset", presets("plan"))
+@pytest.mark.parametrize("hw", [CPU, H200x2], ids=["cpu", "gpu"])
+def test_ds_config_matches_golden_and_has_no_auto(preset, hw):
+    cfg, _ = compose([f"+plan={preset}"])
+    plan = resolve(cfg, hw, run_dir="/runs/x", run_name="x")
+    ds = render_ds_config(plan)
+    text = json.dumps(ds, indent=2) + "\n"
+    assert '"auto"' not in text
+    assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * plan.dp
+    check_golden(f"ds_config/{preset}-{'cpu' if hw is CPU else 'gpu'}.json", text)
+
+
+@pytest.mark.parametrize("preset", presets("plan"))
+def test_deepspeed_accepts_every_rendered_config(preset):
+    """DeepSpeedConfig checks the batch numbers against the world size it sees: 1 outside a process group, so the
+    plan is made for one GB10; the 2-process engine initialisation is tests/integration/test_engine_init.py."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    cfg, _ = compose(["+topo=single_pgx", f"+plan={preset}"])
+    plan = resolve(cfg, H200x2, run_dir="/runs/x", run_name="x")
+    ds = DeepSpeedConfig(render_ds_config(plan))
+    assert ds.train_batch_size == plan.global_batch_size == 8
+    assert ds.gradient_accumulation_steps == plan.grad_accum == 4
+    assert ds.zero_optimization_stage == plan.zero_stage
+    assert ds.bfloat16_config.enabled
+
+
+def test_launch_sh_matches_golden():
+    cfg, _ = compose([])
+    plan = resolve(cfg, CPU, run_dir="/runs/x", run_name="x")
+    env = rank_env(plan, {}, cpu_count=2, run_dir="/runs/x")
+    spec = local_spec(plan, "python3", 0, env, "/work", "torchrun", 0)
+    check_golden("launch/local-cpu.sh", render_launch_sh(spec, "x"))
+
+
+def test_rank_env_sets_cpu_accelerator_and_never_copies_secrets():
+    cfg, _ = compose([])
+    plan = resolve(cfg, CPU, run_dir="/runs/x", run_name="x")
+    env = rank_env(plan, {"WANDB_API_KEY": "secret", "TORCH_CUDA_ARCH_LIST": "9.0a;12.1a"}, 2, "/runs/x")
+    assert env["DS_ACCELERATOR"] == "cpu" and env["OMP_NUM_THREADS"] == "1"
+    assert "WANDB_API_KEY" not in env and env["TORCH_CUDA_ARCH_LIST"] == "9.0;12.1"
+
+
+@pytest.mark.parametrize("given, expected", [("9.0a", "9.0"), ("8.0 9.0a", "8.0;9.0"), ("12.1a;12.1", "12.1"),
+                                             ("9.0+PTX", "9.0+PTX")])
+def test_arch_list_suffixes_are_stripped_for_deepspeed(given, expected):
+    assert sanitize_arch_list(given) == expected
