@@ -44,18 +44,17 @@ def train(
     while step < plan.max_steps:
         t0 = time.perf_counter()
         lr = float(engine.get_lr()[0])
-        loss_sum, tokens = train_step(engine, examples, plan, info, pad_id, step)
+        loss_sum, tokens, grad_norm = train_step(engine, examples, plan, info, pad_id, step)
         step += 1
         totals = torch.tensor([loss_sum, float(tokens), float(stop_requested())], dtype=torch.float64)
         dist.all_reduce(totals)
         elapsed = time.perf_counter() - t0
-        grad_norm = engine.get_global_grad_norm()
         on_step(
             StepMetrics(
                 step=step,
                 loss=totals[0].item() / (info.dp_size * plan.grad_accum),
                 lr=lr,
-                grad_norm=float(grad_norm) if grad_norm is not None else None,
+                grad_norm=grad_norm,
                 tokens=int(totals[1].item()),
                 tokens_per_s=totals[1].item() / elapsed,
                 step_time_s=elapsed,
@@ -70,19 +69,30 @@ def train(
     return step
 
 
-def train_step(engine: Any, examples: Sequence[Any], plan: Plan, info: RankInfo, pad_id: int, step: int) -> tuple[float, int]:
-    """One optimizer step over grad_accum micro batches; returns this rank's summed scaled loss and token count."""
+def train_step(engine: Any, examples: Sequence[Any], plan: Plan, info: RankInfo, pad_id: int, step: int
+               ) -> tuple[float, int, float | None]:
+    """One optimizer step over grad_accum micro batches: this rank's summed scaled loss, tokens, and grad norm."""
     n, seed, g = len(examples), plan.train.seed, plan.global_batch_size
     targets = global_batch_target_tokens(examples, sample_stream_indices(n, seed, step * g, g))
     per_micro = max(targets, 1) / (info.dp_size * plan.grad_accum)
-    loss_sum, tokens = 0.0, 0
+    loss_sum, tokens, grad_norm = 0.0, 0, None
     for micro in range(plan.grad_accum):
         idx = micro_batch_indices(n, seed, step, g, plan.micro_batch_size, plan.grad_accum, info.dp_rank,
                                   info.dp_size, micro)
         batch = {k: v.to(info.device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
         out = engine(**batch, num_items_in_batch=torch.tensor(per_micro, device=info.device), use_cache=False)
         engine.backward(out.loss)
+        if micro == plan.grad_accum - 1 and plan.zero_stage == 0:
+            grad_norm = _replicated_grad_norm(engine)
         engine.step()
         loss_sum += out.loss.detach().float().item()
         tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-    return loss_sum, tokens
+    if plan.zero_stage > 0:
+        grad_norm = engine.get_global_grad_norm()
+    return loss_sum, tokens, float(grad_norm) if grad_norm is not None else None
+
+
+def _replicated_grad_norm(engine: Any) -> float:
+    """Without ZeRO DeepSpeed keeps no grad norm; the averaged gradients are whole on every rank, so take it here."""
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
