@@ -88,8 +88,8 @@ def resolve_resume(root: Path, resume: str, warn: Callable[[str], None] | None =
     if why:
         raise LauncherError("run.resume", resume, "use auto, never, a global step that has a complete checkpoint, "
                             "or the path of a global_step<N> directory", problem=f"{path}: {why}")
-    return Checkpoint(path, int(TAG_RE.match(path.name).group(1)) if TAG_RE.match(path.name) else -1,
-                      json.loads((path / COMPLETE).read_text()))
+    meta = json.loads((path / COMPLETE).read_text())
+    return Checkpoint(path, int(meta["global_step"]), meta)
 
 
 def _fsync_tree(directory: Path) -> None:

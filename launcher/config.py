@@ -37,6 +37,25 @@ class NcclConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """sbatch settings for backend=slurm; empty means the cluster's default."""
+
+    partition: str = ""
+    account: str = ""
+    time: str = ""  # sbatch --time, e.g. 04:00:00
+    signal_before_s: int = 300  # SIGUSR1 this long before the time limit: the ranks save, the job requeues
+    requeue: bool = True
+    exclusive: bool = True
+    extra: List[str] = field(default_factory=list)  # more sbatch options, e.g. ["--qos=high", "--constraint=h100"]
+
+    def __post_init__(self) -> None:
+        _positive("topo.slurm.signal_before_s", self.signal_before_s, allow_zero=True)
+        for line in self.extra:
+            if not str(line).startswith("-"):
+                raise LauncherError("topo.slurm.extra", line, "give sbatch options such as --qos=high")
+
+
+@dataclass
 class TopoConfig:
     """Where the job runs: hosts, processes per host, memory and network.
 
@@ -57,7 +76,11 @@ class TopoConfig:
     gpu_arch: str = ""
     master_addr: str = ""
     master_port: int = 0
+    nodes: int = 1  # backend=slurm: nodes to allocate
+    socket_ifname: str = ""  # the interface ranks talk over: GLOO_SOCKET_IFNAME (and NCCL's unless nccl says)
+    mtu: int = 0  # expected MTU of that link, checked on every host before a launch; 0 = not checked
     nccl: NcclConfig = field(default_factory=NcclConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     env: Dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -66,6 +89,7 @@ class TopoConfig:
         if self.gpus_per_host is not None:
             _positive("topo.gpus_per_host", self.gpus_per_host)
         _positive("topo.cpu_procs_per_host", self.cpu_procs_per_host)
+        _positive("topo.nodes", self.nodes)
         if len(set(self.hosts)) != len(self.hosts):
             dup = sorted({h for h in self.hosts if self.hosts.count(h) > 1})
             raise LauncherError("topo.hosts", self.hosts, f"host {dup[0]} is listed twice: list each host once")
@@ -203,6 +227,7 @@ class RunConfig:
     dry_run: bool = False
     launcher: str = "torchrun"  # torchrun | deepspeed
     max_restarts: int = 0
+    restart_backoff_s: float = 5.0
     debug: bool = False
 
     def __post_init__(self) -> None:
@@ -212,6 +237,7 @@ class RunConfig:
 
 @dataclass
 class LauncherConfig:
+    hostfile: str = ""  # a DeepSpeed hostfile (`host slots=N` lines): launch on those hosts over ssh
     topo: TopoConfig = field(default_factory=TopoConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -1,6 +1,7 @@
 """What this host has, read once at the entry and passed down as a value (never re-read deep in the code)."""
 from __future__ import annotations
 
+import glob
 import os
 import platform
 from dataclasses import dataclass
@@ -40,11 +41,13 @@ def host_memory_gb() -> float:
 
 
 def detect() -> Hardware:
-    """Probe torch for GPUs; a host without CUDA gets CPU ranks."""
-    import torch
-
+    """Probe torch for GPUs; a host without CUDA gets CPU ranks (and, without an NVIDIA device node, no torch import)."""
     cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     mem = host_memory_gb()
+    if not glob.glob("/dev/nvidia[0-9]*"):
+        return Hardware("cpu", 0, "", 0.0, "", False, cpu_count, mem, platform.machine())
+    import torch
+
     if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
         return Hardware("cpu", 0, "", 0.0, "", False, cpu_count, mem, platform.machine())
     props = torch.cuda.get_device_properties(0)

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from launcher import inputs
+from launcher.backends.hostfile import hostfile_spec
+from launcher.backends.hostfile import preflight as hostfile_preflight
 from launcher.backends.local import local_spec
+from launcher.backends.slurm import preflight as slurm_preflight
+from launcher.backends.slurm import slurm_spec
 from launcher.checkpoint import latest_complete
 from launcher.config import LauncherConfig
 from launcher.errors import LauncherError
@@ -42,9 +47,9 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
     if cfg.run.dry_run:
         print(f"dry run: artifacts written to {run_dir}; nothing launched")
         return 0
-    from launcher import spawn
+    from launcher.supervisor import run_supervised
 
-    code = spawn.run(spec, environ)
+    code = run_supervised(spec, environ, run_dir, cfg.run.max_restarts, cfg.run.restart_backoff_s)
     print(f"run {name} finished with exit code {code}; run dir {run_dir}", file=sys.stderr if code else sys.stdout)
     return code
 
@@ -63,9 +68,26 @@ def check_host_fits(plan: Plan, hw: Hardware) -> None:
 
 
 def _launch_spec(cfg: LauncherConfig, plan: Plan, hw: Hardware, environ: dict[str, str], cwd: str) -> LaunchSpec:
+    """The backend's command. Multi-host backends first check the hosts or the cluster (not on a dry run), then
+    write the files their engine reads (hostfile + deepspeed_env, or job.sbatch) into the run dir."""
     env = rank_env(plan, environ, hw.cpu_count, plan.run_dir)
     env.update({k: str(v) for k, v in cfg.topo.env.items()})
-    return local_spec(plan, sys.executable, cfg.topo.master_port, env, cwd, cfg.run.launcher, cfg.run.max_restarts)
+    topo, live = cfg.topo, not cfg.run.dry_run
+    if plan.backend == "hostfile":
+        spec, files = hostfile_spec(plan, sys.executable, topo.master_addr, topo.master_port, env, cwd, environ)
+        if live:
+            source = ("hostfile", cfg.hostfile) if cfg.hostfile else ("topo.hosts", list(plan.hosts))
+            ssh_args = shlex.split(environ.get("PDSH_SSH_ARGS_APPEND", ""))  # the options pdsh will use
+            hostfile_preflight(plan, sys.executable, cwd, env, topo.mtu, ssh_args, source)
+    elif plan.backend == "slurm":
+        spec, files = slurm_spec(plan, topo.slurm, sys.executable, cwd, env, topo.master_addr, topo.master_port, environ)
+        if live:
+            slurm_preflight(plan, topo.slurm, files["job.sbatch"], environ)
+    else:
+        return local_spec(plan, sys.executable, topo.master_port, env, cwd, cfg.run.launcher)
+    (Path(plan.run_dir) / "logs").mkdir(parents=True, exist_ok=True)
+    write_artifacts(Path(plan.run_dir), files, executable=("job.sbatch",))
+    return spec
 
 
 def _write(run_dir: Path, cfg: LauncherConfig, composed: DictConfig, plan: Plan, spec: LaunchSpec) -> None:

@@ -51,15 +51,19 @@ def lora_params(arch: ArchConfig, r: int) -> int:
     return arch.num_layers * per_layer
 
 
-def activation_bytes(arch: ArchConfig, micro: int, seq: int, bytes_per: int, checkpointing: bool, tp: int) -> float:
-    h, heads, layers = arch.hidden_size, arch.num_heads, arch.num_layers
+def activation_bytes(arch: ArchConfig, micro: int, seq: int, bytes_per: int, checkpointing: bool, tp: int,
+                     pp: int = 1, in_flight: int = 1) -> float:
+    """A pipeline stage holds its share of the layers for up to `in_flight` micro batches (1F1B keeps at most pp
+    in flight on the first stage)."""
+    h, heads = arch.hidden_size, arch.num_heads
+    layers = -(-arch.num_layers // pp)
     vocab = arch.vocab_size or 512
     per_layer = seq * micro * h * (34 + 5 * heads * seq / h) * bytes_per / 2 / tp  # sdpa drops the s^2 term mostly
     per_layer_sdpa = seq * micro * (h * 34 + 4 * arch.intermediate_size) * bytes_per / 2 / tp
     layer = min(per_layer, per_layer_sdpa)
     body = (2 * seq * micro * h * bytes_per * layers + layer) if checkpointing else layer * layers
     logits = micro * seq * vocab * 4 * 2  # fp32 logits and their gradient
-    return body + logits
+    return body * in_flight + logits
 
 
 def estimate(
@@ -70,6 +74,7 @@ def estimate(
     tp: int,
     pp: int,
     micro_batch_size: int,
+    grad_accum: int,
     seq_len: int,
     precision: str,
     gradient_checkpointing: bool,
@@ -84,7 +89,8 @@ def estimate(
     trainable = lora_params(arch, lora_r) if method in ("lora", "qlora") else n
     wbytes = 4 if precision == "fp32" else 2
     base_bytes = 0.55 if method == "qlora" else wbytes  # nf4 + double-quant constants
-    shard_mp = tp * pp
+    embed_share = arch.hidden_size * (arch.vocab_size or 512) / n
+    shard_mp = pp / ((1 - embed_share) / tp + embed_share)  # AutoTP keeps the embedding whole on every rank
     frozen = n - trainable if method != "full" else 0
     params = (frozen * base_bytes + trainable * wbytes) / shard_mp
     grads = trainable * wbytes / shard_mp
@@ -102,7 +108,7 @@ def estimate(
     if offload_params:
         cpu += params
         params = params * 0.1  # the layers being computed are fetched back
-    act = activation_bytes(arch, micro_batch_size, seq_len, wbytes, gradient_checkpointing, tp)
+    act = activation_bytes(arch, micro_batch_size, seq_len, wbytes, gradient_checkpointing, tp, pp, min(pp, grad_accum))
     gpu = (params + grads + optim + act) / GIB + RUNTIME_OVERHEAD_GB
     cpu_gb = cpu / GIB
     need = gpu + (cpu_gb if unified_memory else 0.0)  # on GB10 offloaded state draws from the same pool

@@ -13,6 +13,7 @@ from typing import Any
 
 from launcher.config import DataConfig, LauncherConfig, MethodConfig, ModelConfig, TrainConfig
 from launcher.errors import LauncherError
+from launcher.hostfile import read_hostfile, uniform_slots
 from launcher.hardware import Hardware
 from launcher.memory import MemoryEstimate, estimate
 
@@ -101,9 +102,9 @@ def _model_from_dict(d: dict[str, Any]) -> ModelConfig:
 
 def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_samples: int = 0) -> Plan:
     """Turn what the user asked for into what will run. Raises LauncherError for anything that cannot work."""
-    accelerator = _accelerator(cfg, hw)
-    hosts = tuple(cfg.topo.hosts) or ("localhost",)
-    procs = _procs_per_host(cfg, hw, accelerator)
+    backend, hosts, slots = _placement(cfg)
+    accelerator = _accelerator(cfg, hw, backend)
+    procs = slots or _procs_per_host(cfg, hw, accelerator)
     world = len(hosts) * procs
     tp, pp = cfg.plan.tp, cfg.plan.pp
     _check_model_parallel(cfg, world)
@@ -120,6 +121,7 @@ def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_
         tp=tp,
         pp=pp,
         micro_batch_size=cfg.train.micro_batch_size,
+        grad_accum=grad_accum,
         seq_len=cfg.train.seq_len,
         precision=precision,
         gradient_checkpointing=cfg.train.gradient_checkpointing,
@@ -127,13 +129,13 @@ def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_
         offload_params=cfg.plan.offload_params,
         lora_r=cfg.method.lora_r,
         capacity_gb=_capacity_gb(cfg, hw, accelerator),
-        unified_memory=cfg.topo.unified_memory or (cfg.topo.backend == "local" and hw.unified_memory),
+        unified_memory=cfg.topo.unified_memory or (backend == "local" and hw.unified_memory),
         procs_per_host=procs,
     )
     return Plan(
         topo_name=cfg.topo.name,
         plan_name=cfg.plan.name,
-        backend=cfg.topo.backend,
+        backend=backend,
         hosts=hosts,
         procs_per_host=procs,
         accelerator=accelerator,
@@ -165,10 +167,30 @@ def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_
     )
 
 
-def _accelerator(cfg: LauncherConfig, hw: Hardware) -> str:
+def _placement(cfg: LauncherConfig) -> tuple[str, tuple[str, ...], int]:
+    """Backend, hosts in rank order, and the slots per host when a hostfile fixes them (0: the topology decides)."""
+    topo = cfg.topo
+    if cfg.hostfile:
+        if topo.backend == "slurm":
+            raise LauncherError("hostfile", cfg.hostfile, "drop hostfile= with +topo=slurm: the allocation names the nodes")
+        entries = read_hostfile(cfg.hostfile)
+        return "hostfile", tuple(e.host for e in entries), uniform_slots(entries, cfg.hostfile)
+    if topo.backend == "slurm":
+        return "slurm", tuple(f"slurm-node{i}" for i in range(topo.nodes)), 0
+    if topo.backend == "hostfile" and not topo.hosts:
+        raise LauncherError("topo.hosts", [], "list the hosts (topo.hosts=[a,b]) or give hostfile=FILE",
+                            problem="backend hostfile launches over ssh and names no host")
+    hosts = tuple(topo.hosts) or ("localhost",)
+    if topo.backend == "local" and len(hosts) > 1:
+        raise LauncherError("topo.hosts", list(hosts), "use topo.backend=hostfile (or hostfile=FILE) for several hosts",
+                            problem="the local backend starts processes on this host only")
+    return topo.backend, hosts, 0
+
+
+def _accelerator(cfg: LauncherConfig, hw: Hardware, backend: str) -> str:
     if cfg.topo.accelerator != "auto":
         return cfg.topo.accelerator
-    if cfg.topo.backend == "local" and cfg.topo.gpus_per_host is None:
+    if backend == "local" and cfg.topo.gpus_per_host is None:
         return hw.accelerator
     return "cuda"
 
@@ -186,23 +208,60 @@ def _procs_per_host(cfg: LauncherConfig, hw: Hardware, accelerator: str) -> int:
 
 
 def _check_model_parallel(cfg: LauncherConfig, world: int) -> None:
-    tp, pp, arch = cfg.plan.tp, cfg.plan.pp, cfg.model.arch
-    if tp > 1 or pp > 1:
-        field_name, value = ("plan.tp", tp) if tp > 1 else ("plan.pp", pp)
+    """Degrees that DeepSpeed can run and that this model's shape allows; each refusal says what works instead."""
+    tp, pp, arch, zero = cfg.plan.tp, cfg.plan.pp, cfg.model.arch, cfg.plan.zero_stage
+    if tp > 1 and pp > 1:
         raise LauncherError(
-            field_name, value, "tensor and pipeline parallel plans are not available in this version: use plan.tp=1 "
-            "plan.pp=1 with +plan=zero3 (or zero3_offload) to fit large models",
+            "plan.pp", pp, "use tp alone (+plan=tp, with ZeRO-1/2 over the remaining ranks) or pp alone (+plan=pp); "
+            "for a model too large for either, plan.tp=1 plan.pp=1 with +plan=zero3",
+            problem=f"tp={tp} with pp={pp} cannot run on DeepSpeed: AutoTP builds its own data x tensor process groups "
+            "over the whole world and replaces the pipeline's grid, so gradients would be reduced across stages",
         )
     if world % (tp * pp):
-        raise LauncherError(
-            "plan.tp", tp, f"world size {world} is not divisible by tp x pp = {tp * pp}: pick degrees that divide {world}"
-        )
+        field_name, value = ("plan.tp", tp) if tp > 1 else ("plan.pp", pp)
+        divisors = [d for d in range(1, world + 1) if world % d == 0]
+        raise LauncherError(field_name, value, f"use a degree that divides the world size: one of {divisors}",
+                            problem=f"world size {world} is not divisible by tp x pp = {tp * pp}")
+    if tp > 1:
+        _check_tensor_parallel(cfg, tp)
+    if pp > 1:
+        if pp > arch.num_layers:
+            raise LauncherError("plan.pp", pp, f"use plan.pp <= {arch.num_layers}",
+                                problem=f"a stage needs at least one decoder layer and the model has {arch.num_layers}")
+        if zero >= 2:
+            raise LauncherError(
+                "plan.zero_stage", zero, "use +plan=pp (ZeRO-1) or plan.zero_stage=1; to shard more than the optimizer, "
+                "use plan.pp=1 with +plan=zero3",
+                problem=f"DeepSpeed's pipeline engine refuses ZeRO-{zero} (ZeRO-2 and ZeRO-3 are incompatible with "
+                "pipeline parallelism)")
+        if zero == 0 and cfg.train.grad_clip > 0:
+            raise LauncherError(
+                "plan.zero_stage", 0, "use plan.zero_stage=1 (the pp preset) or train.grad_clip=0",
+                problem="with pipeline parallel and ZeRO-0 DeepSpeed clips gradients by a wrong norm (it skips "
+                "parameters on ranks whose model-parallel rank is not 0)")
+        if cfg.method.name == "qlora":
+            raise LauncherError("method", "qlora", "use method=lora with plan.pp, or method=qlora with plan.pp=1",
+                                problem="4-bit (bitsandbytes) weights are not supported in a DeepSpeed pipeline here")
+
+
+def _check_tensor_parallel(cfg: LauncherConfig, tp: int) -> None:
+    arch = cfg.model.arch
     if arch.num_heads % tp or arch.num_kv_heads % tp:
+        ok = [d for d in range(1, arch.num_kv_heads + 1) if arch.num_kv_heads % d == 0 and arch.num_heads % d == 0]
         raise LauncherError(
-            "plan.tp", tp, f"tp must divide the attention heads ({arch.num_heads}) and KV heads ({arch.num_kv_heads})"
-        )
-    if pp > arch.num_layers:
-        raise LauncherError("plan.pp", pp, f"pp cannot exceed the number of layers ({arch.num_layers})")
+            "plan.tp", tp, f"use plan.tp in {ok}",
+            problem=f"tp must divide the attention heads ({arch.num_heads}) and the KV heads ({arch.num_kv_heads})")
+    if cfg.method.name in ("lora", "qlora"):
+        raise LauncherError(
+            "method", cfg.method.name, "use method=full with plan.tp, or keep LoRA and use plan.tp=1 (a ZeRO plan, "
+            "or +plan=pp)",
+            problem="DeepSpeed AutoTP replaces the linear layers peft wrapped, so the adapters are dropped silently "
+            "(nothing left to train)")
+    if cfg.plan.zero_stage == 3:
+        raise LauncherError(
+            "plan.zero_stage", 3, "use plan.zero_stage=1 or 2 with plan.tp (+plan=tp), or plan.tp=1 with +plan=zero3",
+            problem="tensor parallel runs here with ZeRO 0-2 only: their checkpoints resume and export, ZeRO-3 ones "
+            "are not tested")
 
 
 def _grad_accum(train: TrainConfig, dp: int) -> int:
@@ -252,11 +311,13 @@ def _capacity_gb(cfg: LauncherConfig, hw: Hardware, accelerator: str) -> float:
 
 
 def nccl_env(cfg: LauncherConfig) -> dict[str, str]:
-    """The NCCL variables the topology asks for; unset fields keep NCCL's own defaults."""
+    """The NCCL (and gloo) network variables the topology asks for; unset fields keep the libraries' defaults."""
     n = cfg.topo.nccl
     env: dict[str, str] = {}
-    if n.socket_ifname:
-        env["NCCL_SOCKET_IFNAME"] = n.socket_ifname
+    if cfg.topo.socket_ifname:
+        env["GLOO_SOCKET_IFNAME"] = cfg.topo.socket_ifname
+    if n.socket_ifname or cfg.topo.socket_ifname:
+        env["NCCL_SOCKET_IFNAME"] = n.socket_ifname or cfg.topo.socket_ifname
     if n.ib_hca:
         env["NCCL_IB_HCA"] = n.ib_hca
     if n.ib_disable is not None:

@@ -1,30 +1,73 @@
-"""The one call site that starts a LaunchSpec: a child process group, signals passed on, its exit code returned."""
+"""The one call site that starts a LaunchSpec: a child process group, signals passed on, its exit code returned.
+
+Preemption signals (SIGTERM, SIGUSR1) go to the ranks themselves (the leaf processes), once each: the ranks save at
+the next step boundary and exit cleanly, so torchrun neither restarts nor kills them mid-save. SIGINT goes to the
+engine's launcher (torchrun, DeepSpeed's runner), which tears the ranks down.
+"""
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+from pathlib import Path
 from types import FrameType
 
 from launcher.render.launch import LaunchSpec
 
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+TO_RANKS = (signal.SIGTERM, signal.SIGUSR1)
+TO_LAUNCHER = (signal.SIGINT, signal.SIGUSR2, signal.SIGHUP)
 
 
-def run(spec: LaunchSpec, inherited: dict[str, str]) -> int:
-    """Run the command with the inherited environment plus the spec's; forward preemption signals to it."""
-    env = {**inherited, **spec.env}
-    proc = subprocess.Popen(list(spec.argv), env=env, cwd=spec.cwd, start_new_session=True)
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
+def children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            os.killpg(proc.pid, signum)
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return kids
+
+
+def leaf_descendants(pid: int) -> list[int]:
+    leaves, stack = [], children(pid)
+    while stack:
+        p = stack.pop()
+        kids = children(p)
+        if kids:
+            stack += kids
+        else:
+            leaves.append(p)
+    return leaves
+
+
+def _send(pids: list[int], signum: int) -> None:
+    for p in pids:
+        try:
+            os.kill(p, signum)
         except ProcessLookupError:
             pass
 
-    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+
+def run(spec: LaunchSpec, inherited: dict[str, str]) -> tuple[int, list[int]]:
+    """Run the command with the inherited environment plus the spec's. Returns (exit code, signals received)."""
+    env = {**inherited, **spec.env}
+    proc = subprocess.Popen(list(spec.argv), env=env, cwd=spec.cwd, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        if signum in TO_RANKS:
+            _send(leaf_descendants(proc.pid) or [proc.pid], signum)
+        else:
+            _send([proc.pid], signum)
+
+    previous = {s: signal.signal(s, forward) for s in (*TO_RANKS, *TO_LAUNCHER)}
     try:
-        return proc.wait()
+        while True:
+            try:
+                return proc.wait(), received
+            except KeyboardInterrupt:
+                continue
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

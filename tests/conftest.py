@@ -35,3 +35,57 @@ def read_metrics(run_dir: Path) -> list[dict]:
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+def start_launcher(*overrides: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
+    """`python -m launcher` in the background, in its own session, output to `log`."""
+    out = open(log, "w") if log else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "launcher", *overrides], cwd=REPO, env=env or launcher_env(),
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants, read from /proc (torchrun starts the ranks in a session of their own)."""
+    from launcher.spawn import children
+
+    tree, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        tree.append(p)
+        stack += children(p)
+    return tree
+
+
+def kill_tree(proc: subprocess.Popen, signum: int = 9) -> None:
+    """A crash as the machine sees it: every process of the job gets SIGKILL at once."""
+    for p in process_tree(proc.pid):
+        try:
+            os.kill(p, signum)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=60)
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 300, poll: float = 0.02) -> bool:
+    """Poll until condition() holds (True) or the process ended (False); bounded by timeout."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if proc.poll() is not None:
+            return condition()
+        time.sleep(poll)
+    raise TimeoutError("condition not reached in time")
+
+
+def last_step(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return json.loads(lines[-1])["step"] if lines else 0
+    except ValueError:
+        return 0

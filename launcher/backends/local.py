@@ -7,7 +7,8 @@ from launcher.render.launch import LaunchSpec
 WORKER = ("-m", "launcher.train.worker")
 
 
-def torchrun_argv(plan: Plan, python: str, master_port: int, max_restarts: int) -> tuple[str, ...]:
+def torchrun_argv(plan: Plan, python: str, master_port: int) -> tuple[str, ...]:
+    """torchrun never restarts by itself: launcher.supervisor does (run.max_restarts), with a back-off and a log line."""
     return (
         python,
         "-m",
@@ -15,7 +16,7 @@ def torchrun_argv(plan: Plan, python: str, master_port: int, max_restarts: int) 
         "--nnodes=1",
         f"--nproc-per-node={plan.procs_per_host}",
         *(("--master-addr=127.0.0.1", f"--master-port={master_port}") if master_port else ("--standalone",)),
-        f"--max-restarts={max_restarts}",
+        "--max-restarts=0",
         f"--log-dir={plan.run_dir}/logs/torchrun",
         *WORKER,
         plan.run_dir,
@@ -37,10 +38,10 @@ def deepspeed_argv(plan: Plan, python: str, master_port: int) -> tuple[str, ...]
 
 
 def local_spec(
-    plan: Plan, python: str, master_port: int, env: dict[str, str], cwd: str, launcher: str, max_restarts: int
+    plan: Plan, python: str, master_port: int, env: dict[str, str], cwd: str, launcher: str
 ) -> LaunchSpec:
     if launcher == "deepspeed":
         argv = deepspeed_argv(plan, python, master_port)
     else:
-        argv = torchrun_argv(plan, python, master_port, max_restarts)
+        argv = torchrun_argv(plan, python, master_port)
     return LaunchSpec(argv=argv, env=env, cwd=cwd)

@@ -11,7 +11,7 @@ STEPS_PER_PRINT_OFF = 10**9  # the launcher logs steps itself
 
 def render_ds_config(plan: Plan) -> dict[str, Any]:
     t = plan.train
-    return {
+    ds = {
         "train_batch_size": plan.global_batch_size,
         "train_micro_batch_size_per_gpu": plan.micro_batch_size,
         "gradient_accumulation_steps": plan.grad_accum,
@@ -25,6 +25,18 @@ def render_ds_config(plan: Plan) -> dict[str, Any]:
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
     }
+    if plan.tp > 1:
+        ds["tensor_parallel"] = {"autotp_size": plan.tp}
+    if plan.pp > 1:
+        ds["pipeline"] = _pipeline(plan)
+    return ds
+
+
+def _pipeline(plan: Plan) -> dict[str, Any]:
+    """What the worker builds (launcher/train/pipeline.py): stages, partition and activation checkpointing are
+    PipelineModule arguments and listed for the reader; DeepSpeed's pipeline engine reads the last two keys."""
+    return {"stages": plan.pp, "partition": "parameters", "activation_checkpoint_interval": 0,
+            "pipe_partitioned": True, "grad_partitioned": True}
 
 
 def _fp16(plan: Plan) -> dict[str, Any]:
@@ -39,7 +51,7 @@ def _zero(plan: Plan) -> dict[str, Any]:
         return zero
     zero.update(
         {
-            "overlap_comm": plan.overlap_comm,
+            "overlap_comm": plan.overlap_comm and plan.pp == 1,  # the pipeline engine turns it off
             "contiguous_gradients": True,
             "reduce_scatter": True,
             "reduce_bucket_size": plan.reduce_bucket_mb * MB,

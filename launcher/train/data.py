@@ -9,13 +9,15 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from jinja2.exceptions import TemplateError
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from launcher.assets import DEFAULT_TOKENIZER_DIR
 from launcher.errors import LauncherError
+
+if TYPE_CHECKING:  # transformers costs seconds to import; the launcher entry only needs the row checks
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +206,8 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
         raise LauncherError("model.tokenizer", name_or_path, hint,
                             problem=f"the folder holds none of {', '.join(TOKENIZER_FILES)}")
     try:
+        from transformers import AutoTokenizer
+
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as err:
         raise LauncherError("model.tokenizer", name_or_path, hint, problem=str(err).splitlines()[0]) from err

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from launcher.plan import Plan
 from launcher.train.batching import collate, global_batch_target_tokens, micro_batch_indices, sample_stream_indices
 from launcher.train.metrics import StepMetrics
+from launcher.train.parallel import replicated_grad_norm
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class RankInfo:
     dp_rank: int
     dp_size: int
     device: torch.device
+    reports: bool = True  # loss and tokens enter the step totals: one rank per data-parallel replica (tp/pp)
 
 
 def train(
@@ -41,11 +43,16 @@ def train(
 ) -> int:
     """Run from start_step to plan.max_steps; returns the last completed global step."""
     step = start_step
+    step_fn = train_step
+    if plan.pp > 1:
+        from launcher.train.pipeline import train_step as step_fn  # engine.train_batch over the pipeline
     while step < plan.max_steps:
         t0 = time.perf_counter()
         lr = float(engine.get_lr()[0])
-        loss_sum, tokens, grad_norm = train_step(engine, examples, plan, info, pad_id, step)
+        loss_sum, tokens, grad_norm = step_fn(engine, examples, plan, info, pad_id, step)
         step += 1
+        if not info.reports:
+            loss_sum, tokens = 0.0, 0
         totals = torch.tensor([loss_sum, float(tokens), float(stop_requested())], dtype=torch.float64)
         dist.all_reduce(totals)
         elapsed = time.perf_counter() - t0
@@ -83,16 +90,10 @@ def train_step(engine: Any, examples: Sequence[Any], plan: Plan, info: RankInfo,
         out = engine(**batch, num_items_in_batch=torch.tensor(per_micro, device=info.device), use_cache=False)
         engine.backward(out.loss)
         if micro == plan.grad_accum - 1 and plan.zero_stage == 0:
-            grad_norm = _replicated_grad_norm(engine)
+            grad_norm = replicated_grad_norm(engine, plan.tp)
         engine.step()
         loss_sum += out.loss.detach().float().item()
         tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
     if plan.zero_stage > 0:
         grad_norm = engine.get_global_grad_norm()
     return loss_sum, tokens, float(grad_norm) if grad_norm is not None else None
-
-
-def _replicated_grad_norm(engine: Any) -> float:
-    """Without ZeRO DeepSpeed keeps no grad norm; the averaged gradients are whole on every rank, so take it here."""
-    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0

@@ -41,3 +41,13 @@ class MetricsWriter:
 
 def now() -> float:
     return time.time()
+
+
+def truncate_after(path: Path, step: int) -> None:
+    """On resume, drop lines of steps after the checkpoint: they are recomputed, and plots must not show them twice."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)

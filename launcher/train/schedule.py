@@ -22,3 +22,10 @@ def lr_ratio(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 def warmup_cosine(optimizer: Optimizer, warmup: int, total: int, min_ratio: float) -> LambdaLR:
     return LambdaLR(optimizer, lambda step: lr_ratio(step, warmup, total, min_ratio))
+
+
+def resync(scheduler: LambdaLR) -> None:
+    """After a resume, set the optimizer's lr to this schedule's value at the restored step: the optimizer state
+    carries the lr of the schedule it was saved under, which differs when train.max_steps changed."""
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)

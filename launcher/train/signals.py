@@ -4,22 +4,30 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from types import FrameType
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: saved and stopped on request; rerunning the same command resumes
+SAME_EVENT_S = 1.0  # Slurm and process-group kills deliver one event to a rank twice (directly and via torchrun)
 
 
 class PreemptionFlag:
+    """Installed in every rank; the loop all-reduces it each step so all ranks stop at the same global step."""
+
     def __init__(self) -> None:
         self.requested = False
+        self.first_at = 0.0
         for s in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(s, self._handle)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.requested and time.monotonic() - self.first_at < SAME_EVENT_S:
+            return
         if self.requested:
             print(f"second signal {signal.Signals(signum).name}: exiting now without saving", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.requested = True
+        self.first_at = time.monotonic()
         print(f"received {signal.Signals(signum).name}: saving at the next step boundary", file=sys.stderr, flush=True)
 
     def __call__(self) -> bool:

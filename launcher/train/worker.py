@@ -4,21 +4,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
-import warnings
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from launcher import checkpoint
+from launcher import checkpoint, universal
+from launcher.errors import LauncherError
 from launcher.plan import Plan
+from launcher.supervisor import USER_ERROR_FILE
+from launcher.train import parallel
 from launcher.train.loop import RankInfo, train
-from launcher.train.schedule import warmup_cosine
-from launcher.train.metrics import MetricsWriter, StepMetrics
-from launcher.train.signals import PREEMPTED_EXIT_CODE, PreemptionFlag
+from launcher.train.metrics import MetricsWriter, StepMetrics, truncate_after
+from launcher.train.saver import make_saver, set_rng_state
+from launcher.train.schedule import resync, warmup_cosine
+from launcher.train.signals import PreemptionFlag
 
 log = logging.getLogger("launcher")
 
@@ -33,13 +35,13 @@ def setup_logging(run_dir: Path, rank: int) -> None:
         os.dup2(out, 2)
         os.close(out)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    fmt = logging.Formatter("%(asctime)s rank%(rank)s %(levelname)s %(message)s".replace("%(rank)s", str(rank)))
-    handlers: list[logging.Handler] = [logging.FileHandler(run_dir / "logs" / f"rank{rank}.log")]
+    file_handler = logging.FileHandler(run_dir / "logs" / f"rank{rank}.log")
+    file_handler.setFormatter(logging.Formatter(f"%(asctime)s rank{rank} %(levelname)s %(message)s"))
+    log.addHandler(file_handler)
     if rank == 0:
-        handlers.append(logging.StreamHandler(sys.stdout))
-    for h in handlers:
-        h.setFormatter(fmt if isinstance(h, logging.FileHandler) else logging.Formatter("%(message)s"))
-        log.addHandler(h)
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(console)
     log.setLevel(logging.INFO)
     log.propagate = False
     for noisy in ("DeepSpeed", "deepspeed", "transformers", "torch.distributed"):
@@ -54,21 +56,6 @@ def disable_shm_comm_op() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def load_examples(plan: Plan, tokenizer: Any) -> list[Any]:
     from launcher.train.batching import pack_examples
     from launcher.train.data import build_examples, load_conversations
@@ -79,45 +66,49 @@ def load_examples(plan: Plan, tokenizer: Any) -> list[Any]:
 
 
 def rank_info(plan: Plan, env: dict[str, str]) -> RankInfo:
+    """Provisional data-parallel coordinates: parallel.with_engine_coords replaces them from the engine's groups."""
     rank, local_rank, world = int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"])
     device = torch.device("cuda", local_rank) if plan.accelerator == "cuda" else torch.device("cpu")
     return RankInfo(rank, local_rank, world, dp_rank=rank // (plan.tp * plan.pp), dp_size=plan.dp, device=device)
 
 
-def make_saver(engine: Any, plan: Plan, info: RankInfo, root: Path, save_delay_s: float) -> Any:
+def find_resume(plan: Plan, info: RankInfo, root: Path, mode: str) -> tuple[checkpoint.Checkpoint | None, bool]:
+    """The checkpoint to resume from, converted to DeepSpeed's universal format when the layout changed."""
     import torch.distributed as dist
 
-    meta = {"world_size": info.world_size, "dp": plan.dp, "tp": plan.tp, "pp": plan.pp,
-            "zero_stage": plan.zero_stage, "plan_name": plan.plan_name, "model": plan.model.name}
-
-    def save(step: int) -> None:
-        tmp_tag = checkpoint.prepare_save(root, step) if info.rank == 0 else f".tmp-{checkpoint.tag_for(step)}"
-        dist.barrier()
-        engine.save_checkpoint(str(root), tag=tmp_tag, client_state={"global_step": step}, save_latest=False)
-        (root / tmp_tag).mkdir(parents=True, exist_ok=True)
-        torch.save(rng_state(), root / tmp_tag / f"rng_state_rank{info.rank}.pt")
-        if save_delay_s:
-            import time
-
-            time.sleep(save_delay_s)  # test hook: widens the window in which a kill lands mid-save
-        dist.barrier()
-        if info.rank == 0:
-            ckpt = checkpoint.commit_save(root, step, meta, plan.train.keep_last)
-            log.info(f"saved checkpoint {ckpt.path}")
-        dist.barrier()
-
-    return save
+    warn = log.warning if info.rank == 0 else (lambda _m: None)
+    ckpt = checkpoint.resolve_resume(root, mode, warn=warn)
+    if ckpt is None or not universal.needs_conversion(ckpt.meta, plan):
+        return ckpt, False
+    universal.check_supported(ckpt, plan)
+    if info.rank == 0:
+        log.info(f"checkpoint {ckpt.path} was saved with {dict((k, ckpt.meta.get(k)) for k in universal.LAYOUT_KEYS)}; "
+                 f"this plan is {universal.layout(plan)}: converting to DeepSpeed's universal checkpoint")
+        universal.convert(ckpt)
+    dist.barrier()
+    path = universal.universal_path(ckpt)
+    return checkpoint.Checkpoint(path, ckpt.global_step, json.loads((path / checkpoint.COMPLETE).read_text())), True
 
 
 def main(argv: list[str]) -> int:
     run_dir = Path(argv[0])
     env = dict(os.environ)
     plan = Plan.from_dict(json.loads((run_dir / "plan.json").read_text()))
-    ds_config = json.loads((run_dir / "ds_config.json").read_text())
     info = rank_info(plan, env)
     setup_logging(run_dir, info.rank)
-    preempt = PreemptionFlag()
+    try:
+        return _train(run_dir, plan, info, env)
+    except LauncherError as err:
+        log.error(err.paragraph())
+        if info.rank == 0:
+            checkpoint.write_atomic(run_dir / USER_ERROR_FILE, json.dumps(
+                {"field": err.field, "value": str(err.value), "paragraph": err.paragraph()}))
+        return 2
 
+
+def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str]) -> int:
+    ds_config = json.loads((run_dir / "ds_config.json").read_text())
+    preempt = PreemptionFlag()
     import deepspeed
     import torch.distributed as dist
 
@@ -125,32 +116,44 @@ def main(argv: list[str]) -> int:
     if info.device.type == "cuda":
         torch.cuda.set_device(info.device)
     deepspeed.init_distributed(dist_backend="nccl" if plan.accelerator == "cuda" else "gloo")
+    root = run_dir / "checkpoints"
+    mode = "auto" if env.get("LAUNCHER_RESTART", "0") != "0" else plan.resume
+    ckpt, use_universal = find_resume(plan, info, root, mode)
+    if use_universal:
+        ds_config = {**ds_config, "checkpoint": {"load_universal": True}}
 
     from launcher.train.data import load_tokenizer
     from launcher.train.model import build_model
+    from launcher.train.pipeline import build_pipeline_module
 
     tokenizer = load_tokenizer(plan.model.tokenizer or plan.model.path)
     examples = load_examples(plan, tokenizer)
     hf_ds = _zero3_init_context(plan, ds_config)
     model = build_model(plan, tokenizer, info.local_rank)
+    if plan.pp > 1:
+        model = build_pipeline_module(model, plan)
     params = [p for p in model.parameters() if p.requires_grad]
     t = plan.train
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=params, config=ds_config,
         lr_scheduler=lambda opt: warmup_cosine(opt, min(t.warmup_steps, plan.max_steps - 1), plan.max_steps, t.min_lr_ratio),
+        **parallel.initialize_kwargs(plan),
     )
+    info = parallel.with_engine_coords(info, engine, plan)
     del hf_ds
-
-    root = run_dir / "checkpoints"
-    start = _resume(engine, plan, info, root)
-    writer = MetricsWriter(run_dir / "metrics.jsonl", plan.max_steps) if info.rank == 0 else None
+    start = _load(engine, ckpt, info, use_universal)
+    writer = None
+    if info.rank == 0:
+        truncate_after(run_dir / "metrics.jsonl", start)
+        writer = MetricsWriter(run_dir / "metrics.jsonl", plan.max_steps)
 
     def on_step(m: StepMetrics) -> None:
         if writer and (m.step % plan.train.log_every == 0 or m.step == plan.max_steps):
             writer.write(m)
             log.info(writer.line(m))
 
-    save = make_saver(engine, plan, info, root, float(env.get("LAUNCHER_TEST_SAVE_DELAY", "0") or 0))
+    save = make_saver(engine, plan, info.rank, info.device, root, examples[0].input_ids,
+                      float(env.get("LAUNCHER_TEST_SAVE_DELAY", "0") or 0))
     every = plan.train.save_every
     last = train(engine, examples, plan, info, tokenizer.pad_token_id, start, on_step,
                  should_save=lambda s: every > 0 and s % every == 0, save=save, stop_requested=preempt)
@@ -160,8 +163,8 @@ def main(argv: list[str]) -> int:
     dist.destroy_process_group()
     if last < plan.max_steps:
         log.info(f"stopped on request at global step {last} after saving; rerun the same command to resume")
-        return PREEMPTED_EXIT_CODE
-    log.info(f"done: {last} steps; checkpoints in {root}")
+    else:
+        log.info(f"done: {last} steps; checkpoints in {root}")
     return 0
 
 
@@ -174,16 +177,18 @@ def _zero3_init_context(plan: Plan, ds_config: dict[str, Any]) -> Any:
     return HfDeepSpeedConfig(ds_config)
 
 
-def _resume(engine: Any, plan: Plan, info: RankInfo, root: Path) -> int:
-    ckpt = checkpoint.resolve_resume(root, plan.resume, warn=log.warning if info.rank == 0 else (lambda _m: None))
+def _load(engine: Any, ckpt: checkpoint.Checkpoint | None, info: RankInfo, use_universal: bool) -> int:
     if ckpt is None:
-        log.info(f"starting {plan.run_name} from scratch ({plan.max_steps} steps)")
+        log.info("starting from scratch")
         return 0
-    engine.load_checkpoint(str(ckpt.path.parent), tag=ckpt.tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+    engine.load_checkpoint(str(ckpt.path.parent), tag=ckpt.tag, load_optimizer_states=True,
+                           load_lr_scheduler_states=True)
+    resync(engine.lr_scheduler)
     rng_file = ckpt.path / f"rng_state_rank{info.rank}.pt"
-    if rng_file.exists():
+    if rng_file.exists() and not use_universal:
         set_rng_state(torch.load(rng_file, weights_only=False))
-    log.info(f"resumed from global step {ckpt.global_step} ({ckpt.path})")
+    via = " through a universal checkpoint (world size or ZeRO stage changed)" if use_universal else ""
+    log.info(f"resumed from global step {ckpt.global_step} ({ckpt.path}){via}")
     return ckpt.global_step
 
 

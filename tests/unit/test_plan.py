@@ -79,12 +79,6 @@ def test_fp16_on_cpu_is_refused():
         plan_for("train.precision=fp16")
 
 
-def test_tensor_parallel_not_yet_available_says_what_to_use():
-    with pytest.raises(LauncherError, match="use plan.tp=1") as err:
-        plan_for("plan.tp=2")
-    assert err.value.field == "plan.tp"
-
-
 def test_plan_needing_more_gpus_than_the_host_has_is_refused():
     p = plan_for("+topo=multi_gpu", "train.global_batch_size=16", hw=H200x2)
     with pytest.raises(LauncherError) as err:

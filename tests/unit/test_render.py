@@ -51,6 +51,8 @@ def test_deepspeed_accepts_every_rendered_config(preset):
     from deepspeed.runtime.config import DeepSpeedConfig
 
     cfg, _ = compose(["+topo=single_pgx", f"+plan={preset}"])
+    if cfg.plan.tp * cfg.plan.pp > 1:  # still one data-parallel rank: the box gets tp x pp GPUs
+        cfg, _ = compose(["+topo=single_pgx", f"topo.gpus_per_host={cfg.plan.tp * cfg.plan.pp}", f"+plan={preset}"])
     plan = resolve(cfg, H200x2, run_dir="/runs/x", run_name="x")
     ds = DeepSpeedConfig(render_ds_config(plan))
     assert ds.train_batch_size == plan.global_batch_size == 8
@@ -63,7 +65,7 @@ def test_launch_sh_matches_golden():
     cfg, _ = compose([])
     plan = resolve(cfg, CPU, run_dir="/runs/x", run_name="x")
     env = rank_env(plan, {}, cpu_count=2, run_dir="/runs/x")
-    spec = local_spec(plan, "python3", 0, env, "/work", "torchrun", 0)
+    spec = local_spec(plan, "python3", 0, env, "/work", "torchrun")
     check_golden("launch/local-cpu.sh", render_launch_sh(spec, "x"))
 
 

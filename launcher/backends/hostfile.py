@@ -1,0 +1,170 @@
+"""Several hosts over ssh, through DeepSpeed's multinode runner (pdsh): one command here starts every rank there.
+
+The runner runs `cd <cwd>; <this python> -m deepspeed.launcher.launch ...` on each host, so the interpreter path,
+working directory and PYTHONPATH are this host's; the rank environment travels in the run dir's `deepspeed_env`
+(DS_ENV_FILE). Before the launch, one bounded ssh round trip per host checks what the runner would only find out by
+hanging or failing remotely: passwordless ssh, the same python and directory, a run dir every host sees, enough
+GPUs for the slots, the link interface and its MTU.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launcher.errors import LauncherError
+from launcher.plan import Plan
+from launcher.render.env import is_secret
+from launcher.render.hostfile import render_deepspeed_env, render_hostfile
+from launcher.render.launch import LaunchSpec
+
+DEFAULT_MASTER_PORT = 29500
+CONNECT_TIMEOUT_S = 10
+PROBE_TIMEOUT_S = 60
+RUNNER_EXPORTS = ("PYTHON", "MLFLOW", "MV2", "UCX", "NCCL")  # what deepspeed.launcher.runner copies to remote hosts
+IFNAME_VARS = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
+
+
+def hostfile_spec(plan: Plan, python: str, master_addr: str, master_port: int, rank_env: dict[str, str], cwd: str,
+                  environ: dict[str, str]) -> tuple[LaunchSpec, dict[str, str]]:
+    """The runner's command and the run-dir files it reads (hostfile, deepspeed_env)."""
+    files = {"hostfile": render_hostfile(plan), "deepspeed_env": render_deepspeed_env(rank_env)}
+    hidden = sorted(k for k in environ if is_secret(k) and k.startswith(RUNNER_EXPORTS))
+    argv = (
+        *(("env", *(a for k in hidden for a in ("-u", k))) if hidden else ()),
+        python, "-m", "deepspeed.launcher.runner",
+        f"--hostfile={plan.run_dir}/hostfile",
+        "--launcher=pdsh",
+        f"--master_addr={master_addr or plan.hosts[0]}",
+        f"--master_port={master_port or DEFAULT_MASTER_PORT}",
+        "--no_ssh_check",  # the preflight below checks every host, with timeouts; the runner's check has none
+        "--module", "--no_local_rank", "launcher.train.worker", plan.run_dir,
+    )
+    env = {**rank_env, "DS_ENV_FILE": f"{plan.run_dir}/deepspeed_env"}
+    return LaunchSpec(argv=argv, env=env, cwd=cwd), files
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What one ssh round trip learned about a host; `error` is set when the host could not be asked."""
+
+    host: str
+    error: str = ""
+    python: bool = False
+    cwd: bool = False
+    shared: bool = False
+    gpus: int = 0
+    ifaces: dict[str, int] = field(default_factory=dict)  # name -> MTU
+
+
+def probe_script(python: str, cwd: str, marker: str) -> str:
+    q = shlex.quote
+    return "; ".join([
+        f"test -x {q(python)} && echo python=1",
+        f"test -d {q(cwd)} && echo cwd=1",
+        f"test -e {q(marker)} && echo shared=1",
+        "echo gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')",
+        'for i in /sys/class/net/*; do echo "iface=${i##*/}:$(cat $i/mtu 2>/dev/null)"; done',
+        "true",
+    ])
+
+
+def parse_probe(host: str, stdout: str) -> HostFacts:
+    values: dict[str, str] = {}
+    ifaces: dict[str, int] = {}
+    for line in stdout.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key == "iface" and ":" in value:
+            name, _, mtu = value.partition(":")
+            ifaces[name] = int(mtu) if mtu.isdigit() else 0
+        elif key:
+            values[key] = value
+    gpus = values.get("gpus", "0")
+    return HostFacts(host, python="python" in values, cwd="cwd" in values, shared="shared" in values,
+                     gpus=int(gpus) if gpus.isdigit() else 0, ifaces=ifaces)
+
+
+def probe_hosts(hosts: tuple[str, ...], script: str, ssh_args: list[str]) -> list[HostFacts]:
+    """All hosts at once; every wait is bounded (a frozen sshd accepts the TCP connection and then says nothing)."""
+    base = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}", *ssh_args]
+    procs = {h: subprocess.Popen([*base, h, "sh -c " + shlex.quote(script)], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for h in hosts}
+    facts = []
+    for host, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=PROBE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            facts.append(HostFacts(host, error=f"no answer over ssh within {PROBE_TIMEOUT_S} s"))
+            continue
+        if proc.returncode != 0:
+            last = (err.strip().splitlines() or [f"ssh exit code {proc.returncode}"])[-1]
+            facts.append(HostFacts(host, error=f"ssh failed: {last}"))
+        else:
+            facts.append(parse_probe(host, out))
+    return facts
+
+
+def check_host(f: HostFacts, plan: Plan, python: str, cwd: str, shared_dir: str, rank_env: dict[str, str],
+               mtu: int, source: tuple[str, object]) -> None:
+    """Raise the first problem found on one host, naming it."""
+    field_name, value = source
+    h = f.host
+    if f.error:
+        raise LauncherError(field_name, value, f"make `ssh {h} true` work from this host without a password (ssh-copy-id "
+                            f"{h}; for two PGX boxes scripts/setup_dual_pgx.sh), or remove {h}",
+                            problem=f"host {h} is unreachable: {f.error}")
+    same = "install the same environment at the same path on every host, or share it over NFS"
+    if not f.python:
+        raise LauncherError(field_name, value, same, problem=f"host {h} has no {python}")
+    if not f.cwd:
+        raise LauncherError(field_name, value, same, problem=f"host {h} has no directory {cwd}")
+    if not f.shared:
+        raise LauncherError("run.output_dir", shared_dir, "put runs on storage every host mounts at the same path "
+                            "(e.g. run.output_dir=/mnt/shared/runs)",
+                            problem=f"host {h} does not see {shared_dir}: ranks read the plan and write checkpoints there")
+    if plan.accelerator == "cuda" and f.gpus < plan.procs_per_host:
+        raise LauncherError(field_name, value, f"give {h} at most slots={f.gpus}" if f.gpus else
+                            f"remove {h}, or use topo.accelerator=cpu",
+                            problem=f"host {h} has {f.gpus} GPU(s) and the plan starts {plan.procs_per_host} ranks on it")
+    for var in IFNAME_VARS:
+        _check_iface(f, var, rank_env.get(var, ""), mtu)
+
+
+def _check_iface(f: HostFacts, var: str, spec: str, mtu: int) -> None:
+    """NCCL reads a comma list of name prefixes (`=name` exact, `^name` excluded); gloo reads exact names."""
+    wanted = [w for w in spec.split(",") if w and not w.startswith("^")]
+    if not wanted:
+        return
+    found = [n for n in f.ifaces for w in wanted if (n == w[1:] if w.startswith("=") else n.startswith(w))]
+    if not found:
+        raise LauncherError("topo.socket_ifname" if var.startswith("GLOO") else "topo.nccl.socket_ifname", spec,
+                            "bring the link up with its address (scripts/setup_dual_pgx.sh) or name an interface it has",
+                            problem=f"host {f.host} has no interface {spec} ({var}); it has {', '.join(sorted(f.ifaces))}")
+    wrong = [n for n in found if mtu and f.ifaces[n] != mtu]
+    if wrong:
+        raise LauncherError("topo.mtu", mtu, "set the MTU on both ends (scripts/setup_dual_pgx.sh) or topo.mtu=0 to "
+                            "skip this check", problem=f"host {f.host}: {wrong[0]} has MTU {f.ifaces[wrong[0]]}")
+
+
+def preflight(plan: Plan, python: str, cwd: str, rank_env: dict[str, str], mtu: int, ssh_args: list[str],
+              source: tuple[str, object]) -> None:
+    """Ask every host over ssh (as pdsh will) before starting anything; fail fast naming the host."""
+    shared_dir = _nearest_existing(Path(plan.run_dir))
+    marker = shared_dir / f".launcher-probe-{uuid.uuid4().hex}"
+    marker.touch()
+    try:
+        facts = probe_hosts(plan.hosts, probe_script(python, cwd, str(marker)), ssh_args)
+    finally:
+        marker.unlink(missing_ok=True)
+    for f in facts:
+        check_host(f, plan, python, cwd, str(shared_dir), rank_env, mtu, source)
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path

@@ -1,0 +1,121 @@
+"""Hostfile launches on real "hosts": two network namespaces, an sshd in each, DeepSpeed's runner over pdsh.
+
+The launcher runs inside the first namespace as a user would run it on the first box; every rank is started over
+ssh, CPU ZeRO-3 over gloo on the veth link. Traffic goes only to the namespace addresses these tests create.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, launcher_env, read_metrics, run_launcher
+from tests.integration.netns import IFNAME, NetnsHosts, missing_binaries
+from tests.integration.test_errors import assert_user_error
+
+pytestmark = pytest.mark.integration
+SECRET = "wandb-key-that-must-not-leak-0451"
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory):
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces and sshd need root")
+    if missing_binaries():
+        pytest.skip(f"missing {missing_binaries()}: apt-get install -y iproute2 openssh-server openssh-client pdsh")
+    net = NetnsHosts(tmp_path_factory.mktemp("netns"))
+    try:
+        net.start()
+        yield net
+    finally:
+        net.close()
+
+
+def launch_on(net: NetnsHosts, hostfile: Path, *overrides: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
+    """`python -m launcher hostfile=...` on the first host, as a user on the first box would type it."""
+    env = {**launcher_env(), **net.env, "WANDB_API_KEY": SECRET}
+    argv = [*net.exec_argv(net.hosts[0]), sys.executable, "-m", "launcher", f"hostfile={hostfile}", "+plan=zero3",
+            "topo.accelerator=cpu", f"topo.socket_ifname={IFNAME}", *overrides]
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def write_hostfile(net: NetnsHosts, path: Path, slots: int) -> Path:
+    path.write_text("# two namespace hosts\n" + "".join(f"{h.addr} slots={slots}\n" for h in net.hosts))
+    return path
+
+
+def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+def assert_no_secret_written(run_dir: Path, *outputs: str) -> None:
+    for f in run_dir.rglob("*"):
+        if f.is_file():
+            assert SECRET.encode() not in f.read_bytes(), f"secret written to {f}"
+    assert all(SECRET not in out for out in outputs), "secret on a command line (visible in ps on the hosts)"
+
+
+@pytest.mark.parametrize("slots", [1, 2], ids=["2x1", "2x2"])
+def test_two_hosts_train_zero3_over_gloo_save_and_resume_from_the_latest_checkpoint(hosts, tmp_path, slots):
+    run_dir, hostfile = tmp_path / "run", write_hostfile(hosts, tmp_path / "hosts", slots)
+    first = launch_on(hosts, hostfile, f"run.dir={run_dir}", "train.max_steps=4", "train.save_every=2")
+    assert_ok(first)
+    world = 2 * slots
+    for h in hosts.hosts:  # pdsh prefixes each host's output: both ran ranks
+        assert f"{h.addr}: " in first.stdout
+    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4]
+    assert all((run_dir / "logs" / f"rank{r}.log").exists() for r in range(world))
+    assert (run_dir / "checkpoints" / "global_step4" / "complete.json").exists()
+    assert f"GLOO_SOCKET_IFNAME={IFNAME}\n" in (run_dir / "deepspeed_env").read_text()
+
+    again = launch_on(hosts, hostfile, f"run.dir={run_dir}", "train.max_steps=6", "train.save_every=2")
+    assert_ok(again)
+    assert "resumed from global step 4" in again.stdout
+    metrics = read_metrics(run_dir)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.3
+    assert (run_dir / "checkpoints" / "latest").read_text() == "global_step6"
+    assert_no_secret_written(run_dir, first.stdout, first.stderr, again.stdout, again.stderr)
+
+
+def test_unreachable_host_fails_fast_naming_it_and_starts_nothing(hosts, tmp_path):
+    """A frozen host (sshd stopped: TCP connects, then silence) makes a plain ssh wait forever."""
+    run_dir, frozen = tmp_path / "run", hosts.hosts[1]
+    hosts.freeze(frozen)
+    try:
+        t0 = time.monotonic()
+        result = launch_on(hosts, write_hostfile(hosts, tmp_path / "hosts", 1), f"run.dir={run_dir}", timeout=120)
+        elapsed = time.monotonic() - t0
+    finally:
+        hosts.thaw(frozen)
+    assert_user_error(result, f"host {frozen.addr} is unreachable", "banner exchange", f"ssh {frozen.addr} true")
+    assert elapsed < 60, f"took {elapsed:.0f} s"
+    assert not run_dir.exists() or not any(run_dir.glob("*.json"))
+
+
+def test_malformed_hostfile_is_one_paragraph_naming_the_line(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("worker-0 slots=1\nworker-1\n")
+    assert_user_error(run_launcher(f"hostfile={hostfile}", f"run.dir={tmp_path}/r"),
+                      f"hostfile='{hostfile}'", "line 2 `worker-1` has no slots=N", "write `worker-1 slots=1`")
+    assert not (tmp_path / "r").exists()
+
+
+def test_dual_pgx_dry_run_renders_the_link_settings_and_contacts_no_host(tmp_path):
+    """The default 192.168.100.x addresses are only rendered, never contacted (no ssh binary even reachable)."""
+    env = {**launcher_env(), "PATH": str(Path(sys.executable).parent)}
+    result = run_launcher("+topo=dual_pgx", "+plan=zero3", "run.dry_run=true", f"run.dir={tmp_path}/r", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "r"
+    assert (run_dir / "hostfile").read_text().splitlines()[1:] == ["192.168.100.10 slots=1", "192.168.100.11 slots=1"]
+    ds_env = (run_dir / "deepspeed_env").read_text()
+    for line in ("NCCL_SOCKET_IFNAME=enp1s0f1np1,enP2p1s0f1np1", "NCCL_IB_HCA=rocep1s0f1,roceP2p1s0f1",
+                 "NCCL_IB_DISABLE=0", "DS_ACCELERATOR=cuda"):
+        assert line in ds_env.splitlines()
+    launch = (run_dir / "launch.sh").read_text()
+    assert "deepspeed.launcher.runner" in launch and "--master_addr=192.168.100.10" in launch
+    assert f"DS_ENV_FILE={run_dir}/deepspeed_env" in launch

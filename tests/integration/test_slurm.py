@@ -1,0 +1,99 @@
+"""Slurm submission against a real Slurm (slurmctld + two slurmd node names + munge) that the fixture runs privately.
+
+Both node names live on this machine (ENGINE_NOTES.md); ranks are CPU processes over gloo on loopback.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, launcher_env, read_metrics
+from tests.integration.slurm_cluster import SlurmCluster, free_ports, missing_binaries
+from tests.integration.test_errors import assert_user_error
+
+pytestmark = pytest.mark.integration
+SECRET = "hf-token-that-must-not-leak-0451"
+CPU_SLURM = ("+topo=slurm", "+plan=zero3", "topo.accelerator=cpu", "topo.cpu_procs_per_host=1")
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory):
+    if os.geteuid() != 0:
+        pytest.skip("a private slurmctld/slurmd/munged needs root")
+    if missing_binaries():
+        pytest.skip(f"missing {missing_binaries()}: apt-get install -y slurmctld slurmd slurm-client munge")
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def launch(cluster: SlurmCluster, *overrides: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    env = env or {**launcher_env(), **cluster.env, "PYTHONPATH": launcher_env()["PYTHONPATH"], "HF_TOKEN": SECRET}
+    argv = [*prefix, sys.executable, "-m", "launcher", *CPU_SLURM, f"topo.master_port={free_ports(1)[0]}", *overrides]
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
+
+
+def test_job_trains_saves_on_usr1_requeues_and_resumes_from_the_latest_checkpoint(slurm, tmp_path):
+    run_dir = tmp_path / "run"
+    steps = ("train.max_steps=12", "train.save_every=100", f"run.dir={run_dir}")
+    dry = launch(slurm, *steps, "run.dry_run=true")
+    assert dry.returncode == 0 and (run_dir / "job.sbatch").exists(), dry.stderr[-3000:]
+    assert slurm.run("squeue", "-h").stdout.strip() == "", "a dry run submitted a job"
+
+    submitted = launch(slurm, *steps)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    job_id = re.search(r"Submitted batch job (\d+)", submitted.stdout).group(1)
+    metrics = run_dir / "metrics.jsonl"
+    slurm.wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, 300, "3 trained steps")
+    slurm.run("scancel", "--batch", "--signal=USR1", job_id)
+    slurm.wait_for(lambda: slurm.job(job_id).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+                   and slurm.job(job_id).get("Restarts") == "1", 400, f"job {job_id} to be requeued and finish")
+
+    job = slurm.job(job_id)
+    out = (run_dir / "logs" / f"slurm-{job_id}.out").read_text()
+    assert job["JobState"] == "COMPLETED", out[-4000:]
+    assert f"requeueing job {job_id}" in out and "(restart 1)" in out and "run complete at global step 12" in out
+    resumed = re.search(r"resumed from global step (\d+)", (run_dir / "logs" / "rank0.log").read_text())
+    assert resumed and 3 <= int(resumed.group(1)) < 12, out[-4000:]
+    assert (run_dir / "checkpoints" / f"global_step{resumed.group(1)}" / "complete.json").exists()
+    assert [m["step"] for m in read_metrics(run_dir)] == list(range(1, 13))
+    assert (run_dir / "checkpoints" / "latest").read_text() == "global_step12"
+    stored = list(slurm.root.glob(f"state/hash.*/job.{job_id}/environment"))
+    assert stored and all(SECRET.encode() not in f.read_bytes() for f in stored), "secret in Slurm's job state"
+    assert all(SECRET.encode() not in f.read_bytes() for f in run_dir.rglob("*") if f.is_file())
+
+
+def test_inside_an_allocation_it_runs_there_with_srun_instead_of_submitting(slurm, tmp_path):
+    run_dir = tmp_path / "run"
+    salloc = ("salloc", "--nodes=2", "--exclusive")
+    result = launch(slurm, "train.max_steps=2", f"run.dir={run_dir}", prefix=salloc)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Submitted batch job" not in result.stdout and "step 2/2" in result.stdout
+    assert (run_dir / "checkpoints" / "latest").read_text() == "global_step2"
+    small = launch(slurm, "train.max_steps=2", f"run.dir={tmp_path}/small", prefix=("salloc", "--nodes=1"))
+    assert_user_error(small, "topo.nodes=2", "has 1 node(s)", "use topo.nodes=1")
+
+
+def test_more_nodes_than_the_partition_has_is_refused_before_submitting(slurm, tmp_path):
+    result = launch(slurm, "topo.nodes=3", "train.global_batch_size=6", "train.micro_batch_size=2",
+                    f"run.dir={tmp_path}/r")
+    assert_user_error(result, "topo.nodes=3", "partition debug has 2 node(s)", "use topo.nodes<=2")
+    assert slurm.run("squeue", "-h").stdout.strip() == ""
+
+
+def test_slurm_not_installed_is_one_paragraph(tmp_path):
+    env = {**launcher_env(), "PATH": str(Path(sys.executable).parent)}
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    result = subprocess.run([sys.executable, "-m", "launcher", *CPU_SLURM, f"run.dir={tmp_path}/r"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert_user_error(result, "topo.backend='slurm'", "sbatch is not on PATH: Slurm is not installed on this host",
+                      "install the Slurm client commands")

@@ -1,0 +1,150 @@
+"""Hostfiles as users write them: DeepSpeed's `host slots=N` format, every mistake named by its line; the plan and
+the files DeepSpeed's runner reads (hostfile, deepspeed_env) rendered from it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from launcher.backends.hostfile import HostFacts, check_host, hostfile_spec, parse_probe
+from launcher.compose import compose
+from launcher.errors import LauncherError
+from launcher.hardware import Hardware
+from launcher.hostfile import parse_hostfile, read_hostfile, uniform_slots
+from launcher.plan import Plan, resolve
+from launcher.render.hostfile import render_deepspeed_env, render_hostfile
+
+CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def plan_for(*overrides: str) -> Plan:
+    cfg, _ = compose(list(overrides))
+    return resolve(cfg, CPU, run_dir="/runs/x", run_name="x")
+
+
+def error_text(lines: list[str]) -> str:
+    with pytest.raises(LauncherError) as err:
+        uniform_slots(parse_hostfile(lines, "hf"), "hf")
+    return err.value.paragraph()
+
+
+def test_hosts_keep_file_order_and_comments_and_blank_lines_are_skipped():
+    entries = parse_hostfile(["# cluster", "", "worker-1 slots=4  # fast one", "  worker-0\tslots=4", "10.0.0.7 slots=4"])
+    assert [(e.host, e.slots, e.line) for e in entries] == [("worker-1", 4, 3), ("worker-0", 4, 4), ("10.0.0.7", 4, 5)]
+
+
+@pytest.mark.parametrize("lines, fragments", [
+    (["worker-0 slots=8", "worker-1"], ["line 2 `worker-1` has no slots=N", "write `worker-1 slots=1`"]),
+    (["worker-0 slots=8", "worker-0 slots=8"], ["host worker-0 is listed twice (lines 1 and 2)"]),
+    (["worker-0 slots=0"], ["line 1 `worker-0 slots=0` has slots=0", "whole number >= 1"]),
+    (["worker-0 slots=four"], ["has slots=four"]),
+    (["worker-0 slots=8 max_slots=8"], ["line 1 `worker-0 slots=8 max_slots=8` is not in DeepSpeed's hostfile format"]),
+    (["worker-0 gpus=8"], ["is not in DeepSpeed's hostfile format"]),
+    (["a,b slots=1"], ["invalid host name `a,b`"]),
+    (["# nothing", ""], ["it lists no hosts"]),
+    (["worker-0 slots=8", "worker-1 slots=4"], ["different slots (worker-0 slots=8, worker-1 slots=4)", "slots=4 on each"]),
+])
+def test_malformed_hostfile_names_the_line_and_the_fix(lines, fragments):
+    text = error_text(lines)
+    assert text.startswith("error: hostfile='hf' cannot be used.")
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+def test_missing_hostfile_names_the_path(tmp_path):
+    with pytest.raises(LauncherError) as err:
+        read_hostfile("nope", cwd=str(tmp_path))
+    assert f"{tmp_path}/nope does not exist" in err.value.paragraph()
+
+
+def test_hostfile_sets_hosts_slots_and_backend_of_the_plan(tmp_path):
+    hf = tmp_path / "cluster"
+    hf.write_text("worker-b slots=2\nworker-a slots=2\n")
+    p = plan_for(f"hostfile={hf}", "topo.accelerator=cpu", "+plan=zero3")
+    assert (p.backend, p.hosts, p.procs_per_host, p.world_size, p.dp, p.grad_accum) == (
+        "hostfile", ("worker-b", "worker-a"), 2, 4, 4, 1)
+
+
+def test_hostfile_launch_defaults_to_gpus_whatever_this_host_has(tmp_path):
+    hf = tmp_path / "cluster"
+    hf.write_text("worker-0 slots=8\nworker-1 slots=8\n")
+    p = plan_for(f"hostfile={hf}", "train.global_batch_size=32")
+    assert (p.accelerator, p.world_size, p.precision) == ("cuda", 16, "bf16")
+
+
+def test_shipped_example_hostfiles_parse():
+    for path in sorted((REPO / "hostfiles").iterdir()):
+        assert uniform_slots(read_hostfile(str(path))) >= 1
+
+
+def test_hostfile_with_slurm_and_many_hosts_on_local_backend_are_refused(tmp_path):
+    hf = tmp_path / "cluster"
+    hf.write_text("a slots=1\nb slots=1\n")
+    with pytest.raises(LauncherError, match="the allocation names the nodes"):
+        plan_for(f"hostfile={hf}", "+topo=slurm")
+    with pytest.raises(LauncherError, match="use topo.backend=hostfile"):
+        plan_for("topo.hosts=[a,b]")
+
+
+def test_rendered_hostfile_is_read_back_by_deepspeeds_parser():
+    from deepspeed.launcher.runner import _parse_hostfile
+
+    p = plan_for("+topo=dual_pgx")
+    text = render_hostfile(p)
+    assert dict(_parse_hostfile(text.splitlines())) == {"192.168.100.10": 1, "192.168.100.11": 1}
+
+
+def test_dual_pgx_network_settings_reach_every_rank_through_deepspeed_env():
+    p = plan_for("+topo=dual_pgx", "topo.nccl.ib_hca=roceP2p1s0f1", "topo.hosts=[spark-a,spark-b]")
+    env = {"DS_ACCELERATOR": "cuda", **p.nccl_env}
+    spec, files = hostfile_spec(p, "/venv/bin/python", "192.168.100.10", 0, env, "/work", {"WANDB_API_KEY": "s3cret"})
+    assert files["hostfile"].endswith("spark-a slots=1\nspark-b slots=1\n")
+    assert "NCCL_IB_HCA=roceP2p1s0f1\n" in files["deepspeed_env"] and "NCCL_IB_DISABLE=0\n" in files["deepspeed_env"]
+    assert "NCCL_NET_GDR_LEVEL" not in files["deepspeed_env"]  # GB10 has no GPUDirect RDMA: nothing forced
+    assert spec.env["DS_ENV_FILE"] == "/runs/x/deepspeed_env"
+    assert spec.argv[:3] == ("/venv/bin/python", "-m", "deepspeed.launcher.runner")
+    assert "--master_addr=192.168.100.10" in spec.argv and "--launcher=pdsh" in spec.argv
+    assert "s3cret" not in repr(spec) + repr(files)
+
+
+def test_secrets_that_deepspeed_would_export_are_unset_for_the_runner():
+    p = plan_for("+topo=dual_pgx")
+    spec, _ = hostfile_spec(p, "py", "", 0, {}, "/w", {"MLFLOW_TRACKING_PASSWORD": "x", "WANDB_API_KEY": "y"})
+    assert spec.argv[:3] == ("env", "-u", "MLFLOW_TRACKING_PASSWORD") and "WANDB_API_KEY" not in spec.argv
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"WANDB_API_KEY": "abc"}, "secrets are never written into the run dir"),
+    ({"HF_TOKEN": "abc"}, "secrets are never written"),
+    ({"X": 'a"b'}, "inside double quotes"),
+    ({"X": "$HOME"}, "inside double quotes"),
+])
+def test_deepspeed_env_refuses_secrets_and_unquotable_values(env, fragment):
+    with pytest.raises(LauncherError) as err:
+        render_deepspeed_env(env)
+    assert fragment in err.value.paragraph() and "abc" not in err.value.paragraph()
+
+
+def test_probe_output_is_parsed_and_each_problem_names_the_host():
+    p = plan_for("+topo=dual_pgx")
+    facts = parse_probe("192.168.100.11", "python=1\ncwd=1\nshared=1\ngpus=1\niface=lo:65536\niface=enp1s0f1np1:1500\n")
+    assert facts.ifaces == {"lo": 65536, "enp1s0f1np1": 1500} and facts.gpus == 1
+    env = p.nccl_env
+    src = ("topo.hosts", list(p.hosts))
+    with pytest.raises(LauncherError, match="host 192.168.100.11: enp1s0f1np1 has MTU 1500"):
+        check_host(facts, p, "py", "/w", "/runs", env, 9000, src)
+    check_host(facts, p, "py", "/w", "/runs", env, 0, src)
+    cases = [
+        (HostFacts("b", error="ssh failed: Connection refused"), "host b is unreachable: ssh failed: Connection refused"),
+        (HostFacts("b", cwd=True, shared=True), "host b has no py"),
+        (HostFacts("b", python=True, shared=True), "host b has no directory /w"),
+        (HostFacts("b", python=True, cwd=True), "host b does not see /runs"),
+        (HostFacts("b", python=True, cwd=True, shared=True, gpus=0), "host b has 0 GPU(s) and the plan starts 1"),
+        (HostFacts("b", python=True, cwd=True, shared=True, gpus=1, ifaces={"eth0": 1500}),
+         "host b has no interface enp1s0f1np1,enP2p1s0f1np1 (NCCL_SOCKET_IFNAME); it has eth0"),
+    ]
+    for bad, fragment in cases:
+        with pytest.raises(LauncherError) as err:
+            check_host(bad, p, "py", "/w", "/runs", env, 9000, src)
+        assert fragment in err.value.paragraph()
