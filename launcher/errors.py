@@ -30,10 +30,10 @@ def _sentence(text: str) -> str:
     return text.strip().rstrip(".") + "."
 
 
-def report(err: LauncherError, debug: bool = False) -> int:
+def report(err: LauncherError, debug: bool = False, how: str = "run.debug=true or LAUNCHER_DEBUG=1") -> int:
     """Print a LauncherError as one wrapped paragraph on stderr and return the exit code to use."""
     text = textwrap.fill(err.paragraph(), width=110, break_on_hyphens=False, break_long_words=False)
     print(text, file=sys.stderr)
     if not debug:
-        print("(run with run.debug=true or LAUNCHER_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(f"(run with {how} for a traceback)", file=sys.stderr)
     return USER_ERROR_EXIT

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                                 problem="it has no plan.json")
         export(args.run_dir, args.out, args.adapter, args.step)
     except LauncherError as err:
-        return report(err)
+        debug = os.environ.get("LAUNCHER_DEBUG") == "1"
+        if debug:
+            traceback.print_exc()
+        return report(err, debug, how="LAUNCHER_DEBUG=1")
     return 0
 
 

@@ -89,3 +89,18 @@ def last_step(run_dir: Path) -> int:
         return json.loads(lines[-1])["step"] if lines else 0
     except ValueError:
         return 0
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """Train once per distinct job in the session; tests that only read a run's outputs (metrics, checkpoints,
+    exports) share it instead of paying for another training run."""
+    cache: dict[tuple[str, ...], tuple[subprocess.CompletedProcess[str], Path]] = {}
+
+    def get(*overrides: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+        if overrides not in cache:
+            run_dir = tmp_path_factory.mktemp("trained") / "run"
+            cache[overrides] = (run_launcher(f"run.dir={run_dir}", *overrides), run_dir)
+        return cache[overrides]
+
+    return get

@@ -111,3 +111,26 @@ def test_resume_on_another_world_size_or_zero_stage_goes_through_universal_check
     assert all(abs(a - b) / b < 2e-3 for a, b in zip(got[5:], expected[5:])), (got, expected)
     meta = json.loads((resumed / "checkpoints" / "global_step10" / "complete.json").read_text())
     assert (meta["world_size"], meta["zero_stage"]) == ((1, 2) if "procs" in change[0] else (2, 3))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 12 MiB filesystem (tmpfs) to run in: room for one tiny checkpoint, not two."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_save_that_would_not_fit_fails_early_and_keeps_the_previous_checkpoint(small_disk):
+    run_dir = small_disk / "run"
+    result = run_launcher(f"run.dir={run_dir}", "train.max_steps=6", "train.save_every=2", "train.keep_last=0")
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    paragraph = " ".join(result.stderr.split())
+    assert "error: run.dir=" in paragraph and "more free space than the filesystem has" in paragraph
+    assert "lower train.keep_last" in paragraph
+    from launcher.checkpoint import latest_complete
+
+    assert latest_complete(run_dir / "checkpoints").global_step == 2
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))

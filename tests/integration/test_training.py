@@ -27,8 +27,8 @@ def assert_trained(result, run_dir: Path, steps: int = 12) -> list[dict]:
 
 
 @pytest.mark.parametrize("plan", ["ddp", "zero1", "zero2", "zero3", "zero3_offload"])
-def test_full_finetune_trains_and_saves_with_two_processes(plan, run_dir):
-    result = run_launcher(f"+plan={plan}", f"run.dir={run_dir}", *STEPS)
+def test_full_finetune_trains_and_saves_with_two_processes(plan, trained_run):
+    result, run_dir = trained_run(f"+plan={plan}", *STEPS)
     metrics = assert_trained(result, run_dir)
     assert all(m["grad_norm"] is not None and m["grad_norm"] > 0 for m in metrics)
     saved = json.loads((run_dir / "plan.json").read_text())
@@ -39,8 +39,8 @@ def test_full_finetune_trains_and_saves_with_two_processes(plan, run_dir):
     assert "step 12/12" in result.stdout
 
 
-def test_lora_trains_only_adapters_and_saves(run_dir):
-    result = run_launcher("method=lora", f"run.dir={run_dir}", *STEPS)
+def test_lora_trains_only_adapters_and_saves(trained_run):
+    result, run_dir = trained_run("method=lora", *STEPS)
     assert_trained(result, run_dir)
     assert "method lora" in result.stdout
     saved = json.loads((run_dir / "plan.json").read_text())
