@@ -58,4 +58,5 @@ def _after_signal(code: int, signals: list[int], ckpt_root: Path, say: Callable[
         say(f"stopped on signal {signals[0]}: saved at global step {latest.global_step} ({latest.path}); rerun the "
             f"same command to resume (exit code {PREEMPTED_EXIT_CODE})")
         return PREEMPTED_EXIT_CODE
-    return code if code else 128 + signals[-1]
+    say(f"stopped on signal {signals[-1]} before a checkpoint was completed (exit code {code})")
+    return 128 + signals[-1]
