@@ -8,7 +8,7 @@ from pathlib import Path
 
 from launcher.errors import LauncherError, report
 
-HYDRA_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--resolve", "--package", "-p")
+HYDRA_FLAGS = ("--cfg", "-c", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--resolve", "--package", "-p")
 
 
 def split_script_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -22,6 +22,11 @@ def split_script_args(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     overrides, _script_args = split_script_args(args)
+    if overrides[:1] in (["--help"], ["-h"], ["list"]):
+        from launcher.catalog import help_text, list_text
+
+        print(help_text() if overrides[0] != "list" else list_text())
+        return 0
     if any(a.split("=", 1)[0] in HYDRA_FLAGS for a in overrides):
         from launcher.hydra_cli import passthrough
 

@@ -228,11 +228,29 @@ class RunConfig:
     launcher: str = "torchrun"  # torchrun | deepspeed
     max_restarts: int = 0
     restart_backoff_s: float = 5.0
+    collective_timeout_s: int = 600  # a collective that waits longer names the ranks and points at preflight
     debug: bool = False
 
     def __post_init__(self) -> None:
         _choice("run.launcher", self.launcher, ("torchrun", "deepspeed"))
         _positive("run.max_restarts", self.max_restarts, allow_zero=True)
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases: offline unless a key is set (auto); the key is read from the environment, never written."""
+
+    mode: str = "auto"  # auto | online | offline | disabled
+    project: str = "launcher"
+    entity: str = ""
+
+    def __post_init__(self) -> None:
+        _choice("logging.wandb.mode", self.mode, ("auto", "online", "offline", "disabled"))
+
+
+@dataclass
+class LoggingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -245,6 +263,7 @@ class LauncherConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def register() -> None:

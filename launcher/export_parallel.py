@@ -24,9 +24,9 @@ LAYER_FILE = re.compile(r"^layer_(\d+)-model_states\.pt$")
 def hf_state_dict_from_checkpoint(ckpt_dir: Path, plan: Plan) -> dict[str, torch.Tensor]:
     """The full model state dict of a checkpoint saved under plan.tp > 1 or plan.pp > 1."""
     if plan.pp > 1:
-        return _from_pipeline(Path(ckpt_dir), plan)
+        return pipeline_state_dict(Path(ckpt_dir), plan)
     if plan.tp > 1:
-        return _from_tensor_parallel(Path(ckpt_dir), plan.tp)
+        return tensor_parallel_state_dict(Path(ckpt_dir), plan.tp)
     raise ValueError(f"plan {plan.plan_name} has tp=1 and pp=1: its checkpoint is not model-parallel")
 
 
@@ -34,26 +34,38 @@ def _load(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def _from_tensor_parallel(ckpt_dir: Path, tp: int) -> dict[str, torch.Tensor]:
+def tensor_parallel_state_dict(ckpt_dir: Path, tp: int) -> dict[str, torch.Tensor]:
+    """Rebuild every parameter from the tp shards with DeepSpeed's own affine map; a tied head shares the result."""
     from deepspeed.checkpoint.affine import ParamAffineMap
 
     shards = [_load(ckpt_dir / MP_FILE.format(r)) for r in range(tp)]
     affine = (shards[0].get("universal_checkpoint_info") or {}).get("affine_map", {}).get("params", {})
     maps = [(re.compile(pattern), ParamAffineMap.from_dict(entry)) for pattern, entry in affine.items()]
-    shared = {k: v for shard in shards for k, v in (shard.get("shared_params") or {}).items()}  # tied head
+    module = shards[0]["module"]
     full: dict[str, torch.Tensor] = {}
-    for name in shards[0]["module"]:
-        if name in shared:
-            continue
+    tied: list[str] = []
+    for name in module:
         found = [m for pattern, m in maps if pattern.match(name)]
-        if not found:
+        if found:
+            full[name] = found[0].rebuild({r: shard["module"][name] for r, shard in enumerate(shards)}).clone()
+        else:
+            tied.append(name)
+    for name in tied:  # a tied head has no layout of its own: it is the embedding's tensor, saved once
+        source = next((n for n in full if _same_tensor(module[n], module[name])), None)
+        if source is None:
             raise ValueError(f"{ckpt_dir}: DeepSpeed recorded no tensor-parallel layout for {name}")
-        full[name] = found[0].rebuild({r: shard["module"][name] for r, shard in enumerate(shards)}).clone()
-    full.update({name: full[source] for name, source in shared.items()})
+        full[name] = full[source]
     return full
 
 
-def _from_pipeline(ckpt_dir: Path, plan: Plan) -> dict[str, torch.Tensor]:
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """torch.save keeps storage sharing within a file, so a tied weight loads as the same storage."""
+    return (a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+            and a.storage_offset() == b.storage_offset() and a.shape == b.shape)
+
+
+def pipeline_state_dict(ckpt_dir: Path, plan: Plan) -> dict[str, torch.Tensor]:
+    """Every layer file's tensors under the model's names."""
     names = pipeline_layer_names(plan)
     files = {int(m.group(1)): p for p in ckpt_dir.iterdir() if (m := LAYER_FILE.match(p.name))}
     full: dict[str, torch.Tensor] = {}

@@ -33,7 +33,8 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
     cfg, num_rows = inputs.check_data(cfg, cwd)
     name = cfg.run.name or default_run_name(cfg.model.name, cfg.method.name, cfg.plan.name)
     run_dir = Path(inputs.absolute(cfg.run.dir or str(Path(cfg.run.output_dir) / name), cwd))
-    plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, num_samples=num_rows)
+    wandb_env = (environ.get("WANDB_MODE", ""), bool(environ.get("WANDB_API_KEY")))
+    plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, num_samples=num_rows, wandb_env=wandb_env)
     if not cfg.run.dry_run:
         check_host_fits(plan, hw)
     spec = _launch_spec(cfg, plan, hw, environ, cwd)
@@ -50,8 +51,17 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
     from launcher.supervisor import run_supervised
 
     code = run_supervised(spec, environ, run_dir, cfg.run.max_restarts, cfg.run.restart_backoff_s)
+    _plots(run_dir)
     print(f"run {name} finished with exit code {code}; run dir {run_dir}", file=sys.stderr if code else sys.stdout)
     return code
+
+
+def _plots(run_dir: Path) -> None:
+    """loss.png and throughput.png at the end of every run that trained (python -m launcher.report redraws them)."""
+    if (run_dir / "metrics.jsonl").exists():
+        from launcher import report
+
+        report.plot(run_dir, report.read_metrics(run_dir))
 
 
 def check_host_fits(plan: Plan, hw: Hardware) -> None:
@@ -78,7 +88,7 @@ def _launch_spec(cfg: LauncherConfig, plan: Plan, hw: Hardware, environ: dict[st
         if live:
             source = ("hostfile", cfg.hostfile) if cfg.hostfile else ("topo.hosts", list(plan.hosts))
             ssh_args = shlex.split(environ.get("PDSH_SSH_ARGS_APPEND", ""))  # the options pdsh will use
-            hostfile_preflight(plan, sys.executable, cwd, env, topo.mtu, ssh_args, source)
+            hostfile_preflight(plan, sys.executable, cwd, env, topo.mtu, ssh_args, source, environ.get("PATH", ""))
     elif plan.backend == "slurm":
         spec, files = slurm_spec(plan, topo.slurm, sys.executable, cwd, env, topo.master_addr, topo.master_port, environ)
         if live:

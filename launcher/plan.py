@@ -48,6 +48,10 @@ class Plan:
     memory: MemoryEstimate
     nccl_env: dict[str, str] = field(default_factory=dict)
     resume: str = "auto"
+    wandb_mode: str = "disabled"
+    collective_timeout_s: int = 600
+    wandb_project: str = "launcher"
+    wandb_entity: str = ""
     overlap_comm: bool = True
     reduce_bucket_mb: int = 200
     allgather_bucket_mb: int = 200
@@ -100,8 +104,14 @@ def _model_from_dict(d: dict[str, Any]) -> ModelConfig:
     return ModelConfig(**d)
 
 
-def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_samples: int = 0) -> Plan:
-    """Turn what the user asked for into what will run. Raises LauncherError for anything that cannot work."""
+def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_samples: int = 0,
+            wandb_env: tuple[str, bool] = ("", False)) -> Plan:
+    """Turn what the user asked for into what will run. Raises LauncherError for anything that cannot work.
+
+    wandb_env is (WANDB_MODE, whether WANDB_API_KEY is set), read from the environment by the caller."""
+    wandb_mode = cfg.logging.wandb.mode
+    if wandb_mode == "auto":
+        wandb_mode = wandb_env[0] or ("online" if wandb_env[1] else "offline")
     backend, hosts, slots = _placement(cfg)
     accelerator = _accelerator(cfg, hw, backend)
     procs = slots or _procs_per_host(cfg, hw, accelerator)
@@ -133,7 +143,7 @@ def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_
         procs_per_host=procs,
     )
     return Plan(
-        topo_name=cfg.topo.name,
+        topo_name=cfg.topo.name if backend == cfg.topo.backend else backend,  # hostfile= on the default topology
         plan_name=cfg.plan.name,
         backend=backend,
         hosts=hosts,
@@ -159,6 +169,10 @@ def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_
         memory=mem,
         nccl_env=nccl_env(cfg),
         resume=cfg.run.resume,
+        wandb_mode=wandb_mode,
+        collective_timeout_s=cfg.run.collective_timeout_s,
+        wandb_project=cfg.logging.wandb.project,
+        wandb_entity=cfg.logging.wandb.entity,
         overlap_comm=cfg.plan.overlap_comm,
         reduce_bucket_mb=cfg.plan.reduce_bucket_mb,
         allgather_bucket_mb=cfg.plan.allgather_bucket_mb,
@@ -214,8 +228,9 @@ def _check_model_parallel(cfg: LauncherConfig, world: int) -> None:
         raise LauncherError(
             "plan.pp", pp, "use tp alone (+plan=tp, with ZeRO-1/2 over the remaining ranks) or pp alone (+plan=pp); "
             "for a model too large for either, plan.tp=1 plan.pp=1 with +plan=zero3",
-            problem=f"tp={tp} with pp={pp} cannot run on DeepSpeed: AutoTP builds its own data x tensor process groups "
-            "over the whole world and replaces the pipeline's grid, so gradients would be reduced across stages",
+            problem=f"tp={tp} with pp={pp} cannot run on DeepSpeed: AutoTP shards a Hugging Face model by its tp_plan "
+            "and finds no sharding policy in a PipelineModule, and its data x tensor process groups would replace the "
+            "pipeline's grid",
         )
     if world % (tp * pp):
         field_name, value = ("plan.tp", tp) if tp > 1 else ("plan.pp", pp)

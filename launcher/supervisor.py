@@ -16,7 +16,8 @@ from launcher.checkpoint import latest_complete
 from launcher.render.launch import LaunchSpec
 from launcher.train.signals import PREEMPTED_EXIT_CODE
 
-USER_ERROR_FILE = "user_error.json"
+USER_ERROR_FILE = "user_error.json"  # written by a rank that hit a user-facing failure (rank N>0: user_error.rankN.json)
+USER_ERROR_GLOB = "user_error*.json"
 MAX_BACKOFF_S = 300.0
 
 
@@ -29,12 +30,13 @@ def run_supervised(spec: LaunchSpec, environ: dict[str, str], run_dir: Path, max
     ckpt_root = run_dir / "checkpoints"
     code = 0
     for attempt in range(max_restarts + 1):
-        (run_dir / USER_ERROR_FILE).unlink(missing_ok=True)
+        for stale in run_dir.glob(USER_ERROR_GLOB):
+            stale.unlink()
         env = {**environ, "LAUNCHER_RESTART": str(attempt)}
         code, signals = spawn.run(spec, env)
-        user_error = run_dir / USER_ERROR_FILE
-        if user_error.exists():
-            say(json.loads(user_error.read_text())["paragraph"])
+        errors = sorted((json.loads(p.read_text()) for p in run_dir.glob(USER_ERROR_GLOB)), key=lambda e: e["rank"])
+        if errors:
+            say(errors[0]["paragraph"])
             return 2
         if signals:
             return _after_signal(code, signals, ckpt_root, say)

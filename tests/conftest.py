@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 def launcher_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("LAUNCHER_DEBUG", None)
+    env["WANDB_MODE"] = "disabled"  # the wandb test turns it on with logging.wandb.mode=offline
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

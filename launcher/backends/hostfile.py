@@ -9,6 +9,7 @@ GPUs for the slots, the link interface and its MTU.
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ CONNECT_TIMEOUT_S = 10
 PROBE_TIMEOUT_S = 60
 RUNNER_EXPORTS = ("PYTHON", "MLFLOW", "MV2", "UCX", "NCCL")  # what deepspeed.launcher.runner copies to remote hosts
 IFNAME_VARS = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
+# launcher.spawn sends SIGTERM/SIGUSR1 to the leaf processes, here the local ssh clients: they would die and leave the
+# remote ranks running, cut off. Ignored, they keep the job whole; SIGINT (Ctrl-C) reaches DeepSpeed's runner, which
+# stops every host (its pdsh `pkill`). Saving on a preemption signal needs the signal on the remote ranks: see README.
+IGNORE_PREEMPTION = ("bash", "-c", "trap '' TERM USR1; exec \"$@\"", "launcher-hostfile")
 
 
 def hostfile_spec(plan: Plan, python: str, master_addr: str, master_port: int, rank_env: dict[str, str], cwd: str,
@@ -33,11 +38,12 @@ def hostfile_spec(plan: Plan, python: str, master_addr: str, master_port: int, r
     files = {"hostfile": render_hostfile(plan), "deepspeed_env": render_deepspeed_env(rank_env)}
     hidden = sorted(k for k in environ if is_secret(k) and k.startswith(RUNNER_EXPORTS))
     argv = (
+        *IGNORE_PREEMPTION,
         *(("env", *(a for k in hidden for a in ("-u", k))) if hidden else ()),
         python, "-m", "deepspeed.launcher.runner",
         f"--hostfile={plan.run_dir}/hostfile",
         "--launcher=pdsh",
-        f"--master_addr={master_addr or plan.hosts[0]}",
+        f"--master_addr={master_addr or plan.hosts[0].rpartition('@')[2]}",
         f"--master_port={master_port or DEFAULT_MASTER_PORT}",
         "--no_ssh_check",  # the preflight below checks every host, with timeouts; the runner's check has none
         "--module", "--no_local_rank", "launcher.train.worker", plan.run_dir,
@@ -151,8 +157,12 @@ def _check_iface(f: HostFacts, var: str, spec: str, mtu: int) -> None:
 
 
 def preflight(plan: Plan, python: str, cwd: str, rank_env: dict[str, str], mtu: int, ssh_args: list[str],
-              source: tuple[str, object]) -> None:
+              source: tuple[str, object], path: str) -> None:
     """Ask every host over ssh (as pdsh will) before starting anything; fail fast naming the host."""
+    for tool in ("ssh", "pdsh"):
+        if not shutil.which(tool, path=path):
+            raise LauncherError(source[0], source[1], "install OpenSSH's client and pdsh on this host (Debian/Ubuntu: "
+                                "apt-get install openssh-client pdsh)", problem=f"{tool} is not on PATH")
     shared_dir = _nearest_existing(Path(plan.run_dir))
     marker = shared_dir / f".launcher-probe-{uuid.uuid4().hex}"
     marker.touch()

@@ -13,7 +13,9 @@ import json
 import shlex
 
 from launcher.config import SlurmConfig
+from launcher.errors import LauncherError
 from launcher.plan import Plan
+from launcher.render.env import is_secret
 
 DEFAULT_MASTER_PORT = 29500
 NODE_ADDR = "$(scontrol show node \"$head_node\" | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)"
@@ -44,6 +46,10 @@ def sbatch_options(plan: Plan, slurm: SlurmConfig, cwd: str) -> list[str]:
 
 def render_sbatch(plan: Plan, slurm: SlurmConfig, python: str, cwd: str, rank_env: dict[str, str],
                   master_addr: str = "", master_port: int = 0) -> str:
+    secrets = sorted(k for k in rank_env if is_secret(k))
+    if secrets:
+        raise LauncherError(f"topo.env.{secrets[0]}", "<hidden>", "export it on the cluster (or log in there: wandb "
+                            "login, hf auth login)", problem="secrets are never written into job.sbatch")
     q = shlex.quote
     run_dir, nodes, port = q(plan.run_dir), plan.num_hosts, master_port or DEFAULT_MASTER_PORT
     script = f"{plan.run_dir}/job.sbatch"

@@ -1,10 +1,38 @@
-"""Per-step metrics: one JSON line per step in metrics.jsonl (rank 0) and a plain console line."""
+"""Per-step metrics: one JSON line per step in metrics.jsonl (rank 0), MFU from the model's FLOPs per token."""
 from __future__ import annotations
 
 import json
-import time
+import resource
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
+
+from launcher.config import ArchConfig
+
+# Dense bf16 peak per GPU (TFLOP/s), by a substring of torch.cuda.get_device_name(). GB10: NVIDIA publishes 1 PFLOP
+# of sparse FP4; a quarter for dense FP8 and half again for bf16 gives 125 (an estimate, not a datasheet figure).
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "B200": 2250.0, "GB200": 2500.0, "A100": 312.0,
+               "L40S": 362.0, "A10G": 125.0, "L4": 121.0, "GB10": 125.0, "RTX 6000 Ada": 364.0}
+
+
+def peak_flops(device_name: str) -> float | None:
+    for key, tflops in PEAK_TFLOPS.items():
+        if key.upper() in device_name.upper():
+            return tflops * 1e12
+    return None
+
+
+def flops_per_token(arch: ArchConfig, params: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the weights plus 12·L·h·s for attention (PaLM appendix B)."""
+    return 6.0 * params + 12.0 * arch.num_layers * arch.hidden_size * seq_len
+
+
+def memory_gb(device: torch.device) -> float:
+    """Peak GPU memory allocated by this rank, or the peak resident memory of the process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1024**3
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 @dataclass
@@ -17,6 +45,8 @@ class StepMetrics:
     tokens_per_s: float
     step_time_s: float
     time: float
+    mfu: float | None = None
+    memory_gb: float = 0.0
 
 
 class MetricsWriter:
@@ -32,15 +62,12 @@ class MetricsWriter:
 
     def line(self, m: StepMetrics) -> str:
         grad = f"{m.grad_norm:.3f}" if m.grad_norm is not None else "n/a"
+        mfu = f" | MFU {m.mfu:.1%}" if m.mfu is not None else ""
         return (f"step {m.step}/{self.max_steps} | loss {m.loss:.4f} | lr {m.lr:.2e} | grad norm {grad} | "
-                f"{m.tokens_per_s:,.0f} tok/s | {m.step_time_s:.2f} s")
+                f"{m.tokens_per_s:,.0f} tok/s{mfu} | mem {m.memory_gb:.1f} GiB | {m.step_time_s:.2f} s")
 
     def close(self) -> None:
         self.file.close()
-
-
-def now() -> float:
-    return time.time()
 
 
 def truncate_after(path: Path, step: int) -> None:

@@ -74,3 +74,23 @@ def replicated_grad_norm(engine: Any, tp: int) -> float:
             total += g.detach().double().pow(2).sum()
     dist.all_reduce(total, group=groups.get_tensor_model_parallel_group())
     return float(total.sqrt())
+
+
+def full_logits(engine: Any, logits: torch.Tensor) -> torch.Tensor:
+    """Logits over the whole vocabulary. AutoTP keeps a tied LM head vocab-parallel (each tensor rank computes its
+    contiguous slice of the vocabulary), so gather the slices in tensor-rank order; every rank must call this."""
+    vocab = engine.module.config.vocab_size
+    if engine.autotp_size() <= 1 or logits.shape[-1] == vocab:
+        return logits
+    from deepspeed.utils import groups
+
+    parts: list[Any] = [None] * groups.get_tensor_model_parallel_world_size()
+    dist.all_gather_object(parts, logits.cpu(), group=groups.get_tensor_model_parallel_group())
+    return torch.cat(parts, dim=-1)[..., :vocab].to(logits.device)
+
+
+def hf_state_dict_from_checkpoint(ckpt_dir: Any, plan: Plan) -> dict[str, torch.Tensor]:
+    """Whole-model weights of a tp/pp checkpoint, for launcher.export (implemented in launcher.export_parallel)."""
+    from launcher.export_parallel import hf_state_dict_from_checkpoint as rebuild
+
+    return rebuild(ckpt_dir, plan)

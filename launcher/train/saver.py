@@ -16,6 +16,7 @@ import torch.distributed as dist
 from launcher import checkpoint
 from launcher.errors import LauncherError
 from launcher.plan import Plan
+from launcher.train import parallel
 
 log = logging.getLogger("launcher")
 PROBE_TOKENS = 32
@@ -69,6 +70,7 @@ def probe(engine: Any, example_ids: list[int], device: torch.device) -> dict[str
     engine.module.eval()
     with torch.no_grad():
         logits = engine.module(input_ids=ids, use_cache=False).logits.float().cpu()
+        logits = parallel.full_logits(engine, logits)  # a tied head under AutoTP gives vocab slices
     engine.module.train(was_training)
     return {"input_ids": ids.cpu(), "logits": logits}
 

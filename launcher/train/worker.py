@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from launcher.plan import Plan
 from launcher.supervisor import USER_ERROR_FILE
 from launcher.train import parallel
 from launcher.train.loop import RankInfo, train
-from launcher.train.metrics import MetricsWriter, StepMetrics, truncate_after
+from launcher.train.failures import Watchdog, user_facing_failures
+from launcher.train.reporter import Reporter
 from launcher.train.saver import make_saver, set_rng_state
 from launcher.train.schedule import resync, warmup_cosine
 from launcher.train.signals import PreemptionFlag
@@ -100,10 +102,23 @@ def main(argv: list[str]) -> int:
         return _train(run_dir, plan, info, env)
     except LauncherError as err:
         log.error(err.paragraph())
-        if info.rank == 0:
-            checkpoint.write_atomic(run_dir / USER_ERROR_FILE, json.dumps(
-                {"field": err.field, "value": str(err.value), "paragraph": err.paragraph()}))
+        _write_user_error(run_dir, info, err)
         return 2
+
+
+def _write_user_error(run_dir: Path, info: RankInfo, err: LauncherError) -> None:
+    """For the supervisor, which reports it as the job's error (exit 2) instead of restarting."""
+    name = USER_ERROR_FILE if info.rank == 0 else USER_ERROR_FILE.replace(".json", f".rank{info.rank}.json")
+    checkpoint.write_atomic(run_dir / name, json.dumps(
+        {"rank": info.rank, "field": err.field, "value": str(err.value), "paragraph": err.paragraph()}))
+
+
+def _die(run_dir: Path, info: RankInfo, err: LauncherError) -> None:
+    """Watchdog verdict: the main thread is stuck in a collective, so report and leave from here."""
+    log.error(err.paragraph())
+    _write_user_error(run_dir, info, err)
+    logging.shutdown()
+    os._exit(2)
 
 
 def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str]) -> int:
@@ -115,7 +130,8 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str]) -> in
     disable_shm_comm_op()
     if info.device.type == "cuda":
         torch.cuda.set_device(info.device)
-    deepspeed.init_distributed(dist_backend="nccl" if plan.accelerator == "cuda" else "gloo")
+    deepspeed.init_distributed(dist_backend="nccl" if plan.accelerator == "cuda" else "gloo",
+                               timeout=timedelta(seconds=plan.collective_timeout_s))
     root = run_dir / "checkpoints"
     mode = "auto" if env.get("LAUNCHER_RESTART", "0") != "0" else plan.resume
     ckpt, use_universal = find_resume(plan, info, root, mode)
@@ -142,23 +158,30 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str]) -> in
     info = parallel.with_engine_coords(info, engine, plan)
     del hf_ds
     start = _load(engine, ckpt, info, use_universal)
-    writer = None
-    if info.rank == 0:
-        truncate_after(run_dir / "metrics.jsonl", start)
-        writer = MetricsWriter(run_dir / "metrics.jsonl", plan.max_steps)
+    reporter = Reporter(plan, run_dir, start, info.device, info.world_size) if info.rank == 0 else None
+    current = [start]
+    watchdog = Watchdog(plan, info.rank, lambda err: _die(run_dir, info, err))
 
-    def on_step(m: StepMetrics) -> None:
-        if writer and (m.step % plan.train.log_every == 0 or m.step == plan.max_steps):
-            writer.write(m)
-            log.info(writer.line(m))
+    def on_step(m: Any) -> None:
+        current[0] = m.step
+        watchdog.pet(m.step)
+        if reporter:
+            reporter(m)
 
-    save = make_saver(engine, plan, info.rank, info.device, root, examples[0].input_ids,
-                      float(env.get("LAUNCHER_TEST_SAVE_DELAY", "0") or 0))
+    saver = make_saver(engine, plan, info.rank, info.device, root, examples[0].input_ids,
+                       float(env.get("LAUNCHER_TEST_SAVE_DELAY", "0") or 0))
+
+    def save(step: int) -> None:
+        watchdog.pause(True)
+        saver(step)
+        watchdog.pause(False)
+
     every = plan.train.save_every
-    last = train(engine, examples, plan, info, tokenizer.pad_token_id, start, on_step,
-                 should_save=lambda s: every > 0 and s % every == 0, save=save, stop_requested=preempt)
-    if writer:
-        writer.close()
+    with user_facing_failures(plan, info.rank, current):
+        last = train(engine, examples, plan, info, tokenizer.pad_token_id, start, on_step,
+                     should_save=lambda s: every > 0 and s % every == 0, save=save, stop_requested=preempt)
+    if reporter:
+        reporter.close()
     dist.barrier()
     dist.destroy_process_group()
     if last < plan.max_steps:

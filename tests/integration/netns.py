@@ -112,6 +112,12 @@ class NetnsHosts:
         assert h.sshd is not None
         h.sshd.send_signal(signal.SIGSTOP)
 
+    def processes_left(self) -> list[int]:
+        """Pids inside the namespaces other than the sshd listeners: ranks or launchers still running."""
+        listeners = {h.sshd.pid for h in self.hosts if h.sshd is not None}
+        pids = [int(p) for h in self.hosts for p in sh("ip", "netns", "pids", h.netns, check=False).stdout.split()]
+        return [p for p in pids if p not in listeners]
+
     def thaw(self, h: Host) -> None:
         assert h.sshd is not None
         h.sshd.send_signal(signal.SIGCONT)

@@ -6,6 +6,7 @@ ssh, CPU ZeRO-3 over gloo on the veth link. Traffic goes only to the namespace a
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from tests.conftest import REPO, launcher_env, read_metrics, run_launcher
 from tests.integration.netns import IFNAME, NetnsHosts, missing_binaries
 from tests.integration.test_errors import assert_user_error
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.netns]
 SECRET = "wandb-key-that-must-not-leak-0451"
 
 
@@ -35,12 +36,34 @@ def hosts(tmp_path_factory: pytest.TempPathFactory):
         net.close()
 
 
-def launch_on(net: NetnsHosts, hostfile: Path, *overrides: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
+def launcher_argv(net: NetnsHosts, hostfile: Path, *overrides: str) -> list[str]:
     """`python -m launcher hostfile=...` on the first host, as a user on the first box would type it."""
-    env = {**launcher_env(), **net.env, "WANDB_API_KEY": SECRET}
-    argv = [*net.exec_argv(net.hosts[0]), sys.executable, "-m", "launcher", f"hostfile={hostfile}", "+plan=zero3",
+    return [*net.exec_argv(net.hosts[0]), sys.executable, "-m", "launcher", f"hostfile={hostfile}", "+plan=zero3",
             "topo.accelerator=cpu", f"topo.socket_ifname={IFNAME}", *overrides]
-    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def launch_env(net: NetnsHosts) -> dict[str, str]:
+    return {**launcher_env(), **net.env, "WANDB_API_KEY": SECRET}
+
+
+def launch_on(net: NetnsHosts, hostfile: Path, *overrides: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(launcher_argv(net, hostfile, *overrides), cwd=REPO, env=launch_env(net), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def preempt(net: NetnsHosts, run_dir: Path) -> None:
+    """README's recipe: SIGUSR1 to the ranks of one run on every host (not to DeepSpeed's launcher, which it kills)."""
+    hosts = ",".join(h.addr for h in net.hosts)
+    sh = [*net.exec_argv(net.hosts[0]), "pdsh", "-R", "ssh", "-w", hosts, f'pkill -USR1 -f -- "-m launcher.train.worker {run_dir}"']
+    subprocess.run(sh, env=launch_env(net), capture_output=True, text=True, timeout=60)
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
 
 
 def write_hostfile(net: NetnsHosts, path: Path, slots: int) -> Path:
@@ -59,27 +82,48 @@ def assert_no_secret_written(run_dir: Path, *outputs: str) -> None:
     assert all(SECRET not in out for out in outputs), "secret on a command line (visible in ps on the hosts)"
 
 
-@pytest.mark.parametrize("slots", [1, 2], ids=["2x1", "2x2"])
-def test_two_hosts_train_zero3_over_gloo_save_and_resume_from_the_latest_checkpoint(hosts, tmp_path, slots):
+@pytest.mark.parametrize("slots, stop", [(1, "usr1"), (2, "ctrl-c")], ids=["2x1-usr1", "2x2-ctrl-c"])
+def test_two_hosts_train_zero3_over_gloo_save_when_stopped_and_resume_from_the_latest_checkpoint(
+        hosts, tmp_path, slots, stop):
+    """Stopped mid-run, by SIGUSR1 to the ranks of every host (README's recipe) or by Ctrl-C on the launcher
+    (DeepSpeed's runner stops every host; the ranks save on the way out): no process is left on any host, the
+    newest checkpoint is complete, and the same command resumes from it."""
     run_dir, hostfile = tmp_path / "run", write_hostfile(hosts, tmp_path / "hosts", slots)
-    first = launch_on(hosts, hostfile, f"run.dir={run_dir}", "train.max_steps=4", "train.save_every=2")
-    assert_ok(first)
-    world = 2 * slots
+    command = launcher_argv(hosts, hostfile, f"run.dir={run_dir}", "train.max_steps=30", "train.save_every=100")
+    log = tmp_path / "first.out"
+    with open(log, "w") as out:
+        first = subprocess.Popen(command, cwd=REPO, env=launch_env(hosts), stdout=out, stderr=subprocess.STDOUT)
+        metrics = run_dir / "metrics.jsonl"
+        try:
+            wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2 or
+                                first.poll() is not None, 300, "2 trained steps")
+            if stop == "usr1":
+                preempt(hosts, run_dir)
+            else:
+                first.send_signal(signal.SIGINT)
+            first.wait(timeout=300)
+            wait_until(lambda: not hosts.processes_left(), 90, "every rank on every host to end")
+        finally:
+            if first.poll() is None:
+                first.kill()
+    output = log.read_text()
+    saved = [int(p.name.removeprefix("global_step")) for p in (run_dir / "checkpoints").glob("global_step*")]
+    assert len(saved) == 1 and 2 <= saved[0] < 30, output[-4000:]
+    assert (run_dir / "checkpoints" / f"global_step{saved[0]}" / "complete.json").exists()
+    assert f"received SIG{'USR1' if stop == 'usr1' else 'TERM'}: saving at the next step boundary" in output
     for h in hosts.hosts:  # pdsh prefixes each host's output: both ran ranks
-        assert f"{h.addr}: " in first.stdout
-    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4]
-    assert all((run_dir / "logs" / f"rank{r}.log").exists() for r in range(world))
-    assert (run_dir / "checkpoints" / "global_step4" / "complete.json").exists()
+        assert f"{h.addr}: " in output
+    assert all((run_dir / "logs" / f"rank{r}.log").exists() for r in range(2 * slots))
     assert f"GLOO_SOCKET_IFNAME={IFNAME}\n" in (run_dir / "deepspeed_env").read_text()
 
-    again = launch_on(hosts, hostfile, f"run.dir={run_dir}", "train.max_steps=6", "train.save_every=2")
+    again = launch_on(hosts, hostfile, f"run.dir={run_dir}", "train.max_steps=30", "train.save_every=100")
     assert_ok(again)
-    assert "resumed from global step 4" in again.stdout
-    metrics = read_metrics(run_dir)
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
-    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.3
-    assert (run_dir / "checkpoints" / "latest").read_text() == "global_step6"
-    assert_no_secret_written(run_dir, first.stdout, first.stderr, again.stdout, again.stderr)
+    assert f"resumed from global step {saved[0]}" in again.stdout
+    steps = read_metrics(run_dir)
+    assert [m["step"] for m in steps] == list(range(1, 31))
+    assert steps[-1]["loss"] < steps[0]["loss"] - 0.3
+    assert (run_dir / "checkpoints" / "latest").read_text() == "global_step30"
+    assert_no_secret_written(run_dir, output, again.stdout, again.stderr)
 
 
 def test_unreachable_host_fails_fast_naming_it_and_starts_nothing(hosts, tmp_path):

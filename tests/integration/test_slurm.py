@@ -16,7 +16,7 @@ from tests.conftest import REPO, launcher_env, read_metrics
 from tests.integration.slurm_cluster import SlurmCluster, free_ports, missing_binaries
 from tests.integration.test_errors import assert_user_error
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 SECRET = "hf-token-that-must-not-leak-0451"
 CPU_SLURM = ("+topo=slurm", "+plan=zero3", "topo.accelerator=cpu", "topo.cpu_procs_per_host=1")
 
@@ -37,7 +37,8 @@ def slurm(tmp_path_factory: pytest.TempPathFactory):
 
 def launch(cluster: SlurmCluster, *overrides: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
            ) -> subprocess.CompletedProcess[str]:
-    env = env or {**launcher_env(), **cluster.env, "PYTHONPATH": launcher_env()["PYTHONPATH"], "HF_TOKEN": SECRET}
+    merged = {**launcher_env(), **cluster.env, "PYTHONPATH": launcher_env()["PYTHONPATH"], "HF_TOKEN": SECRET}
+    env = env or {k: v for k, v in merged.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
     argv = [*prefix, sys.executable, "-m", "launcher", *CPU_SLURM, f"topo.master_port={free_ports(1)[0]}", *overrides]
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
 

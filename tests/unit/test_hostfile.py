@@ -103,7 +103,8 @@ def test_dual_pgx_network_settings_reach_every_rank_through_deepspeed_env():
     assert "NCCL_IB_HCA=roceP2p1s0f1\n" in files["deepspeed_env"] and "NCCL_IB_DISABLE=0\n" in files["deepspeed_env"]
     assert "NCCL_NET_GDR_LEVEL" not in files["deepspeed_env"]  # GB10 has no GPUDirect RDMA: nothing forced
     assert spec.env["DS_ENV_FILE"] == "/runs/x/deepspeed_env"
-    assert spec.argv[:3] == ("/venv/bin/python", "-m", "deepspeed.launcher.runner")
+    runner = spec.argv[spec.argv.index("/venv/bin/python"):]
+    assert runner[:3] == ("/venv/bin/python", "-m", "deepspeed.launcher.runner")
     assert "--master_addr=192.168.100.10" in spec.argv and "--launcher=pdsh" in spec.argv
     assert "s3cret" not in repr(spec) + repr(files)
 
@@ -111,7 +112,8 @@ def test_dual_pgx_network_settings_reach_every_rank_through_deepspeed_env():
 def test_secrets_that_deepspeed_would_export_are_unset_for_the_runner():
     p = plan_for("+topo=dual_pgx")
     spec, _ = hostfile_spec(p, "py", "", 0, {}, "/w", {"MLFLOW_TRACKING_PASSWORD": "x", "WANDB_API_KEY": "y"})
-    assert spec.argv[:3] == ("env", "-u", "MLFLOW_TRACKING_PASSWORD") and "WANDB_API_KEY" not in spec.argv
+    env_argv = spec.argv[spec.argv.index("env"):spec.argv.index("py")]
+    assert env_argv == ("env", "-u", "MLFLOW_TRACKING_PASSWORD") and "WANDB_API_KEY" not in spec.argv
 
 
 @pytest.mark.parametrize("env, fragment", [
@@ -148,3 +150,26 @@ def test_probe_output_is_parsed_and_each_problem_names_the_host():
         with pytest.raises(LauncherError) as err:
             check_host(bad, p, "py", "/w", "/runs", env, 9000, src)
         assert fragment in err.value.paragraph()
+
+
+def test_local_ssh_clients_ignore_term_and_usr1_so_remote_ranks_are_never_cut_off():
+    """launcher.spawn signals leaf processes; for a hostfile launch those are ssh clients, whose death would leave
+    the remote ranks running. The runner's children start with both signals ignored (Ctrl-C still stops all)."""
+    import subprocess
+    import sys
+
+    p = plan_for("+topo=dual_pgx")
+    spec, _ = hostfile_spec(p, sys.executable, "", 0, {}, "/w", {})
+    prefix = spec.argv[:spec.argv.index(sys.executable)]
+    probe = "import signal as s; print(s.getsignal(s.SIGTERM) is s.SIG_IGN, s.getsignal(s.SIGUSR1) is s.SIG_IGN)"
+    out = subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True, text=True, timeout=60).stdout
+    assert out.split() == ["True", "True"]
+
+
+def test_missing_pdsh_or_ssh_is_one_error_before_any_host_is_asked(tmp_path):
+    from launcher.backends.hostfile import preflight
+
+    p = plan_for("+topo=dual_pgx")
+    with pytest.raises(LauncherError) as err:
+        preflight(p, "py", "/w", {}, 0, [], ("topo.hosts", list(p.hosts)), path=str(tmp_path))
+    assert "ssh is not on PATH" in err.value.paragraph() and "apt-get install openssh-client pdsh" in err.value.paragraph()

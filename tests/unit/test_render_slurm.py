@@ -30,7 +30,7 @@ CPU_JOB = ("+topo=slurm", "+plan=zero3", "topo.accelerator=cpu", "topo.cpu_procs
 def plan_and_script(*overrides: str) -> tuple[Plan, str]:
     cfg, _ = compose(list(overrides))
     plan = resolve(cfg, CPU, run_dir="/runs/x", run_name="x")
-    env = rank_env(plan, {"WANDB_API_KEY": "s3cret"}, 2, "/runs/x")
+    env = {**rank_env(plan, {"WANDB_API_KEY": "s3cret"}, 2, "/runs/x"), **cfg.topo.env}  # as launcher.job does
     return plan, render_sbatch(plan, cfg.topo.slurm, "/venv/bin/python", "/work", env, cfg.topo.master_addr,
                                cfg.topo.master_port)
 
@@ -115,3 +115,9 @@ def test_an_allocation_with_fewer_nodes_than_the_plan_is_refused(tmp_path):
         preflight(plan, cfg.topo.slurm, "", environ)
     assert "the allocation this runs in (job 12) has 1 node(s)" in err.value.paragraph()
     assert "topo.nodes=1" in err.value.paragraph()
+
+
+def test_a_secret_in_topo_env_is_refused_not_written():
+    with pytest.raises(LauncherError) as err:
+        plan_and_script(*CPU_JOB, "+topo.env.WANDB_API_KEY=abc")
+    assert "secrets are never written into job.sbatch" in err.value.paragraph() and "abc" not in err.value.paragraph()

@@ -1,0 +1,81 @@
+"""Failures inside a rank that have a user-facing cause, turned into the one-paragraph error: out of memory at a step,
+and a collective that timed out because some rank or host never arrived."""
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+
+from launcher.errors import LauncherError
+from launcher.plan import Plan
+
+TIMEOUT_MARKERS = ("timed out", "timeout", "Timeout", "Connection closed by peer", "Connection reset by peer")
+
+
+def oom_error(plan: Plan, rank: int, step: int) -> LauncherError:
+    half = max(plan.micro_batch_size // 2, 1)
+    return LauncherError(
+        "train.micro_batch_size", plan.micro_batch_size,
+        f"run with run.dry_run=true to see the memory estimate, then try train.micro_batch_size={half} (gradient "
+        "accumulation keeps the global batch), train.gradient_checkpointing=true, a plan that shards more "
+        "(+plan=zero3, +plan=zero3_offload) or method=lora",
+        problem=f"rank {rank} ran out of GPU memory in global step {step + 1} (estimated "
+        f"{plan.memory.total_gb:.1f} GiB per GPU of {plan.memory.capacity_gb:.0f})",
+    )
+
+
+def collective_error(plan: Plan, rank: int, step: int, detail: str) -> LauncherError:
+    hosts = ", ".join(plan.hosts)
+    return LauncherError(
+        "run.collective_timeout_s", plan.collective_timeout_s,
+        "one or more ranks stopped answering (a crashed or frozen process, a host that went down, or a network "
+        "NCCL/gloo cannot use): check the other ranks' logs in logs/, then run python -m launcher.preflight with the "
+        "same +topo= to test every host and the collective path; raise run.collective_timeout_s only for very slow "
+        "first steps",
+        problem=f"rank {rank} on {socket.gethostname()} waited {plan.collective_timeout_s} s in a collective in "
+        f"global step {step + 1} of a job on hosts [{hosts}]: {detail.strip().splitlines()[0][:200]}",
+    )
+
+
+@contextmanager
+def user_facing_failures(plan: Plan, rank: int, current_step: list[int]) -> Iterator[None]:
+    """Wrap the training loop; current_step[0] is kept up to date by the caller."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        raise oom_error(plan, rank, current_step[0]) from err
+    except (RuntimeError, torch.distributed.DistError) as err:
+        if any(marker in str(err) for marker in TIMEOUT_MARKERS):
+            raise collective_error(plan, rank, current_step[0], str(err)) from err
+        raise
+
+
+class Watchdog:
+    """Turns a hang into an error: a collective whose peer froze or vanished can block in the backend longer than its
+    timeout (a stopped process keeps its sockets open), so a thread checks that steps keep completing."""
+
+    def __init__(self, plan: Plan, rank: int, on_hang: Callable[[LauncherError], None]) -> None:
+        import threading
+        import time
+
+        self.plan, self.rank, self.on_hang, self.time = plan, rank, on_hang, time
+        self.step, self.last, self.paused = 0, time.monotonic(), True
+        threading.Thread(target=self._watch, daemon=True, name="launcher-watchdog").start()
+
+    def pet(self, step: int) -> None:
+        self.step, self.last, self.paused = step, self.time.monotonic(), False
+
+    def pause(self, paused: bool) -> None:
+        """Saves and the first step (engine warm-up) may legitimately take long."""
+        self.paused, self.last = paused, self.time.monotonic()
+
+    def _watch(self) -> None:
+        limit = self.plan.collective_timeout_s
+        while True:
+            self.time.sleep(min(5.0, limit / 4))
+            if not self.paused and self.time.monotonic() - self.last > limit:
+                self.on_hang(collective_error(self.plan, self.rank, self.step,
+                                              f"no global step completed for {limit} s"))
+                return

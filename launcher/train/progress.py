@@ -1,0 +1,50 @@
+"""Rank 0's console during training: a live rich progress bar on a terminal, a plain line per log interval elsewhere
+(Slurm logs, pipes), so the same run reads well in both."""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from launcher.train.metrics import StepMetrics
+
+log = logging.getLogger("launcher")
+
+
+class Progress:
+    def __init__(self, max_steps: int, start_step: int, log_every: int, line: Any, tty: bool | None = None) -> None:
+        self.max_steps, self.log_every, self.line = max_steps, log_every, line
+        self.tty = sys.stdout.isatty() if tty is None else tty
+        self.bar: Any = None
+        if self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn
+            from rich.progress import TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = RichProgress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), refresh_per_second=4,
+            )
+            self.task = self.bar.add_task("train", total=max_steps, completed=start_step, stats="")
+            self.bar.start()
+
+    def update(self, m: StepMetrics) -> None:
+        """The bar moves every step; the line goes to the console (no terminal) or to the file log (terminal)."""
+        line = self.line(m)
+        if self.bar is None:
+            if m.step % self.log_every == 0 or m.step == self.max_steps:
+                log.info(line)
+            return
+        mfu = f" MFU {m.mfu:.0%}" if m.mfu is not None else ""
+        stats = f"loss {m.loss:.4f} {m.tokens_per_s:,.0f} tok/s{mfu} {m.memory_gb:.1f} GiB"
+        self.bar.update(self.task, completed=m.step, stats=stats)
+        _file_only(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _file_only(text: str) -> None:
+    for h in log.handlers:
+        if isinstance(h, logging.FileHandler):
+            h.emit(logging.LogRecord("launcher", logging.INFO, __file__, 0, text, None, None))

@@ -1,0 +1,36 @@
+"""Rank 0's outputs for every step: metrics.jsonl, the console (bar or lines) and wandb, fed one StepMetrics."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from launcher.plan import Plan
+from launcher.train.metrics import MetricsWriter, StepMetrics, flops_per_token, memory_gb, peak_flops, truncate_after
+from launcher.train.progress import Progress
+from launcher.train.tracking import Tracker
+
+
+class Reporter:
+    def __init__(self, plan: Plan, run_dir: Path, start_step: int, device: torch.device, world_size: int) -> None:
+        self.device = device
+        truncate_after(run_dir / "metrics.jsonl", start_step)
+        self.writer = MetricsWriter(run_dir / "metrics.jsonl", plan.max_steps)
+        self.progress = Progress(plan.max_steps, start_step, plan.train.log_every, self.writer.line)
+        self.tracker = Tracker(plan, run_dir)
+        peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+        per_token = flops_per_token(plan.model.arch, plan.memory.params, plan.train.seq_len)
+        self.flops_per_s_to_mfu = per_token / (peak * world_size) if peak else None
+
+    def __call__(self, m: StepMetrics) -> None:
+        mfu = m.tokens_per_s * self.flops_per_s_to_mfu if self.flops_per_s_to_mfu else None
+        m = dataclasses.replace(m, mfu=mfu, memory_gb=round(memory_gb(self.device), 3))
+        self.writer.write(m)
+        self.progress.update(m)
+        self.tracker.log(m)
+
+    def close(self) -> None:
+        self.progress.close()
+        self.writer.close()
+        self.tracker.finish()
