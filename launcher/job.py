@@ -33,7 +33,10 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
     cfg, num_rows = inputs.check_data(cfg, cwd)
     name = cfg.run.name or default_run_name(cfg.model.name, cfg.method.name, cfg.plan.name)
     run_dir = Path(inputs.absolute(cfg.run.dir or str(Path(cfg.run.output_dir) / name), cwd))
-    wandb_env = (environ.get("WANDB_MODE", ""), bool(environ.get("WANDB_API_KEY")))
+    import importlib.util
+
+    wandb_env = (environ.get("WANDB_MODE", ""), bool(environ.get("WANDB_API_KEY")),
+                 importlib.util.find_spec("wandb") is not None)
     plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, num_samples=num_rows, wandb_env=wandb_env)
     if not cfg.run.dry_run:
         check_host_fits(plan, hw)

@@ -105,13 +105,11 @@ def _model_from_dict(d: dict[str, Any]) -> ModelConfig:
 
 
 def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_samples: int = 0,
-            wandb_env: tuple[str, bool] = ("", False)) -> Plan:
+            wandb_env: tuple[str, bool, bool] = ("", False, True)) -> Plan:
     """Turn what the user asked for into what will run. Raises LauncherError for anything that cannot work.
 
-    wandb_env is (WANDB_MODE, whether WANDB_API_KEY is set), read from the environment by the caller."""
-    wandb_mode = cfg.logging.wandb.mode
-    if wandb_mode == "auto":
-        wandb_mode = wandb_env[0] or ("online" if wandb_env[1] else "offline")
+    wandb_env is (WANDB_MODE, whether WANDB_API_KEY is set, whether wandb is installed), read by the caller."""
+    wandb_mode = _wandb_mode(cfg.logging.wandb.mode, wandb_env)
     backend, hosts, slots = _placement(cfg)
     accelerator = _accelerator(cfg, hw, backend)
     procs = slots or _procs_per_host(cfg, hw, accelerator)
@@ -199,6 +197,17 @@ def _placement(cfg: LauncherConfig) -> tuple[str, tuple[str, ...], int]:
         raise LauncherError("topo.hosts", list(hosts), "use topo.backend=hostfile (or hostfile=FILE) for several hosts",
                             problem="the local backend starts processes on this host only")
     return topo.backend, hosts, 0
+
+
+def _wandb_mode(asked: str, wandb_env: tuple[str, bool, bool]) -> str:
+    """auto: WANDB_MODE if set, online with an API key, else offline; off when the wandb package is missing."""
+    mode_env, has_key, installed = wandb_env
+    if asked == "auto":
+        return (mode_env or ("online" if has_key else "offline")) if installed else "disabled"
+    if asked != "disabled" and not installed:
+        raise LauncherError("logging.wandb.mode", asked, "install it (pip install wandb) or use logging.wandb.mode=disabled",
+                            problem="the wandb package is not installed")
+    return asked
 
 
 def _accelerator(cfg: LauncherConfig, hw: Hardware, backend: str) -> str:

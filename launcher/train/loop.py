@@ -53,7 +53,8 @@ def train(
         step += 1
         if not info.reports:
             loss_sum, tokens = 0.0, 0
-        totals = torch.tensor([loss_sum, float(tokens), float(stop_requested())], dtype=torch.float64)
+        totals = torch.tensor([loss_sum, float(tokens), float(stop_requested())], dtype=torch.float64,
+                              device=info.device)  # NCCL reduces only GPU tensors
         dist.all_reduce(totals)
         elapsed = time.perf_counter() - t0
         on_step(

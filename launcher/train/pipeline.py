@@ -8,8 +8,11 @@ divided by the global batch's target tokens / (dp x grad_accum), so a step's los
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import io
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -20,6 +23,7 @@ from launcher.plan import Plan
 from launcher.train.batching import collate, global_batch_target_tokens, micro_batch_indices, sample_stream_indices
 
 Activations = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+log = logging.getLogger("launcher")
 
 
 def decoder_parts(model: nn.Module) -> tuple[Any, nn.Module, nn.Module]:
@@ -150,8 +154,12 @@ def build_pipeline_module(model: nn.Module, plan: Plan) -> nn.Module:
     """The PipelineModule of plan.pp stages, partitioned by (trainable) parameters, variable shapes allowed."""
     from deepspeed.pipe import PipelineModule
 
-    module = PipelineModule(layers=pipeline_layers(model, plan.data.packing), num_stages=plan.pp,
-                            loss_fn=NormalisedLoss(), partition_method="parameters", dynamic_shape=True)
+    layers = pipeline_layers(model, plan.data.packing)
+    with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints its partition table; the log gets a line
+        module = PipelineModule(layers=layers, num_stages=plan.pp, loss_fn=NormalisedLoss(),
+                                partition_method="parameters", dynamic_shape=True)
+    stages = ", ".join(f"stage {i}: layers {a}-{b - 1}" for i, (a, b) in enumerate(zip(module.parts, module.parts[1:])))
+    log.info(f"pipeline of {len(layers)} layers (embedding, {len(layers) - 3} decoder layers, norm, head): {stages}")
     if not any(p.requires_grad for p in module.parameters()):
         from launcher.errors import LauncherError
 

@@ -43,7 +43,8 @@ def launcher_argv(net: NetnsHosts, hostfile: Path, *overrides: str) -> list[str]
 
 
 def launch_env(net: NetnsHosts) -> dict[str, str]:
-    return {**launcher_env(), **net.env, "WANDB_API_KEY": SECRET}
+    # The key must not travel; wandb itself stays off (no test traffic leaves the namespaces).
+    return {**launcher_env(), **net.env, "WANDB_API_KEY": SECRET, "WANDB_MODE": "disabled"}
 
 
 def launch_on(net: NetnsHosts, hostfile: Path, *overrides: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:

@@ -23,8 +23,12 @@ JOB = ("train.precision=bf16", "train.max_steps=20", "train.save_every=20", "tra
        "train.micro_batch_size=4", "train.global_batch_size=16", "train.lr=3e-4", "data.packing=true")
 PLANS = {"zero1": ("+plan=zero1",), "tp": ("+plan=tp",), "pp": ("+plan=pp",)}
 # bf16 rounds every matmul output to 8 bits of mantissa; splitting the matmuls (tp) or regrouping micro batches
-# (pp) changes which partial sums get rounded, and 20 Adam steps carry it on.
+# (pp) changes which partial sums get rounded, and Adam carries it on: the first steps agree within 2e-2, later
+# ones drift apart as each trajectory overfits the repeated rows its own way (measured 2026-11-29 on 2x H200: final
+# losses 0.80 zero1, 0.72 tp, 0.81 pp). Exact parity is the CPU fp32 tests' job (1e-3).
 BF16_TOLERANCE = 2e-2
+EARLY_STEPS = 6
+FINAL_TOLERANCE = 0.2
 
 
 def gpu_count() -> int:
@@ -59,3 +63,4 @@ def test_tp2_and_pp2_train_a_1b_model_in_bf16_like_data_parallel(tmp_path):
         worst = max(abs(a - b) / b for a, b in zip(bench[name]["losses"], ref))
         print(f"{name}: worst per-step loss difference to ZeRO-1 {worst:.2e} relative")
         assert worst < BF16_TOLERANCE
+        assert abs(bench[name]["losses"][-1] - ref[-1]) / ref[-1] < FINAL_TOLERANCE

@@ -37,7 +37,8 @@ def slurm(tmp_path_factory: pytest.TempPathFactory):
 
 def launch(cluster: SlurmCluster, *overrides: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
            ) -> subprocess.CompletedProcess[str]:
-    merged = {**launcher_env(), **cluster.env, "PYTHONPATH": launcher_env()["PYTHONPATH"], "HF_TOKEN": SECRET}
+    merged = {**launcher_env(), **cluster.env, "PYTHONPATH": launcher_env()["PYTHONPATH"], "HF_TOKEN": SECRET,
+              "WANDB_MODE": "disabled"}
     env = env or {k: v for k, v in merged.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
     argv = [*prefix, sys.executable, "-m", "launcher", *CPU_SLURM, f"topo.master_port={free_ports(1)[0]}", *overrides]
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)

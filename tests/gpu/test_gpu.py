@@ -1,0 +1,64 @@
+"""GPU runs through `python -m launcher` on a lent machine (not in CI): every plan on all local GPUs, LoRA and QLoRA,
+loss going down and the checkpoint resuming. Run: `source .device/setup.sh qlora && python3 -m pytest -m gpu -x`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import read_metrics, run_launcher
+
+pytestmark = [pytest.mark.gpu, pytest.mark.integration]
+JOB = ("train.max_steps=16", "train.save_every=8", "train.global_batch_size=16", "train.micro_batch_size=4")
+
+
+def gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def trained(result, run_dir: Path, steps: int = 16) -> list[dict]:
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    metrics = read_metrics(run_dir)
+    assert metrics[-1]["step"] == steps
+    assert sum(m["loss"] for m in metrics[-3:]) < sum(m["loss"] for m in metrics[:3]) - 0.3
+    assert (run_dir / "checkpoints" / f"global_step{steps}" / "complete.json").exists()
+    return metrics
+
+
+@pytest.mark.skipif(gpus() < 1, reason="needs a GPU")
+@pytest.mark.parametrize("plan", ["ddp", "zero1", "zero2", "zero3", "zero3_offload"])
+def test_every_plan_trains_on_all_local_gpus_in_bf16_and_resumes(plan, tmp_path):
+    run_dir = tmp_path / "run"
+    metrics = trained(run_launcher(f"+plan={plan}", f"run.dir={run_dir}", *JOB), run_dir)
+    saved = json.loads((run_dir / "plan.json").read_text())
+    assert saved["accelerator"] == "cuda" and saved["precision"] == "bf16" and saved["world_size"] == gpus()
+    assert metrics[-1]["memory_gb"] > 0 and metrics[-1]["mfu"] is not None
+    again = run_launcher(f"+plan={plan}", f"run.dir={run_dir}", "train.max_steps=20", "train.save_every=8")
+    assert again.returncode == 0 and "resumed from global step 16" in again.stdout
+    assert read_metrics(run_dir)[-1]["step"] == 20
+
+
+@pytest.mark.skipif(gpus() < 1, reason="needs a GPU")
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_lora_and_qlora_train_a_local_model(method, tmp_path):
+    """QLoRA needs weights to quantize: the tiny model is first written as a local Hugging Face directory."""
+    from transformers import AutoModelForCausalLM
+
+    from launcher.compose import compose
+    from launcher.hardware import detect
+    from launcher.plan import resolve
+    from launcher.train.data import load_tokenizer
+    from launcher.train.model import tiny_config
+
+    cfg, _ = compose(["model.arch.hidden_size=256", "model.arch.num_layers=4"])
+    plan = resolve(cfg, detect(), run_dir=str(tmp_path), run_name="x")
+    tokenizer = load_tokenizer("")
+    model_dir = tmp_path / "tiny-hf"
+    AutoModelForCausalLM.from_config(tiny_config(plan, tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    run_dir = tmp_path / "run"
+    result = run_launcher(f"model.path={model_dir}", f"method={method}", f"run.dir={run_dir}", "train.lr=5e-3", *JOB)
+    trained(result, run_dir)
