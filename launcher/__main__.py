@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from pathlib import Path
 
 from launcher.errors import LauncherError, report
 

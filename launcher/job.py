@@ -55,7 +55,10 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
 
     code = run_supervised(spec, environ, run_dir, cfg.run.max_restarts, cfg.run.restart_backoff_s)
     _plots(run_dir)
-    print(f"run {name} finished with exit code {code}; run dir {run_dir}", file=sys.stderr if code else sys.stdout)
+    if plan.backend == "slurm" and "sbatch" in spec.argv and code == 0:
+        print(f"run {name} submitted to Slurm (see the job id above); its log and checkpoints go to {run_dir}")
+    else:
+        print(f"run {name} finished with exit code {code}; run dir {run_dir}", file=sys.stderr if code else sys.stdout)
     return code
 
 

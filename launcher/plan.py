@@ -13,7 +13,7 @@ from typing import Any
 
 from launcher.config import DataConfig, LauncherConfig, MethodConfig, ModelConfig, TrainConfig
 from launcher.errors import LauncherError
-from launcher.hostfile import read_hostfile, uniform_slots
+from launcher import placement as where
 from launcher.hardware import Hardware
 from launcher.memory import MemoryEstimate, estimate
 
@@ -110,9 +110,9 @@ def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_
 
     wandb_env is (WANDB_MODE, whether WANDB_API_KEY is set, whether wandb is installed), read by the caller."""
     wandb_mode = _wandb_mode(cfg.logging.wandb.mode, wandb_env)
-    backend, hosts, slots = _placement(cfg)
-    accelerator = _accelerator(cfg, hw, backend)
-    procs = slots or _procs_per_host(cfg, hw, accelerator)
+    backend, hosts, slots = where.placement(cfg)
+    accelerator = where.accelerator(cfg, hw, backend)
+    procs = slots or where.procs_per_host(cfg, hw, accelerator)
     world = len(hosts) * procs
     tp, pp = cfg.plan.tp, cfg.plan.pp
     _check_model_parallel(cfg, world)
@@ -165,7 +165,7 @@ def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_
         method=cfg.method,
         train=cfg.train,
         memory=mem,
-        nccl_env=nccl_env(cfg),
+        nccl_env=where.nccl_env(cfg),
         resume=cfg.run.resume,
         wandb_mode=wandb_mode,
         collective_timeout_s=cfg.run.collective_timeout_s,
@@ -179,26 +179,6 @@ def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_
     )
 
 
-def _placement(cfg: LauncherConfig) -> tuple[str, tuple[str, ...], int]:
-    """Backend, hosts in rank order, and the slots per host when a hostfile fixes them (0: the topology decides)."""
-    topo = cfg.topo
-    if cfg.hostfile:
-        if topo.backend == "slurm":
-            raise LauncherError("hostfile", cfg.hostfile, "drop hostfile= with +topo=slurm: the allocation names the nodes")
-        entries = read_hostfile(cfg.hostfile)
-        return "hostfile", tuple(e.host for e in entries), uniform_slots(entries, cfg.hostfile)
-    if topo.backend == "slurm":
-        return "slurm", tuple(f"slurm-node{i}" for i in range(topo.nodes)), 0
-    if topo.backend == "hostfile" and not topo.hosts:
-        raise LauncherError("topo.hosts", [], "list the hosts (topo.hosts=[a,b]) or give hostfile=FILE",
-                            problem="backend hostfile launches over ssh and names no host")
-    hosts = tuple(topo.hosts) or ("localhost",)
-    if topo.backend == "local" and len(hosts) > 1:
-        raise LauncherError("topo.hosts", list(hosts), "use topo.backend=hostfile (or hostfile=FILE) for several hosts",
-                            problem="the local backend starts processes on this host only")
-    return topo.backend, hosts, 0
-
-
 def _wandb_mode(asked: str, wandb_env: tuple[str, bool, bool]) -> str:
     """auto: WANDB_MODE if set, online with an API key, else offline; off when the wandb package is missing."""
     mode_env, has_key, installed = wandb_env
@@ -208,26 +188,6 @@ def _wandb_mode(asked: str, wandb_env: tuple[str, bool, bool]) -> str:
         raise LauncherError("logging.wandb.mode", asked, "install it (pip install wandb) or use logging.wandb.mode=disabled",
                             problem="the wandb package is not installed")
     return asked
-
-
-def _accelerator(cfg: LauncherConfig, hw: Hardware, backend: str) -> str:
-    if cfg.topo.accelerator != "auto":
-        return cfg.topo.accelerator
-    if backend == "local" and cfg.topo.gpus_per_host is None:
-        return hw.accelerator
-    return "cuda"
-
-
-def _procs_per_host(cfg: LauncherConfig, hw: Hardware, accelerator: str) -> int:
-    if accelerator == "cpu":
-        return cfg.topo.cpu_procs_per_host
-    if cfg.topo.gpus_per_host is not None:
-        return cfg.topo.gpus_per_host
-    if hw.gpu_count == 0:
-        raise LauncherError(
-            "topo.accelerator", "cuda", "this host has no GPU: use topo.accelerator=cpu, or set topo.gpus_per_host"
-        )
-    return hw.gpu_count
 
 
 def _check_model_parallel(cfg: LauncherConfig, world: int) -> None:
@@ -332,23 +292,3 @@ def _capacity_gb(cfg: LauncherConfig, hw: Hardware, accelerator: str) -> float:
     if accelerator == "cpu":
         return cfg.topo.host_memory_gb or hw.host_memory_gb
     return hw.gpu_memory_gb
-
-
-def nccl_env(cfg: LauncherConfig) -> dict[str, str]:
-    """The NCCL (and gloo) network variables the topology asks for; unset fields keep the libraries' defaults."""
-    n = cfg.topo.nccl
-    env: dict[str, str] = {}
-    if cfg.topo.socket_ifname:
-        env["GLOO_SOCKET_IFNAME"] = cfg.topo.socket_ifname
-    if n.socket_ifname or cfg.topo.socket_ifname:
-        env["NCCL_SOCKET_IFNAME"] = n.socket_ifname or cfg.topo.socket_ifname
-    if n.ib_hca:
-        env["NCCL_IB_HCA"] = n.ib_hca
-    if n.ib_disable is not None:
-        env["NCCL_IB_DISABLE"] = str(n.ib_disable)
-    if n.net_gdr_level is not None:
-        env["NCCL_NET_GDR_LEVEL"] = str(n.net_gdr_level)
-    if n.debug:
-        env["NCCL_DEBUG"] = n.debug
-    env.update({k: str(v) for k, v in n.extra.items()})
-    return env

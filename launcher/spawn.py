@@ -1,8 +1,9 @@
 """The one call site that starts a LaunchSpec: a child process group, signals passed on, its exit code returned.
 
 Preemption signals (SIGTERM, SIGUSR1) go to the ranks themselves (the leaf processes), once each: the ranks save at
-the next step boundary and exit cleanly, so torchrun neither restarts nor kills them mid-save. SIGINT goes to the
-engine's launcher (torchrun, DeepSpeed's runner), which tears the ranks down.
+the next step boundary and exit cleanly, so torchrun neither restarts nor kills them mid-save. On several hosts the
+local leaves are ssh clients, so the signal goes to DeepSpeed's runner as SIGTERM, which signals every host's ranks.
+SIGINT goes to the engine's launcher (torchrun, DeepSpeed's runner), which tears the ranks down.
 """
 from __future__ import annotations
 
@@ -56,8 +57,10 @@ def run(spec: LaunchSpec, inherited: dict[str, str]) -> tuple[int, list[int]]:
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         received.append(signum)
-        if signum in TO_RANKS:
+        if signum in TO_RANKS and spec.signal_to == "ranks":
             _send(leaf_descendants(proc.pid) or [proc.pid], signum)
+        elif signum in TO_RANKS:
+            _send([proc.pid], signal.SIGTERM)  # DeepSpeed's runner stops every host's ranks on TERM (they save)
         else:
             _send([proc.pid], signum)
 

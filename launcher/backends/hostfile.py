@@ -49,7 +49,7 @@ def hostfile_spec(plan: Plan, python: str, master_addr: str, master_port: int, r
         "--module", "--no_local_rank", "launcher.train.worker", plan.run_dir,
     )
     env = {**rank_env, "DS_ENV_FILE": f"{plan.run_dir}/deepspeed_env"}
-    return LaunchSpec(argv=argv, env=env, cwd=cwd), files
+    return LaunchSpec(argv=argv, env=env, cwd=cwd, signal_to="launcher"), files
 
 
 @dataclass(frozen=True)

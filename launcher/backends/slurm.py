@@ -27,10 +27,10 @@ def slurm_spec(plan: Plan, slurm: SlurmConfig, python: str, cwd: str, rank_env: 
     files = {"job.sbatch": render_sbatch(plan, slurm, python, cwd, rank_env, master_addr, master_port)}
     script = f"{plan.run_dir}/job.sbatch"
     if in_allocation(environ):
-        return LaunchSpec(argv=("bash", script, "--in-allocation"), cwd=cwd), files
+        return LaunchSpec(argv=("bash", script, "--in-allocation"), cwd=cwd, signal_to="launcher"), files
     hidden = sorted(k for k in environ if is_secret(k))
     unset = ("env", *(a for k in hidden for a in ("-u", k))) if hidden else ()
-    return LaunchSpec(argv=(*unset, "sbatch", script), cwd=cwd), files
+    return LaunchSpec(argv=(*unset, "sbatch", script), cwd=cwd, signal_to="launcher"), files
 
 
 def in_allocation(environ: dict[str, str]) -> bool:

@@ -12,6 +12,7 @@ class LaunchSpec:
     argv: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     cwd: str = "."
+    signal_to: str = "ranks"  # "ranks": local leaf processes; "launcher": the engine's runner fans out (multi-host)
 
 
 def render_launch_sh(spec: LaunchSpec, run_name: str) -> str:

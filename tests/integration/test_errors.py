@@ -3,7 +3,6 @@ nothing already in the run dir touched."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
