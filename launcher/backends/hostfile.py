@@ -26,9 +26,9 @@ CONNECT_TIMEOUT_S = 10
 PROBE_TIMEOUT_S = 60
 RUNNER_EXPORTS = ("PYTHON", "MLFLOW", "MV2", "UCX", "NCCL")  # what deepspeed.launcher.runner copies to remote hosts
 IFNAME_VARS = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
-# launcher.spawn sends SIGTERM/SIGUSR1 to the leaf processes, here the local ssh clients: they would die and leave the
-# remote ranks running, cut off. Ignored, they keep the job whole; SIGINT (Ctrl-C) reaches DeepSpeed's runner, which
-# stops every host (its pdsh `pkill`). Saving on a preemption signal needs the signal on the remote ranks: see README.
+# launcher.spawn sends a preemption signal to DeepSpeed's runner (signal_to="launcher"), whose handler stops every
+# host through pdsh (`pkill`: the remote ranks get SIGTERM and save). The local pdsh/ssh clients ignore TERM and USR1 so
+# that a signal sent to the whole process group cannot cut them off and leave the remote ranks running.
 IGNORE_PREEMPTION = ("bash", "-c", "trap '' TERM USR1; exec \"$@\"", "launcher-hostfile")
 
 
