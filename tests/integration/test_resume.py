@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -84,25 +85,27 @@ def test_max_restarts_restarts_a_crashed_job_from_its_latest_checkpoint(tmp_path
     assert losses(run_dir) == uninterrupted
 
 
-def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(trained_run, tmp_path):
+    _, trained = trained_run("+plan=zero2", "train.max_steps=12", "train.save_every=6")
     run_dir = tmp_path / "run"
-    assert run_launcher(f"run.dir={run_dir}", "train.max_steps=6", "train.save_every=3").returncode == 0
-    shard = max((run_dir / "checkpoints" / "global_step6").glob("*optim_states.pt"))
+    shutil.copytree(trained, run_dir)
+    shard = max((run_dir / "checkpoints" / "global_step12").glob("*optim_states.pt"))
     shard.write_bytes(shard.read_bytes()[:100])
-    again = run_launcher(f"run.dir={run_dir}", "train.max_steps=8", "train.save_every=3")
+    again = run_launcher(f"run.dir={run_dir}", "+plan=zero2", "train.max_steps=14", "train.save_every=6")
     assert again.returncode == 0, again.stdout[-2000:]
-    assert f"skipping checkpoint {run_dir}/checkpoints/global_step6: file {shard.name} is truncated" in again.stdout
-    assert "resumed from global step 3" in again.stdout
+    assert f"skipping checkpoint {run_dir}/checkpoints/global_step12: file {shard.name} is truncated" in again.stdout
+    assert "resumed from global step 6" in again.stdout
 
 
 @pytest.mark.parametrize("change", [("topo.cpu_procs_per_host=1",), ("+plan=zero3",)], ids=["2to1procs", "zero2to3"])
-def test_resume_on_another_world_size_or_zero_stage_goes_through_universal_checkpoint(tmp_path, change):
+def test_resume_on_another_world_size_or_zero_stage_goes_through_universal_checkpoint(trained_run, tmp_path, change):
     """The loss continues within a small tolerance: the reduction order changes with the layout, and per-rank RNG
     states cannot be carried across world sizes, so bit equality is not expected."""
-    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     job = ("train.max_steps=10", "train.save_every=5")
-    assert run_launcher(f"run.dir={whole}", *job).returncode == 0
-    assert run_launcher(f"run.dir={resumed}", "train.max_steps=5", "train.save_every=5").returncode == 0
+    _, whole = trained_run(*job)
+    _, first_half = trained_run("train.max_steps=5", "train.save_every=5")
+    resumed = tmp_path / "resumed"
+    shutil.copytree(first_half, resumed)
     again = run_launcher(f"run.dir={resumed}", *job, *change)
     assert again.returncode == 0, again.stdout[-3000:]
     assert "resumed from global step 5" in again.stdout and "universal checkpoint" in again.stdout

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ def assert_trained(result, run_dir: Path, steps: int = 12) -> list[dict]:
     return metrics
 
 
-@pytest.mark.parametrize("plan", ["ddp", "zero1", "zero2", "zero3", "zero3_offload"])
+@pytest.mark.parametrize("plan", ["ddp", "zero1", "zero2", "zero3"])  # zero3_offload: tests/gpu (CPU offload on a CPU is moot)
 def test_full_finetune_trains_and_saves_with_two_processes(plan, trained_run):
     result, run_dir = trained_run(f"+plan={plan}", *STEPS)
     metrics = assert_trained(result, run_dir)
@@ -45,28 +44,6 @@ def test_lora_trains_only_adapters_and_saves(trained_run):
     assert "method lora" in result.stdout
     saved = json.loads((run_dir / "plan.json").read_text())
     assert saved["memory"]["trainable_params"] < saved["memory"]["params"] / 5
-
-
-def test_resumed_run_starts_from_saved_step_and_matches_uninterrupted_losses(tmp_path):
-    """Exact resume: model, optimizer, scheduler, data position and RNG come back, so the losses after the resume
-    equal those of an uninterrupted run bit for bit (same plan, same world size, CPU)."""
-    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    steps = ("train.max_steps=10", "train.save_every=4", "train.keep_last=0")
-    assert run_launcher(f"run.dir={whole}", *steps).returncode == 0
-    first = run_launcher(f"run.dir={resumed}", *steps)
-    assert first.returncode == 0
-    for late in ("global_step10", "global_step8"):  # as if the run had died after step 7
-        shutil.rmtree(resumed / "checkpoints" / late)
-    (resumed / "metrics.jsonl").write_text("".join(
-        line + "\n" for line in (resumed / "metrics.jsonl").read_text().splitlines()[:4]))
-    again = run_launcher(f"run.dir={resumed}", *steps)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "resumed from global step 4" in again.stdout
-    assert "resume     from global step 4" in again.stdout
-    expected = [m["loss"] for m in read_metrics(whole)]
-    got = [m["loss"] for m in read_metrics(resumed)]
-    assert [m["step"] for m in read_metrics(resumed)] == list(range(1, 11))
-    assert got == expected
 
 
 def test_rerunning_a_finished_run_does_nothing_and_keeps_its_files(run_dir):

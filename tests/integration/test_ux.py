@@ -36,15 +36,25 @@ def run_in_pty(*overrides: str, env: dict[str, str]) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
-def test_terminal_shows_summary_and_live_progress_bar(tmp_path):
-    run_dir = tmp_path / "run"
-    screen = run_in_pty(f"run.dir={run_dir}", *SHORT, env={**launcher_env(), "COLUMNS": "160"})
+def test_terminal_shows_summary_and_live_progress_bar_and_wandb_keeps_no_secret(tmp_path):
+    """One interactive run, with wandb offline and an API key in the environment."""
+    run_dir, secret = tmp_path / "run", "sekrit-0123456789abcdef0123456789abcdef"
+    env = {**launcher_env(), "COLUMNS": "160", "WANDB_API_KEY": secret}
+    env.pop("WANDB_MODE")
+    screen = run_in_pty(f"run.dir={run_dir}", *SHORT, "logging.wandb.mode=offline", env=env)
     for line in ("topology   local (local): 1 host(s) [localhost] x 2 CPU process(es) = world size 2",
                  "batch      global 8 = micro 2 x dp 2 x accum 2", "memory     ~", "resume     none (fresh start)"):
         assert line in screen
     assert "train" in screen and "6/6" in screen and "tok/s" in screen and "ETA" in screen
     assert "step 1/6 | loss" not in screen  # on a terminal the bar replaces the per-step lines...
     assert "step 1/6 | loss" in (run_dir / "logs" / "rank0.log").read_text()  # ...which go to the log file
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    record = next(offline[0].glob("run-*.wandb")).read_bytes()  # offline runs keep the config in their record
+    assert b"global_batch_size" in record and b"zero_stage" in record and b"tiny-full-zero2" in record
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), f"{path} holds the API key"
 
 
 def test_without_terminal_each_step_is_a_plain_line_and_other_ranks_stay_off_the_console(trained_run):
@@ -74,21 +84,6 @@ def test_plots_are_written_at_the_end_and_by_the_report_command(trained_run, tmp
                           env=launcher_env(), cwd=REPO, timeout=120)
     assert done.returncode == 0 and "loss       first" in done.stdout and "throughput median" in done.stdout
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_wandb_offline_run_holds_config_and_no_secret(tmp_path):
-    run_dir, secret = tmp_path / "run", "sekrit-0123456789abcdef0123456789abcdef"
-    env = {**launcher_env(), "WANDB_API_KEY": secret}
-    env.pop("WANDB_MODE")
-    done = run_launcher(f"run.dir={run_dir}", *SHORT, "logging.wandb.mode=offline", env=env)
-    assert done.returncode == 0, done.stdout[-2000:]
-    offline = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline) == 1
-    record = next(offline[0].glob("run-*.wandb")).read_bytes()  # offline runs keep the config in their record
-    assert b"global_batch_size" in record and b"zero_stage" in record and b"tiny-full-zero2" in record
-    for path in run_dir.rglob("*"):
-        if path.is_file():
-            assert secret.encode() not in path.read_bytes(), f"{path} holds the API key"
 
 
 def test_help_and_list_describe_groups_and_what_each_needs():
