@@ -264,6 +264,7 @@ class LauncherConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    preflight: str = "auto"  # auto | quick | full | skip: checks before the launch (python -m launcher.preflight)
 
 
 def register() -> None:

@@ -19,6 +19,7 @@ from launcher.config import LauncherConfig
 from launcher.errors import LauncherError
 from launcher.hardware import Hardware, detect
 from launcher.plan import Plan, resolve
+from launcher.preflight import run_before_launch
 from launcher.render.deepspeed import render_ds_config
 from launcher.render.env import rank_env
 from launcher.render.launch import LaunchSpec, render_launch_sh
@@ -51,6 +52,7 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
     if cfg.run.dry_run:
         print(f"dry run: artifacts written to {run_dir}; nothing launched")
         return 0
+    run_before_launch(plan, cfg, environ)
     from launcher.supervisor import run_supervised
 
     code = run_supervised(spec, environ, run_dir, cfg.run.max_restarts, cfg.run.restart_backoff_s)
