@@ -68,6 +68,7 @@ class TopoConfig:
     backend: str = "local"  # local | hostfile | slurm
     hosts: List[str] = field(default_factory=list)
     gpus_per_host: Optional[int] = None
+    gpus_per_node: Optional[int] = None  # Slurm's word for gpus_per_host; when set it wins
     cpu_procs_per_host: int = 2
     accelerator: str = "auto"  # auto | cuda | cpu
     gpu_memory_gb: Optional[float] = None
@@ -86,6 +87,9 @@ class TopoConfig:
     def __post_init__(self) -> None:
         _choice("topo.backend", self.backend, ("local", "hostfile", "slurm"))
         _choice("topo.accelerator", self.accelerator, ("auto", "cuda", "cpu"))
+        if self.gpus_per_node is not None:
+            _positive("topo.gpus_per_node", self.gpus_per_node)
+            self.gpus_per_host = self.gpus_per_node
         if self.gpus_per_host is not None:
             _positive("topo.gpus_per_host", self.gpus_per_host)
         _positive("topo.cpu_procs_per_host", self.cpu_procs_per_host)

@@ -62,3 +62,16 @@ def test_lora_and_qlora_train_a_local_model(method, tmp_path):
     run_dir = tmp_path / "run"
     result = run_launcher(f"model.path={model_dir}", f"method={method}", f"run.dir={run_dir}", "train.lr=5e-3", *JOB)
     trained(result, run_dir)
+
+
+@pytest.mark.skipif(gpus() < 1, reason="needs a GPU")
+def test_out_of_memory_at_the_first_step_is_one_paragraph_with_what_would_fit(tmp_path):
+    big = ("model.arch.hidden_size=4096", "model.arch.num_layers=4", "model.arch.num_heads=32",
+           "model.arch.num_kv_heads=8", "model.arch.intermediate_size=14336", "model.arch.vocab_size=32000",
+           "train.seq_len=4096", "data.packing=true", "train.micro_batch_size=64", "train.global_batch_size=64",
+           "topo.gpus_per_host=1", "+plan=ddp")
+    result = run_launcher(*big, f"run.dir={tmp_path / 'run'}", "train.max_steps=2")
+    paragraph = " ".join(result.stderr.split())
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "error: train.micro_batch_size=64 cannot be used. rank 0 ran out of GPU memory in global step 1" in paragraph
+    assert "run.dry_run=true" in paragraph and "train.micro_batch_size=32" in paragraph

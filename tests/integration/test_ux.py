@@ -112,3 +112,15 @@ def test_a_frozen_rank_is_reported_with_ranks_and_hosts_instead_of_hanging(tmp_p
     text = " ".join((tmp_path / "run.log").read_text().split())
     assert "error: run.collective_timeout_s=6 cannot be used." in text
     assert "waited 6 s in a collective" in text and "hosts [localhost]" in text and "launcher.preflight" in text
+
+
+def test_shell_completion_is_hydras_and_completes_presets():
+    import shutil
+
+    script = run_launcher("--shell-completion", "install=bash")
+    assert script.returncode == 0 and "hydra_bash_completion" in script.stdout
+    exe = shutil.which("launcher")
+    assert exe, "the console script `launcher` is missing: install with scripts/setup.sh"
+    env = {**launcher_env(), "COMP_LINE": "launcher plan=ze"}
+    done = subprocess.run([exe, "-sc", "query=bash"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "plan=zero3_offload" in done.stdout.split()

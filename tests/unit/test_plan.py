@@ -117,3 +117,8 @@ def test_plan_is_frozen():
     p = plan_for()
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.dp = 4  # type: ignore[misc]
+
+
+def test_slurm_gpus_per_node_sets_the_processes_per_node():
+    p = plan_for("+topo=slurm", "topo.nodes=4", "topo.gpus_per_node=4", "train.global_batch_size=32")
+    assert (p.backend, p.num_hosts, p.procs_per_host, p.world_size, p.grad_accum) == ("slurm", 4, 4, 16, 1)
