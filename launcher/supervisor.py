@@ -37,7 +37,9 @@ def run_supervised(spec: LaunchSpec, environ: dict[str, str], run_dir: Path, max
         errors = sorted((json.loads(p.read_text()) for p in run_dir.glob(USER_ERROR_GLOB)), key=lambda e: e["rank"])
         if errors:
             say(errors[0]["paragraph"])
-            return 2
+            if not errors[0].get("restartable"):
+                return 2
+            code = code or 1
         if signals:
             return _after_signal(code, signals, ckpt_root, say)
         if code == 0:

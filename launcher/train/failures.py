@@ -11,7 +11,12 @@ import torch
 from launcher.errors import LauncherError
 from launcher.plan import Plan
 
-TIMEOUT_MARKERS = ("timed out", "timeout", "Timeout", "Connection closed by peer", "Connection reset by peer")
+TIMEOUT_MARKERS = ("timed out", "timeout", "Timeout")
+PEER_LOST_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+class CollectiveFailure(LauncherError):
+    """A rank lost its peers or waited too long: reported as one paragraph, but a restart may cure it."""
 
 
 def oom_error(plan: Plan, rank: int, step: int) -> LauncherError:
@@ -26,16 +31,18 @@ def oom_error(plan: Plan, rank: int, step: int) -> LauncherError:
     )
 
 
-def collective_error(plan: Plan, rank: int, step: int, detail: str) -> LauncherError:
+def collective_error(plan: Plan, rank: int, step: int, detail: str, lost_peer: bool = False) -> CollectiveFailure:
     hosts = ", ".join(plan.hosts)
-    return LauncherError(
+    what = ("lost the connection to another rank" if lost_peer
+            else f"waited {plan.collective_timeout_s} s")
+    return CollectiveFailure(
         "run.collective_timeout_s", plan.collective_timeout_s,
         "one or more ranks stopped answering (a crashed or frozen process, a host that went down, or a network "
         "NCCL/gloo cannot use): check the other ranks' logs in logs/, then run python -m launcher.preflight with the "
         "same +topo= to test every host and the collective path; raise run.collective_timeout_s only for very slow "
         "first steps",
-        problem=f"rank {rank} on {socket.gethostname()} waited {plan.collective_timeout_s} s in a collective in "
-        f"global step {step + 1} of a job on hosts [{hosts}]: {detail.strip().splitlines()[0][:200]}",
+        problem=f"rank {rank} on {socket.gethostname()} {what} in a collective in global step {step + 1} of a job on "
+        f"hosts [{hosts}]: {detail.strip().splitlines()[0][:200]}",
     )
 
 
@@ -49,6 +56,8 @@ def user_facing_failures(plan: Plan, rank: int, current_step: list[int]) -> Iter
     except (RuntimeError, torch.distributed.DistError) as err:
         if any(marker in str(err) for marker in TIMEOUT_MARKERS):
             raise collective_error(plan, rank, current_step[0], str(err)) from err
+        if any(marker in str(err) for marker in PEER_LOST_MARKERS):
+            raise collective_error(plan, rank, current_step[0], str(err), lost_peer=True) from err
         raise
 
 

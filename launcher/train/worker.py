@@ -18,7 +18,7 @@ from launcher.plan import Plan
 from launcher.supervisor import USER_ERROR_FILE
 from launcher.train import parallel
 from launcher.train.loop import RankInfo, train
-from launcher.train.failures import Watchdog, user_facing_failures
+from launcher.train.failures import CollectiveFailure, Watchdog, user_facing_failures
 from launcher.train.reporter import Reporter
 from launcher.train.saver import make_saver, set_rng_state
 from launcher.train.schedule import resync, warmup_cosine
@@ -103,14 +103,15 @@ def main(argv: list[str]) -> int:
     except LauncherError as err:
         log.error(err.paragraph())
         _write_user_error(run_dir, info, err)
-        return 2
+        return 1 if isinstance(err, CollectiveFailure) else 2
 
 
 def _write_user_error(run_dir: Path, info: RankInfo, err: LauncherError) -> None:
     """For the supervisor, which reports it as the job's error (exit 2) instead of restarting."""
     name = USER_ERROR_FILE if info.rank == 0 else USER_ERROR_FILE.replace(".json", f".rank{info.rank}.json")
     checkpoint.write_atomic(run_dir / name, json.dumps(
-        {"rank": info.rank, "field": err.field, "value": str(err.value), "paragraph": err.paragraph()}))
+        {"rank": info.rank, "field": err.field, "value": str(err.value), "paragraph": err.paragraph(),
+         "restartable": isinstance(err, CollectiveFailure)}))
 
 
 def _die(run_dir: Path, info: RankInfo, err: LauncherError) -> None:
@@ -118,7 +119,7 @@ def _die(run_dir: Path, info: RankInfo, err: LauncherError) -> None:
     log.error(err.paragraph())
     _write_user_error(run_dir, info, err)
     logging.shutdown()
-    os._exit(2)
+    os._exit(1)
 
 
 def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str]) -> int:

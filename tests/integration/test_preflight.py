@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from tests.conftest import REPO, launcher_env
+from tests.conftest import REPO, launcher_env, run_launcher
 
 
 def preflight(*overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -56,3 +56,14 @@ def test_rank_that_never_joins_times_out_naming_the_rank(run_dir):
 def test_bad_mode_is_a_user_error_in_one_paragraph(run_dir):
     r = preflight(f"run.dir={run_dir}", "preflight=sometimes")
     assert r.returncode == 2 and "error: preflight='sometimes' cannot be used" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_launch_stops_before_spawning_when_the_master_port_is_taken(run_dir):
+    with socket.socket() as s:
+        s.bind(("", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = run_launcher(f"run.dir={run_dir}", f"topo.master_port={port}", timeout=120)
+    assert r.returncode == 2 and f"error: topo.master_port={port} cannot be used" in r.stderr
+    assert "preflight=skip" in r.stderr and not (run_dir / "logs" / "torchrun").exists()
+    assert json.loads((run_dir / "preflight.json").read_text())["mode"] == "quick"

@@ -1,0 +1,141 @@
+"""Preflight: find a broken host, link or environment in seconds, before a job hangs in its first collective.
+
+quick = this host's static checks (no torch import on a CPU host); full = every host of the topology over ssh, plus a
+short all-reduce across the ranks; auto = quick for one host, full for several. Kept import-light: job.py imports it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from launcher.errors import LauncherError
+
+if TYPE_CHECKING:  # the ranks of the collective import this package: keep their start light
+    from launcher.config import LauncherConfig
+    from launcher.plan import Plan
+
+MODES = ("auto", "quick", "full", "skip")
+TIMEOUT_VAR = "LAUNCHER_PREFLIGHT_TIMEOUT_S"  # the collective's hard timeout, seconds
+CPU_TIMEOUT_S, GPU_TIMEOUT_S = 60.0, 120.0
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def mode_for(asked: str, num_hosts: int) -> str:
+    if asked not in MODES:
+        raise LauncherError("preflight", asked, f"use one of: {', '.join(MODES)}")
+    return ("quick" if num_hosts == 1 else "full") if asked == "auto" else asked
+
+
+def config_hash(cfg: LauncherConfig) -> str:
+    return hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_checks(plan: Plan, cfg: LauncherConfig, environ: dict[str, str], mode: str) -> tuple[list, dict]:
+    """All rows for this mode, and what preflight.json records besides them."""
+    from launcher.preflight import checks as c
+
+    topo = cfg.topo
+    ifname = plan.nccl_env.get("NCCL_SOCKET_IFNAME") or plan.nccl_env.get("GLOO_SOCKET_IFNAME", "")
+    multi = plan.backend != "local"
+    deep = mode == "full"
+    master = (topo.master_addr or plan.hosts[0]) if multi else "localhost"
+    peers = [h.rpartition("@")[2] for h in plan.hosts] if multi else []
+    base = {"run_dir": plan.run_dir, "package_dir": str(PACKAGE_DIR), "deep": deep, "targets": peers}
+    local = c.gather_local({**base, "port": 0 if multi else topo.master_port})
+    hosts = [local]
+    marker = None
+    if plan.backend == "hostfile" and deep:  # slurm's nodes are unknown until the allocation starts
+        marker = _marker(plan.run_dir)
+        args = {h: {**base, "marker": str(marker), "port": topo.master_port if h == master else 0} for h in plan.hosts}
+        try:
+            hosts += c.gather_remote(list(plan.hosts), sys.executable, args, _ssh_args(environ))
+        finally:
+            marker.unlink(missing_ok=True)
+    rows = []
+    for f in hosts:
+        remote = f is not local
+        rows += c.host_checks(f, plan.accelerator if (remote or not multi) else "cpu", plan.procs_per_host,
+                              ifname if (remote or not multi) else "", topo.mtu, topo.nccl.ib_hca if remote or not multi
+                              else "", [p for p in peers if p != f.host], shared_expected=remote)
+    arch = c.check_arch_list(environ.get("TORCH_CUDA_ARCH_LIST", ""))
+    rows += [arch] if arch else []
+    if len(hosts) > 1:
+        rows += c.compare_versions(hosts)
+    extra: dict = {"mode": mode, "config_hash": config_hash(cfg), "hosts": {f.host: f.facts or {"error": f.error}
+                                                                             for f in hosts}}
+    if deep:
+        rows += _collective(plan, cfg, environ, extra)
+    return rows, extra
+
+
+def _collective(plan: Plan, cfg: LauncherConfig, environ: dict[str, str], extra: dict) -> list:
+    from launcher.preflight.checks import WARN, Check
+
+    if plan.backend != "local":
+        return [Check("all-reduce", "all", WARN, "not run: the collective test covers the local backend only so far",
+                      "")]
+    from launcher.preflight.collective import judge, run_collective
+    from launcher.render.env import rank_env
+
+    env = {**environ, **rank_env(plan, environ, os.cpu_count() or 1, plan.run_dir), **cfg.topo.env}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_DIR.parent), environ.get("PYTHONPATH", "")) if p)
+    default = GPU_TIMEOUT_S if plan.accelerator == "cuda" else CPU_TIMEOUT_S
+    res = run_collective(plan.procs_per_host, plan.accelerator, env, Path(plan.run_dir) / "preflight",
+                         float(environ.get(TIMEOUT_VAR) or default))
+    extra["collective"] = dataclasses.asdict(res)
+    expects_rdma = bool(cfg.topo.nccl.ib_hca) or cfg.topo.nccl.ib_disable == 0
+    return judge(res, expects_rdma, cfg.topo.name)
+
+
+def _marker(run_dir: str) -> Path:
+    """A file every host must see when the run dir is shared."""
+    path = Path(run_dir)
+    while not path.exists():
+        path = path.parent
+    marker = path / f".launcher-preflight-{uuid.uuid4().hex}"
+    marker.touch()
+    return marker
+
+
+def _ssh_args(environ: dict[str, str]) -> list[str]:
+    import shlex
+
+    return shlex.split(environ.get("PDSH_SSH_ARGS_APPEND", ""))  # the options pdsh will use
+
+
+def run_before_launch(plan: Plan, cfg: LauncherConfig, environ: dict[str, str]) -> None:
+    """The launch's hook: raise a LauncherError when a check fails; print the table only when something is off."""
+    mode = mode_for(cfg.preflight, plan.num_hosts)
+    if mode == "skip":
+        return
+    from launcher.preflight.report import failed, print_table, summary_line, write_json
+
+    rows, extra = run_checks(plan, cfg, environ, mode)
+    write_json(Path(plan.run_dir), rows, extra)
+    if any(r.status != "pass" for r in rows):
+        print_table(rows, only_problems=True)
+    print(summary_line(rows, mode))
+    bad = failed(rows)
+    if bad:
+        name, value = _field_of(bad[0].check, plan, cfg)
+        hint = f"{bad[0].hint or 'the table above says what failed'}; or launch anyway with preflight=skip"
+        raise LauncherError(name, value, hint, problem=f"preflight: {bad[0].check} on {bad[0].host}: {bad[0].detail}")
+
+
+def _field_of(check: str, plan: "Plan", cfg: "LauncherConfig") -> tuple[str, object]:
+    """The config field a user would change for a failed check (the paragraph names it)."""
+    topo = cfg.topo
+    return {
+        "master port": ("topo.master_port", topo.master_port),
+        "interface": ("topo.socket_ifname", topo.nccl.socket_ifname or topo.socket_ifname),
+        "rdma": ("topo.nccl.ib_hca", topo.nccl.ib_hca),
+        "run dir": ("run.dir", plan.run_dir),
+        "free disk": ("run.dir", plan.run_dir),
+        "gpus": ("topo.gpus_per_host", plan.procs_per_host),
+    }.get(check, ("preflight", cfg.preflight))

@@ -1,0 +1,51 @@
+"""`python -m launcher.preflight +topo=... [overrides]`: the launch's composition and plan, then every check, a table,
+preflight.json in the run dir; exit 1 when a check fails, 2 for a user error. `preflight=quick` limits it to this
+host's static checks; otherwise (auto or full) it runs everything, the collective included.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from launcher.errors import LauncherError, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    environ = dict(os.environ)
+    debug = environ.get("LAUNCHER_DEBUG") == "1"
+    try:
+        from launcher import inputs
+        from launcher.compose import compose
+        from launcher.hardware import detect
+        from launcher.plan import resolve
+        from launcher.preflight import mode_for, run_checks
+        from launcher.preflight.report import failed, print_table, summary_line, write_json
+        from launcher.rundir import default_run_name
+
+        cfg, _ = compose(overrides)
+        cwd = os.getcwd()
+        hw = detect()
+        cfg = inputs.check_model(cfg, cwd)
+        cfg = inputs.check_tokenizer(cfg, cwd)
+        cfg, num_rows = inputs.check_data(cfg, cwd)
+        name = cfg.run.name or default_run_name(cfg.model.name, cfg.method.name, cfg.plan.name)
+        run_dir = Path(inputs.absolute(cfg.run.dir or str(Path(cfg.run.output_dir) / name), cwd))
+        plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, num_samples=num_rows)
+        mode = mode_for(cfg.preflight, plan.num_hosts)
+        mode = "full" if cfg.preflight in ("auto", "skip") else mode
+        rows, extra = run_checks(plan, cfg, environ, mode)
+    except LauncherError as err:
+        if debug:
+            traceback.print_exc()
+        return report(err, debug, how="LAUNCHER_DEBUG=1")
+    print_table(rows)
+    path = write_json(run_dir, rows, extra)
+    print(summary_line(rows, mode) + f"; {path}")
+    return 1 if failed(rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""What one host has, as a JSON dict: run here in-process, or as `python -c <this file> <json args>` over ssh.
+
+Standard library only, and torch is imported only when asked (`deep`): the quick preflight on a CPU host must
+stay well under a second. Everything a check compares is gathered here; the judging is in checks.py.
+"""
+from __future__ import annotations
+
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import shutil
+import socket
+import struct
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("torch", "deepspeed", "transformers")
+SIOCGIFADDR = 0x8915
+
+
+def tree_hash(root: str, pattern: str) -> str:
+    """sha256 over the relative paths and contents of the files under root matching pattern ('' when absent)."""
+    base = Path(root)
+    if not base.is_dir():
+        return ""
+    h = hashlib.sha256()
+    for p in sorted(base.rglob(pattern)):
+        if "__pycache__" in p.parts or not p.is_file():
+            continue
+        h.update(str(p.relative_to(base)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def file_hash(path: str) -> str:
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else ""
+
+
+def iface_facts() -> dict[str, dict[str, object]]:
+    """name -> {up, mtu, addr} from /sys/class/net (addr through SIOCGIFADDR, '' without an IPv4 address)."""
+    out: dict[str, dict[str, object]] = {}
+    for d in sorted(glob.glob("/sys/class/net/*")):
+        name = os.path.basename(d)
+        state = _read(f"{d}/operstate")
+        flags = int(_read(f"{d}/flags") or "0", 16)
+        mtu = _read(f"{d}/mtu")
+        out[name] = {"up": bool(flags & 1) and state in ("up", "unknown"), "mtu": int(mtu) if mtu.isdigit() else 0,
+                     "addr": _ipv4(name)}
+    return out
+
+
+def _ipv4(name: str) -> str:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        packed = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+        return socket.inet_ntoa(packed[20:24])
+    except OSError:
+        return ""
+    finally:
+        s.close()
+
+
+def source_addr(target: str) -> str:
+    """The local address the kernel would use to reach target (a UDP connect sends nothing)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect((socket.gethostbyname(target), 9))
+        return s.getsockname()[0]
+    except OSError:
+        return ""
+    finally:
+        s.close()
+
+
+def rdma_facts() -> dict[str, list[str]]:
+    """RDMA device -> port states ('4: ACTIVE'), from /sys/class/infiniband."""
+    return {os.path.basename(d): [_read(p) for p in sorted(glob.glob(f"{d}/ports/*/state"))]
+            for d in sorted(glob.glob("/sys/class/infiniband/*"))}
+
+
+def port_free(port: int) -> str:
+    """'' when a listener could bind port on every address, else the OS's reason."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("", port))
+        return ""
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        s.close()
+
+
+def run_dir_facts(run_dir: str, marker: str) -> dict[str, object]:
+    """The nearest existing directory of run_dir: writable here, free disk, and whether it sees the marker."""
+    path = Path(run_dir)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free_gb = shutil.disk_usage(path).free / 1024**3
+    return {"dir": str(path), "writable": os.access(path, os.W_OK), "free_gb": round(free_gb, 1),
+            "sees_marker": bool(marker) and os.path.exists(marker)}
+
+
+def versions(deep: bool) -> dict[str, str]:
+    """Installed versions from package metadata; CUDA and NCCL (from torch) only when deep, on a GPU host."""
+    v = {"python": sys.version.split()[0]}
+    for pkg in PACKAGES:
+        try:
+            v[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            v[pkg] = "absent"
+    if deep and glob.glob("/dev/nvidia[0-9]*"):  # no torch import on a CPU host
+        import torch
+
+        v["cuda"] = torch.version.cuda or "none"
+        nccl = torch.cuda.nccl.version() if torch.cuda.is_available() else None
+        v["nccl"] = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl or "none")
+    return v
+
+
+def gpu_facts(deep: bool) -> dict[str, object]:
+    """GPU count and per-GPU memory from torch; on GB10 the memory is MemTotal (nvidia-smi says 'Not Supported')."""
+    if not deep:  # quick mode does not import torch; the launch itself checked this host's GPUs
+        return {"count": None, "name": "", "memory_gb": 0.0}
+    if not glob.glob("/dev/nvidia[0-9]*"):
+        return {"count": 0, "name": "", "memory_gb": 0.0}
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"count": 0, "name": "", "memory_gb": 0.0}
+    props = torch.cuda.get_device_properties(0)
+    mem = props.total_memory / 1024**3
+    if "GB10" in props.name.upper():
+        mem = mem_total_gb()
+    return {"count": torch.cuda.device_count(), "name": props.name, "memory_gb": round(mem, 1)}
+
+
+def mem_total_gb() -> float:
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 1024**2, 1)
+    return 0.0
+
+
+def gather(args: dict[str, object]) -> dict[str, object]:
+    deep = bool(args.get("deep"))
+    port = int(args.get("port") or 0)  # type: ignore[call-overload]
+    pkg = str(args.get("package_dir", ""))
+    return {
+        "host": socket.gethostname(),
+        "interpreter": sys.executable,
+        "versions": versions(deep),
+        "launcher_hash": tree_hash(pkg, "*.py"),
+        "conf_hash": tree_hash(str(Path(pkg).parent / "conf"), "*.yaml") if pkg else "",
+        "plan_hash": file_hash(str(Path(str(args.get("run_dir", "."))) / "plan.json")),
+        "run_dir": run_dir_facts(str(args.get("run_dir", ".")), str(args.get("marker", ""))),
+        "gpu": gpu_facts(deep),
+        "mem_total_gb": mem_total_gb(),
+        "ifaces": iface_facts(),
+        "route": {t: source_addr(t) for t in args.get("targets", [])},  # type: ignore[attr-defined]
+        "rdma": rdma_facts(),
+        "port": {"port": port, "error": port_free(port)} if port else {},
+        "clock": time.time(),
+    }
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+if __name__ == "__main__":
+    print(json.dumps(gather(json.loads(sys.argv[1]))))
