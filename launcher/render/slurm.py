@@ -3,7 +3,7 @@
 The same file is the batch script (sbatch), the per-node step (`--step`, started by srun) and the way to run inside
 an allocation one already holds (`--in-allocation`). Preemption: Slurm sends SIGUSR1 to the batch shell before the
 time limit (`--signal=B:USR1@N`, or `scancel --batch --signal=USR1`); the shell passes it to srun, srun to every
-process of the step; DeepSpeed's launcher ignores it and the ranks save at the next step boundary and exit 75; the
+process of the step; DeepSpeed's launcher ignores it and the ranks save at the next step boundary and exit; the
 shell then requeues the job, which resumes from the latest complete checkpoint.
 """
 from __future__ import annotations
