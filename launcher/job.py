@@ -27,18 +27,25 @@ from launcher.rundir import default_run_name, write_artifacts
 from launcher.summary import print_summary
 
 
-def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[str, str]) -> int:
+def plan_job(cfg: LauncherConfig, cwd: str, environ: dict[str, str]) -> tuple[LauncherConfig, Plan, Hardware]:
+    """Checked inputs -> Plan, the same for a launch and for a standalone preflight."""
+    import importlib.util
+
     hw = detect()
     cfg = inputs.check_model(cfg, cwd)
     cfg = inputs.check_tokenizer(cfg, cwd)
     cfg, num_rows = inputs.check_data(cfg, cwd)
     name = cfg.run.name or default_run_name(cfg.model.name, cfg.method.name, cfg.plan.name)
     run_dir = Path(inputs.absolute(cfg.run.dir or str(Path(cfg.run.output_dir) / name), cwd))
-    import importlib.util
-
     wandb_env = (environ.get("WANDB_MODE", ""), bool(environ.get("WANDB_API_KEY")),
                  importlib.util.find_spec("wandb") is not None)
     plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, num_samples=num_rows, wandb_env=wandb_env)
+    return cfg, plan, hw
+
+
+def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[str, str]) -> int:
+    cfg, plan, hw = plan_job(cfg, cwd, environ)
+    name, run_dir = plan.run_name, Path(plan.run_dir)
     if not cfg.run.dry_run:
         check_host_fits(plan, hw)
     spec = _launch_spec(cfg, plan, hw, environ, cwd)

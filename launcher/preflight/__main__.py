@@ -17,23 +17,14 @@ def main(argv: list[str] | None = None) -> int:
     environ = dict(os.environ)
     debug = environ.get("LAUNCHER_DEBUG") == "1"
     try:
-        from launcher import inputs
         from launcher.compose import compose
-        from launcher.hardware import detect
-        from launcher.plan import resolve
+        from launcher.job import plan_job
         from launcher.preflight import mode_for, run_checks
         from launcher.preflight.report import failed, print_table, summary_line, write_json
-        from launcher.rundir import default_run_name
 
         cfg, _ = compose(overrides)
-        cwd = os.getcwd()
-        hw = detect()
-        cfg = inputs.check_model(cfg, cwd)
-        cfg = inputs.check_tokenizer(cfg, cwd)
-        cfg, num_rows = inputs.check_data(cfg, cwd)
-        name = cfg.run.name or default_run_name(cfg.model.name, cfg.method.name, cfg.plan.name)
-        run_dir = Path(inputs.absolute(cfg.run.dir or str(Path(cfg.run.output_dir) / name), cwd))
-        plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, num_samples=num_rows)
+        cfg, plan, _hw = plan_job(cfg, os.getcwd(), environ)
+        run_dir = Path(plan.run_dir)
         mode = mode_for(cfg.preflight, plan.num_hosts)
         mode = "full" if cfg.preflight in ("auto", "skip") else mode
         rows, extra = run_checks(plan, cfg, environ, mode)
