@@ -62,7 +62,8 @@ def run_checks(plan: Plan, cfg: LauncherConfig, environ: dict[str, str], mode: s
         remote = f is not local
         rows += c.host_checks(f, plan.accelerator if (remote or not multi) else "cpu", plan.procs_per_host,
                               ifname if (remote or not multi) else "", topo.mtu, topo.nccl.ib_hca if remote or not multi
-                              else "", [p for p in peers if p != f.host], shared_expected=remote)
+                              else "", [p for p in peers if p != f.host], shared_expected=remote,
+                              checkpoint_gb=checkpoint_gb(plan))
     arch = c.check_arch_list(environ.get("TORCH_CUDA_ARCH_LIST", ""))
     rows += [arch] if arch else []
     if len(hosts) > 1:
@@ -107,6 +108,12 @@ def _ssh_args(environ: dict[str, str]) -> list[str]:
     import shlex
 
     return shlex.split(environ.get("PDSH_SSH_ARGS_APPEND", ""))  # the options pdsh will use
+
+
+def checkpoint_gb(plan: Plan) -> float:
+    """Weights in the training precision plus fp32 master weights and two Adam moments of the trained part."""
+    m = plan.memory
+    return (m.params * (4 if plan.precision == "fp32" else 2) + m.trainable_params * 12) / 1024**3
 
 
 def run_before_launch(plan: Plan, cfg: LauncherConfig, environ: dict[str, str]) -> None:

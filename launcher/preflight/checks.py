@@ -15,7 +15,7 @@ from launcher.preflight import probe
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 VERSION_KEYS = ("python", "torch", "cuda", "nccl", "deepspeed", "transformers")
-MIN_FREE_GB, LOW_FREE_GB = 1.0, 10.0
+CHECKPOINTS_TO_FIT = 2  # warn below room for this many checkpoints; fail below room for one
 MAX_SKEW_S = 5.0
 ARCH_ENTRY = re.compile(r"^\d+\.\d+(\+PTX)?$")
 
@@ -185,12 +185,14 @@ def check_run_dir(f: HostFacts, shared_expected: bool) -> Check | None:
     return Check("run dir", f.host, PASS, f"{rd['dir']} writable" + (", shared" if shared_expected else ""))
 
 
-def check_disk(f: HostFacts) -> Check | None:
+def check_disk(f: HostFacts, checkpoint_gb: float) -> Check | None:
+    """Against the plan's checkpoint size (weights + optimizer states), not a fixed figure: a tiny model needs MBs."""
     if f.error:
         return None
     free = f.facts["run_dir"]["free_gb"]
-    status = FAIL if free < MIN_FREE_GB else WARN if free < LOW_FREE_GB else PASS
-    return Check("free disk", f.host, status, f"{free:.1f} GB free in {f.facts['run_dir']['dir']}",
+    status = FAIL if free < checkpoint_gb else WARN if free < CHECKPOINTS_TO_FIT * checkpoint_gb else PASS
+    return Check("free disk", f.host, status,
+                 f"{free:.2f} GB free in {f.facts['run_dir']['dir']}; a checkpoint takes ~{checkpoint_gb:.3f} GB",
                  "" if status == PASS else "free space or use run.output_dir=<a larger disk>")
 
 
@@ -230,8 +232,8 @@ def check_arch_list(value: str) -> Check | None:
 
 
 def host_checks(f: HostFacts, accelerator: str, procs_per_host: int, ifname: str, mtu: int, ib_hca: str,
-                peers: list[str], shared_expected: bool) -> list[Check]:
-    rows = [reachable(f), describe(f), check_run_dir(f, shared_expected), check_disk(f), check_port(f),
+                peers: list[str], shared_expected: bool, checkpoint_gb: float = 0.0) -> list[Check]:
+    rows = [reachable(f), describe(f), check_run_dir(f, shared_expected), check_disk(f, checkpoint_gb), check_port(f),
             check_gpus(f, accelerator, procs_per_host), check_iface(f, ifname, mtu, peers), check_rdma(f, ib_hca),
             check_clock(f)]
     return [r for r in rows if r is not None and not (r.check == "ssh" and f.host == "localhost")]

@@ -100,7 +100,7 @@ def run_dir_facts(run_dir: str, marker: str) -> dict[str, object]:
     while not path.exists() and path != path.parent:
         path = path.parent
     free_gb = shutil.disk_usage(path).free / 1024**3
-    return {"dir": str(path), "writable": os.access(path, os.W_OK), "free_gb": round(free_gb, 1),
+    return {"dir": str(path), "writable": os.access(path, os.W_OK), "free_gb": round(free_gb, 4),
             "sees_marker": bool(marker) and os.path.exists(marker)}
 
 
