@@ -105,7 +105,7 @@ def test_a_frozen_rank_is_reported_with_ranks_and_hosts_instead_of_hanging(tmp_p
     try:
         wait_for(lambda: last_step(run_dir) >= 3, proc)
         os.kill(leaf_descendants(proc.pid)[0], signal.SIGSTOP)
-        assert proc.wait(timeout=180) == 2
+        assert proc.wait(timeout=180) == 1  # not a user error: run.max_restarts would restart it
     finally:
         if proc.poll() is None:
             kill_tree(proc)
