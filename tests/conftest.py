@@ -10,6 +10,17 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+GOLDEN = REPO / "tests" / "golden"
+
+
+def check_golden(name: str, text: str) -> None:
+    """Rendered artifacts against reviewed files; LAUNCHER_UPDATE_GOLDEN=1 rewrites them (then review the diff)."""
+    path = GOLDEN / name
+    if os.environ.get("LAUNCHER_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"golden file {path} missing: run with LAUNCHER_UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{name} differs from its golden file"
 
 
 def launcher_env() -> dict[str, str]:

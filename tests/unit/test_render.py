@@ -5,8 +5,6 @@ Set LAUNCHER_UPDATE_GOLDEN=1 to rewrite the golden files after an intended chang
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -17,19 +15,10 @@ from launcher.plan import resolve
 from launcher.render.deepspeed import render_ds_config
 from launcher.render.env import rank_env, sanitize_arch_list
 from launcher.render.launch import render_launch_sh
+from tests.conftest import check_golden
 
-GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
 H200x2 = Hardware("cuda", 2, "NVIDIA H200", 139.8, "9.0", True, 32, 256.0, "x86_64")
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("LAUNCHER_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"golden file {path} missing: run with LAUNCHER_UPDATE_GOLDEN=1"
-    assert text == path.read_text(), f"{name} differs from its golden file"
 
 
 @pytest.mark.parametrize("preset", presets("plan"))

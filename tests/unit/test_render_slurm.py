@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from launcher.hardware import Hardware
 from launcher.plan import Plan, resolve
 from launcher.render.env import rank_env
 from launcher.render.slurm import render_sbatch, world_info
+from tests.conftest import check_golden
 
-GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "slurm"
 CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
 GPU_JOB = ("+topo=slurm", "+plan=zero3", "topo.nodes=4", "train.global_batch_size=64", "topo.slurm.partition=gpu",
            "topo.slurm.account=proj42", "topo.slurm.time=04:00:00", 'topo.slurm.extra=["--qos=high"]')
@@ -35,19 +34,10 @@ def plan_and_script(*overrides: str) -> tuple[Plan, str]:
                                cfg.topo.master_port)
 
 
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("LAUNCHER_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"golden file {path} missing: run with LAUNCHER_UPDATE_GOLDEN=1"
-    assert text == path.read_text(), f"{name} differs from its golden file"
-
-
 @pytest.mark.parametrize("name, overrides", [("job-gpu.sbatch", GPU_JOB), ("job-cpu.sbatch", CPU_JOB)])
 def test_job_sbatch_matches_golden_and_is_valid_bash(name, overrides):
     _, script = plan_and_script(*overrides)
-    check_golden(name, script)
+    check_golden(f"slurm/{name}", script)
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     assert "s3cret" not in script and "WANDB" not in script
 
