@@ -19,7 +19,7 @@ from launcher.errors import LauncherError
 from launcher.plan import Plan
 from launcher.render.env import is_secret
 from launcher.render.hostfile import render_deepspeed_env, render_hostfile
-from launcher.render.launch import LaunchSpec
+from launcher.render.launch import LaunchSpec, RankProgram, accelerate_argv, worker_program
 
 DEFAULT_MASTER_PORT = 29500
 CONNECT_TIMEOUT_S = 10
@@ -33,23 +33,42 @@ IGNORE_PREEMPTION = ("bash", "-c", "trap '' TERM USR1; exec \"$@\"", "launcher-h
 
 
 def hostfile_spec(plan: Plan, python: str, master_addr: str, master_port: int, rank_env: dict[str, str], cwd: str,
-                  environ: dict[str, str]) -> tuple[LaunchSpec, dict[str, str]]:
+                  environ: dict[str, str], program: RankProgram | None = None) -> tuple[LaunchSpec, dict[str, str]]:
     """The runner's command and the run-dir files it reads (hostfile, deepspeed_env)."""
     files = {"hostfile": render_hostfile(plan), "deepspeed_env": render_deepspeed_env(rank_env)}
     hidden = sorted(k for k in environ if is_secret(k) and k.startswith(RUNNER_EXPORTS))
+    program = program or worker_program(plan.run_dir)
+    runner = runner_argv(plan, python, master_addr, master_port, plan.run_dir, _module_argv(program, python, plan))
+    if program.accelerate_config:  # one process per host: its `accelerate launch`, which starts the host's ranks
+        runner = (*runner[:3], "--num_gpus=1", *runner[3:])
     argv = (
         *IGNORE_PREEMPTION,
         *(("env", *(a for k in hidden for a in ("-u", k))) if hidden else ()),
-        python, "-m", "deepspeed.launcher.runner",
-        f"--hostfile={plan.run_dir}/hostfile",
-        "--launcher=pdsh",
-        f"--master_addr={master_addr or plan.hosts[0].rpartition('@')[2]}",
-        f"--master_port={master_port or DEFAULT_MASTER_PORT}",
-        "--no_ssh_check",  # the preflight below checks every host, with timeouts; the runner's check has none
-        "--module", "--no_local_rank", "launcher.train.worker", plan.run_dir,
+        *runner,
     )
     env = {**rank_env, "DS_ENV_FILE": f"{plan.run_dir}/deepspeed_env"}
     return LaunchSpec(argv=argv, env=env, cwd=cwd, signal_to="launcher"), files
+
+
+def runner_argv(plan: Plan, python: str, master_addr: str, master_port: int, files_dir: str,
+                module_argv: tuple[str, ...]) -> tuple[str, ...]:
+    """DeepSpeed's multinode runner over pdsh, starting `python -m <module_argv>` as every rank of the plan (the
+    training worker, or preflight's collective); the hostfile is read from files_dir."""
+    return (
+        python, "-m", "deepspeed.launcher.runner",
+        f"--hostfile={files_dir}/hostfile",
+        "--launcher=pdsh",
+        f"--master_addr={master_addr or plan.hosts[0].rpartition('@')[2]}",
+        f"--master_port={master_port or DEFAULT_MASTER_PORT}",
+        "--no_ssh_check",  # the preflight checks every host, with timeouts; the runner's check has none
+        "--module", "--no_local_rank", *module_argv,
+    )
+
+
+def _module_argv(program: RankProgram, python: str, plan: Plan) -> tuple[str, ...]:
+    if program.accelerate_config:  # launcher.script_entry adds this host's --machine_rank (the runner's RANK)
+        return ("launcher.script_entry", "node", plan.run_dir, "--", *accelerate_argv(python, program))
+    return (program.module, *program.args)
 
 
 @dataclass(frozen=True)

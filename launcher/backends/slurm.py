@@ -13,8 +13,8 @@ from launcher.config import SlurmConfig
 from launcher.errors import LauncherError
 from launcher.plan import Plan
 from launcher.render.env import is_secret
-from launcher.render.launch import LaunchSpec
-from launcher.render.slurm import render_sbatch
+from launcher.render.launch import LaunchSpec, RankProgram
+from launcher.render.slurm import AllocationCheck, render_sbatch
 
 TIMEOUT_S = 60
 NOT_INSTALLED = ("install the Slurm client commands (sbatch, srun, scontrol) on this host, or use another topology "
@@ -22,9 +22,11 @@ NOT_INSTALLED = ("install the Slurm client commands (sbatch, srun, scontrol) on 
 
 
 def slurm_spec(plan: Plan, slurm: SlurmConfig, python: str, cwd: str, rank_env: dict[str, str], master_addr: str,
-               master_port: int, environ: dict[str, str]) -> tuple[LaunchSpec, dict[str, str]]:
+               master_port: int, environ: dict[str, str], check: AllocationCheck | None = None,
+               program: RankProgram | None = None) -> tuple[LaunchSpec, dict[str, str]]:
     """sbatch job.sbatch; inside an allocation (SLURM_JOB_ID set) the script itself, which calls srun."""
-    files = {"job.sbatch": render_sbatch(plan, slurm, python, cwd, rank_env, master_addr, master_port)}
+    files = {"job.sbatch": render_sbatch(plan, slurm, python, cwd, rank_env, master_addr, master_port, check,
+                                         program)}
     script = f"{plan.run_dir}/job.sbatch"
     if in_allocation(environ):
         return LaunchSpec(argv=("bash", script, "--in-allocation"), cwd=cwd, signal_to="launcher"), files

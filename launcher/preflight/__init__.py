@@ -71,27 +71,58 @@ def run_checks(plan: Plan, cfg: LauncherConfig, environ: dict[str, str], mode: s
     extra: dict = {"mode": mode, "config_hash": config_hash(cfg), "hosts": {f.host: f.facts or {"error": f.error}
                                                                              for f in hosts}}
     if deep:
-        rows += _collective(plan, cfg, environ, extra)
+        rows += _collective(plan, cfg, environ, extra, rows)
     return rows, extra
 
 
-def _collective(plan: Plan, cfg: LauncherConfig, environ: dict[str, str], extra: dict) -> list:
-    from launcher.preflight.checks import WARN, Check
+def _collective(plan: Plan, cfg: LauncherConfig, environ: dict[str, str], extra: dict, rows: list) -> list:
+    """The all-reduce across every rank of the launch, started by the launch's own engine (torchrun on one host,
+    DeepSpeed's runner over pdsh on several); skipped when a host check already failed (it could only hang)."""
+    from launcher.preflight.checks import FAIL, WARN, Check
 
-    if plan.backend != "local":
-        return [Check("all-reduce", "all", WARN, "not run: the collective test covers the local backend only so far",
-                      "")]
-    from launcher.preflight.collective import judge, run_collective
+    if plan.backend == "slurm":
+        return [Check("all-reduce", "all", WARN, "not run here: Slurm's nodes are known once the allocation starts; "
+                      "the job's first step runs it there", "")]
+    if any(r.status == FAIL for r in rows):
+        return [Check("all-reduce", "all", FAIL, "not run: fix the failed checks above first", "")]
+    from launcher.preflight.collective import judge, run_collective, torchrun_argv
     from launcher.render.env import rank_env
 
-    env = {**environ, **rank_env(plan, environ, os.cpu_count() or 1, plan.run_dir), **cfg.topo.env}
+    ranks = {**rank_env(plan, environ, os.cpu_count() or 1, plan.run_dir), **cfg.topo.env}
+    env = {**environ, **ranks}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_DIR.parent), environ.get("PYTHONPATH", "")) if p)
+    out = Path(plan.run_dir) / "preflight"
+    if plan.backend == "hostfile":
+        argv = _runner_argv(plan, cfg, ranks, env, environ, out)
+    else:
+        argv = torchrun_argv(sys.executable, plan.procs_per_host, plan.accelerator)
     default = GPU_TIMEOUT_S if plan.accelerator == "cuda" else CPU_TIMEOUT_S
-    res = run_collective(plan.procs_per_host, plan.accelerator, env, Path(plan.run_dir) / "preflight",
-                         float(environ.get(TIMEOUT_VAR) or default))
+    rank_hosts = [h for h in plan.hosts for _ in range(plan.procs_per_host)]
+    res = run_collective(argv, env, out / "collective.log", rank_hosts, float(environ.get(TIMEOUT_VAR) or default))
     extra["collective"] = dataclasses.asdict(res)
-    expects_rdma = bool(cfg.topo.nccl.ib_hca) or cfg.topo.nccl.ib_disable == 0
-    return judge(res, expects_rdma, cfg.topo.name)
+    return judge(res, expects_rdma(cfg), cfg.topo.link)
+
+
+def expects_rdma(cfg: LauncherConfig) -> bool:
+    """The topology names RDMA devices or turns NCCL's IB transport on: a fall-back to sockets is then a failure."""
+    return bool(cfg.topo.nccl.ib_hca) or cfg.topo.nccl.ib_disable == 0
+
+
+def _runner_argv(plan: Plan, cfg: LauncherConfig, ranks: dict[str, str], env: dict[str, str],
+                 environ: dict[str, str], out: Path) -> tuple[str, ...]:
+    """DeepSpeed's runner over the plan's hosts, its hostfile and rank environment in run_dir/preflight/ (the
+    launch's own files are written only when it launches); NCCL_DEBUG=INFO reaches every rank through them."""
+    from launcher.backends.hostfile import runner_argv
+    from launcher.preflight.collective import NEVER_JOIN_VAR
+    from launcher.render.hostfile import render_deepspeed_env, render_hostfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    test_only = {NEVER_JOIN_VAR: environ[NEVER_JOIN_VAR]} if environ.get(NEVER_JOIN_VAR) else {}
+    (out / "hostfile").write_text(render_hostfile(plan))
+    (out / "deepspeed_env").write_text(render_deepspeed_env({**ranks, "NCCL_DEBUG": "INFO", **test_only}))
+    env["DS_ENV_FILE"] = str(out / "deepspeed_env")
+    return runner_argv(plan, sys.executable, cfg.topo.master_addr, cfg.topo.master_port, str(out),
+                       ("launcher.preflight.collective", plan.accelerator))
 
 
 def _marker(run_dir: str) -> Path:

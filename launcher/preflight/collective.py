@@ -1,8 +1,8 @@
 """A short all-reduce across the ranks of the real launch: bus bandwidth per size and the transport NCCL chose.
 
-The parent starts torchrun with a hard timeout; each rank leaves a marker before it joins the process group and
-another when it is done, so a timeout names the ranks that never joined instead of hanging.
-Run as a rank: `python -m torch.distributed.run ... -m launcher.preflight.collective <marker dir>`.
+The parent starts the launch's engine with a hard timeout; each rank prints a line before it joins the process group
+and another when it is done, so a timeout names the ranks (and hosts) that never joined instead of hanging.
+Run as a rank: `python -m torch.distributed.run ... -m launcher.preflight.collective <accelerator>`.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,14 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.preflight.checks import FAIL, PASS, WARN, Check
+from launcher.preflight.links import EXPECTED_BUSBW_GBPS
 
 CPU_SIZES_MB = (1, 4, 16, 64)
 GPU_SIZES_MB = (1, 16, 128, 1024)
 ITERS = 3
 RESULT = "PREFLIGHT_COLLECTIVE "
+RESULT_LINE = re.compile(r"PREFLIGHT_COLLECTIVE (\{.*\})")
+JOINING = re.compile(r"PREFLIGHT_JOINING (\d+)")
+DONE = re.compile(r"PREFLIGHT_DONE (\d+)")
+STOP_GRACE_S = 8  # DeepSpeed's runner pkills every host, then sleeps a second
 NEVER_JOIN_VAR = "LAUNCHER_PREFLIGHT_NEVER_JOIN"  # test-only: this rank never joins (read at the edge, below)
-# healthy large-size bus bandwidth (GB/s) per topology preset; below half of it is a warning
-EXPECTED_BUSBW_GBPS = {"dual_pgx": 20.0}
 TRANSPORT = re.compile(r"NET/(IB|Socket)\s*:\s*Using\s*(.*)|via (P2P/\S+|SHM/\S+|SHM|NET/\S+)")
 
 
@@ -33,8 +37,8 @@ class CollectiveResult:
     ok: bool
     busbw_gbps: dict[str, float] = field(default_factory=dict)  # size in MiB -> GB/s
     transports: tuple[str, ...] = ()
-    missing_ranks: tuple[int, ...] = ()  # never joined
-    stuck_ranks: tuple[int, ...] = ()  # joined, never finished
+    missing_ranks: tuple[str, ...] = ()  # never joined: "3 (host-b)"
+    stuck_ranks: tuple[str, ...] = ()  # joined, never finished
     error: str = ""
 
 
@@ -42,14 +46,16 @@ def parse_transports(log: str) -> tuple[str, ...]:
     """What NCCL_DEBUG=INFO says it used: 'NET/IB rocep1s0f1:1/RoCE', 'NET/Socket', 'P2P/CUMEM', 'SHM'..."""
     found: list[str] = []
     for m in TRANSPORT.finditer(log):
+        if m.group(1) == "IB" and not re.match(r"\[\d+\]", m.group(2) or ""):
+            continue  # "NET/IB : Using [RO]; OOB eth0": the IB plugin loaded and found no device
         t = f"NET/{m.group(1)}" if m.group(1) else m.group(3).split("/read")[0]
-        if m.group(1) == "IB" and m.group(2):
+        if m.group(1) == "IB":
             t += " " + m.group(2).split()[0]
         found.append(t)
     return tuple(dict.fromkeys(found))
 
 
-def judge(res: CollectiveResult, expects_rdma: bool, topo_name: str) -> list[Check]:
+def judge(res: CollectiveResult, expects_rdma: bool, link: str) -> list[Check]:
     if not res.ok:
         who = (f"rank(s) {', '.join(map(str, res.missing_ranks))} never joined" if res.missing_ranks else
                f"rank(s) {', '.join(map(str, res.stuck_ranks))} joined but never finished" if res.stuck_ranks else "")
@@ -57,11 +63,16 @@ def judge(res: CollectiveResult, expects_rdma: bool, topo_name: str) -> list[Che
                       "see preflight/collective.log in the run dir; check the interface, firewall and master port")]
     sizes = ", ".join(f"{s} MiB {bw:.2f} GB/s" for s, bw in res.busbw_gbps.items())
     rows = [Check("all-reduce", "all", PASS, f"bus bandwidth {sizes}")]
-    expected = EXPECTED_BUSBW_GBPS.get(topo_name)
+    expected = EXPECTED_BUSBW_GBPS.get(link)
     largest = list(res.busbw_gbps.values())[-1] if res.busbw_gbps else 0.0
+    if largest == 0.0:  # one rank: nothing crosses a link
+        expected = None
     if expected and largest < expected / 2:
-        rows.append(Check("bus bandwidth", "all", WARN, f"{largest:.1f} GB/s, a healthy {topo_name} gives ~{expected:.0f}",
-                          "NCCL probably fell back to TCP: check topo.nccl.ib_hca and the RDMA devices"))
+        rows.append(Check("bus bandwidth", "all", WARN, f"{largest:.1f} GB/s, a healthy {link} link gives "
+                          f"~{expected:.0f} GB/s", "NCCL probably fell back to TCP: check topo.nccl.ib_hca and the RDMA "
+                          "devices" if expects_rdma else "check the link (nvidia-smi topo -m, ethtool) and topo.link"))
+    elif expected:
+        rows.append(Check("bus bandwidth", "all", PASS, f"{largest:.1f} GB/s, expected ~{expected:.0f} for {link}"))
     if res.transports:
         socket_only = "NET/Socket" in res.transports and not any(t.startswith("NET/IB") for t in res.transports)
         bad = expects_rdma and socket_only
@@ -70,16 +81,19 @@ def judge(res: CollectiveResult, expects_rdma: bool, topo_name: str) -> list[Che
     return rows
 
 
-def run_collective(procs: int, accelerator: str, env: dict[str, str], out_dir: Path, timeout_s: float,
-                   python: str = sys.executable) -> CollectiveResult:
-    """torchrun on this host with the launch's rank count and environment; killed at timeout_s, never waited on."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("rank*.*"):
-        old.unlink()
-    argv = [python, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={procs}", "--standalone",
-            "--max-restarts=0", "-m", "launcher.preflight.collective", str(out_dir), accelerator]
+def torchrun_argv(python: str, procs: int, accelerator: str) -> tuple[str, ...]:
+    """One host: torchrun with the launch's rank count."""
+    return (python, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={procs}", "--standalone",
+            "--max-restarts=0", "-m", "launcher.preflight.collective", accelerator)
+
+
+def run_collective(argv: tuple[str, ...], env: dict[str, str], log_path: Path, rank_hosts: list[str],
+                   timeout_s: float) -> CollectiveResult:
+    """The engine's command (torchrun here, DeepSpeed's runner over pdsh for several hosts), killed at timeout_s,
+    never waited on. Ranks print a line when they join and when they are done; pdsh relays remote output, so the
+    log names the ranks that never joined on any host, without a shared filesystem."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**env, "NCCL_DEBUG": "INFO"}
-    log_path = out_dir / "collective.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
@@ -89,36 +103,38 @@ def run_collective(procs: int, accelerator: str, env: dict[str, str], out_dir: P
             _stop(proc)
             code = None
     text = log_path.read_text(errors="replace")
-    joined = {int(p.stem[4:]) for p in out_dir.glob("rank*.joining")}
-    done = {int(p.stem[4:]) for p in out_dir.glob("rank*.done")}
-    missing = tuple(r for r in range(procs) if r not in joined)
-    stuck = tuple(sorted(joined - done))
-    result = [json.loads(line[len(RESULT):]) for line in text.splitlines() if line.startswith(RESULT)]
+    joined = {int(m.group(1)) for m in JOINING.finditer(text)}
+    done = {int(m.group(1)) for m in DONE.finditer(text)}
+    name = lambda r: f"{r} ({rank_hosts[r]})" if r < len(rank_hosts) and len(set(rank_hosts)) > 1 else str(r)
+    missing = tuple(name(r) for r in range(len(rank_hosts)) if r not in joined)
+    stuck = tuple(name(r) for r in sorted(joined - done))
+    result = [json.loads(m.group(1)) for m in RESULT_LINE.finditer(text)]
     if code == 0 and result:
         return CollectiveResult(True, result[-1], parse_transports(text))
-    error = f"no result within {timeout_s:.0f} s" if code is None else f"torchrun exit code {code}"
+    error = f"no result within {timeout_s:.0f} s" if code is None else f"exit code {code}"
     return CollectiveResult(False, {}, parse_transports(text), missing, stuck, error)
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """torchrun and every rank: its session (the ranks stay in it), TERM then KILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=3)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """TERM to the engine first (DeepSpeed's runner then pkills the ranks on every host over pdsh; torchrun stops
+    its workers), then KILL to whatever is left of its session here."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=STOP_GRACE_S)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
-def rank_main(out_dir: Path, accelerator: str, rank: int, world: int, local_rank: int, never_join: int) -> None:
+def rank_main(accelerator: str, rank: int, world: int, local_rank: int, never_join: int) -> None:
     """One rank: join, all-reduce each size ITERS times after a warm-up, rank 0 prints the bus bandwidths."""
     if rank == never_join:
         time.sleep(3600)  # the parent's timeout ends this
-    (out_dir / f"rank{rank}.joining").touch()
+    print(f"PREFLIGHT_JOINING {rank} {socket.gethostname()}", flush=True)
     import torch
     import torch.distributed as dist
 
@@ -142,7 +158,7 @@ def rank_main(out_dir: Path, accelerator: str, rank: int, world: int, local_rank
         print(RESULT + json.dumps(bw), flush=True)
     dist.barrier()
     dist.destroy_process_group()
-    (out_dir / f"rank{rank}.done").touch()
+    print(f"PREFLIGHT_DONE {rank}", flush=True)
 
 
 def _sync(gpu: bool) -> None:
@@ -154,5 +170,4 @@ def _sync(gpu: bool) -> None:
 
 if __name__ == "__main__":
     e = os.environ
-    rank_main(Path(sys.argv[1]), sys.argv[2], int(e["RANK"]), int(e["WORLD_SIZE"]), int(e["LOCAL_RANK"]),
-              int(e.get(NEVER_JOIN_VAR) or -1))
+    rank_main(sys.argv[1], int(e["RANK"]), int(e["WORLD_SIZE"]), int(e["LOCAL_RANK"]), int(e.get(NEVER_JOIN_VAR) or -1))

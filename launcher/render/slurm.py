@@ -11,13 +11,24 @@ from __future__ import annotations
 import base64
 import json
 import shlex
+from dataclasses import dataclass
 
 from launcher.config import SlurmConfig
 from launcher.errors import LauncherError
 from launcher.plan import Plan
 from launcher.render.env import is_secret
+from launcher.render.launch import RankProgram, worker_program
 
 DEFAULT_MASTER_PORT = 29500
+
+
+@dataclass(frozen=True)
+class AllocationCheck:
+    """Preflight's all-reduce, run as the first step of every (re)start: the nodes are known only then."""
+
+    timeout_s: int
+    link: str = ""
+    expects_rdma: bool = False
 NODE_ADDR = "$(scontrol show node \"$head_node\" | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)"
 
 
@@ -45,7 +56,8 @@ def sbatch_options(plan: Plan, slurm: SlurmConfig, cwd: str) -> list[str]:
 
 
 def render_sbatch(plan: Plan, slurm: SlurmConfig, python: str, cwd: str, rank_env: dict[str, str],
-                  master_addr: str = "", master_port: int = 0) -> str:
+                  master_addr: str = "", master_port: int = 0, check: AllocationCheck | None = None,
+                  program: RankProgram | None = None) -> str:
     secrets = sorted(k for k in rank_env if is_secret(k))
     if secrets:
         raise LauncherError(f"topo.env.{secrets[0]}", "<hidden>", "export it on the cluster (or log in there: wandb "
@@ -53,6 +65,9 @@ def render_sbatch(plan: Plan, slurm: SlurmConfig, python: str, cwd: str, rank_en
     q = shlex.quote
     run_dir, nodes, port = q(plan.run_dir), plan.num_hosts, master_port or DEFAULT_MASTER_PORT
     script = f"{plan.run_dir}/job.sbatch"
+    launch = (f"{q(python)} -u -m deepspeed.launcher.launch --world_info={world_info(plan)} "
+              f'--node_rank="$SLURM_NODEID" --master_addr="$LAUNCHER_MASTER_ADDR" --master_port={port} '
+              "--module --no_local_rank")
     lines = [
         "#!/bin/bash",
         f"# Rendered by launcher for run {plan.run_name}: submit with `sbatch {script}` (the launcher does), or run",
@@ -66,10 +81,9 @@ def render_sbatch(plan: Plan, slurm: SlurmConfig, python: str, cwd: str, rank_en
         'if [ "${1:-}" = "--step" ]; then',
         "  # One task per node. DeepSpeed's launcher ignores SIGUSR1 (inherited), each rank catches it and saves.",
         "  trap '' USR1",
-        f"  exec {q(python)} -u -m deepspeed.launcher.launch --world_info={world_info(plan)} "
-        f'--node_rank="$SLURM_NODEID" --master_addr="$LAUNCHER_MASTER_ADDR" --master_port={port} '
-        f"--module --no_local_rank launcher.train.worker {run_dir}",
+        f"  exec {_step_command(launch, python, program or worker_program(plan.run_dir), port)}",
         "fi",
+        *(_preflight_step(launch, plan) if check else ()),
         "",
         f'if [ "${{SLURM_JOB_NUM_NODES:-0}}" -lt {nodes} ]; then',
         f'  echo "launcher: this allocation has ${{SLURM_JOB_NUM_NODES:-no}} node(s); the plan needs {nodes}" >&2',
@@ -79,6 +93,7 @@ def render_sbatch(plan: Plan, slurm: SlurmConfig, python: str, cwd: str, rank_en
         f"export LAUNCHER_MASTER_ADDR={q(master_addr) if master_addr else NODE_ADDR}",
         'echo "launcher: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST,'
         f' master $LAUNCHER_MASTER_ADDR:{port}"',
+        *(_preflight_call(python, plan, script, check) if check else ()),
         "preempted=0",
         'if [ "${1:-}" = "--in-allocation" ]; then',
         "  trap 'preempted=1' USR1  # srun itself got the signal and passes it on",
@@ -90,10 +105,7 @@ def render_sbatch(plan: Plan, slurm: SlurmConfig, python: str, cwd: str, rank_en
         "step=$!",
         'rc=0; wait "$step" || rc=$?',
         'while kill -0 "$step" 2>/dev/null; do rc=0; wait "$step" || rc=$?; done  # a trap interrupts wait',
-        f'if [ "$(cat "$run_dir/checkpoints/latest" 2>/dev/null)" = "global_step{plan.max_steps}" ]; then',
-        f'  echo "launcher: run complete at global step {plan.max_steps}"',
-        "  exit 0",
-        "fi",
+        *(_complete_check(plan) if program is None or program.builtin else ()),
     ]
     if slurm.requeue:
         lines += [
@@ -105,3 +117,41 @@ def render_sbatch(plan: Plan, slurm: SlurmConfig, python: str, cwd: str, rank_en
         ]
     lines.append('exit "$rc"')
     return "\n".join(lines) + "\n"
+
+
+def _step_command(launch: str, python: str, program: RankProgram, port: int) -> str:
+    """This node's launcher: DeepSpeed's per-node launcher, or for an accelerate script `accelerate launch`."""
+    q = shlex.quote
+    args = " ".join(q(a) for a in program.args)
+    if not program.accelerate_config:
+        return f"{launch} {program.module} {args}"
+    return (f"{q(python)} -u -m accelerate.commands.launch --config_file {q(program.accelerate_config)} "
+            f'--machine_rank="$SLURM_NODEID" --main_process_ip="$LAUNCHER_MASTER_ADDR" --main_process_port={port} '
+            f"-m {program.module} {args}")
+
+
+def _complete_check(plan: Plan) -> list[str]:
+    """The built-in job is done when `latest` names its last step; a user script's last step is its own business."""
+    return [
+        f'if [ "$(cat "$run_dir/checkpoints/latest" 2>/dev/null)" = "global_step{plan.max_steps}" ]; then',
+        f'  echo "launcher: run complete at global step {plan.max_steps}"',
+        "  exit 0",
+        "fi",
+    ]
+
+
+def _preflight_step(launch: str, plan: Plan) -> list[str]:
+    return [
+        'if [ "${1:-}" = "--preflight-step" ]; then',
+        f"  exec {launch} launcher.preflight.collective {plan.accelerator}",
+        "fi",
+    ]
+
+
+def _preflight_call(python: str, plan: Plan, script: str, check: AllocationCheck) -> list[str]:
+    """launcher.preflight.allocation srun's the step above on every node, judges it and exits 2 when it fails."""
+    q = shlex.quote
+    args = [f"--nodes={plan.num_hosts}", f"--procs-per-node={plan.procs_per_host}", f"--timeout={check.timeout_s}"]
+    args += [f"--link={check.link}"] if check.link else []
+    args += ["--expects-rdma"] if check.expects_rdma else []
+    return [f"{q(python)} -m launcher.preflight.allocation {q(plan.run_dir)} {q(script)} {' '.join(args)} || exit 2"]

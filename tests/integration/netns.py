@@ -86,18 +86,39 @@ class NetnsHosts:
             f"  StrictHostKeyChecking accept-new\n  UserKnownHostsFile {self.root}/known_hosts\n  LogLevel ERROR\n"
             "  ConnectTimeout 10\n")
 
-    def _start_sshd(self, h: Host) -> None:
+    def _write_sshd_config(self, h: Host, env: dict[str, str] | None = None) -> Path:
         cfg = self.root / f"sshd-{h.name}.conf"
         cfg.write_text(
             f"ListenAddress {h.addr}\nHostKey {self.root}/host_key\nAuthorizedKeysFile {self.root}/authorized_keys\n"
             f"PidFile {self.root}/sshd-{h.name}.pid\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nUseDNS no\nMaxStartups 100\n")
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nUseDNS no\nMaxStartups 100\n"
+            + "".join(f"SetEnv {k}={v}\n" for k, v in (env or {}).items()))
+        return cfg
+
+    def _start_sshd(self, h: Host) -> None:
+        cfg = self._write_sshd_config(h)
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         log = open(self.root / f"sshd-{h.name}.log", "wb")
         # `ip netns exec`, unshare and sh all exec: the Popen pid is sshd's own.
         h.sshd = subprocess.Popen(
             ["ip", "netns", "exec", h.netns, "unshare", "--uts", "sh", "-c", f"hostname {h.name} && exec {SSHD} -D -e "
              f"-f {cfg}"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def set_env(self, h: Host, env: dict[str, str]) -> None:
+        """The environment every ssh session on that host gets (sshd's SetEnv), as a host set up differently
+        would have; {} restores the common one. sshd re-reads its config on SIGHUP."""
+        assert h.sshd is not None
+        self._write_sshd_config(h, env)
+        h.sshd.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while self.ssh(h, "true", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sshd on {h.addr} did not come back after SIGHUP")
+            time.sleep(0.2)
+
+    def link(self, h: Host, up: bool) -> None:
+        """Take a host's end of the link down (a host that is off or unplugged, as its peers see it) or up again."""
+        sh("ip", "-n", h.netns, "link", "set", IFNAME, "up" if up else "down")
 
     def ssh(self, h: Host, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return sh("ip", "netns", "exec", self.hosts[0].netns, "ssh", "-F", str(self.ssh_config), h.addr, command,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from launcher.preflight import mode_for
 from launcher.preflight.checks import FAIL, PASS, HostFacts, check_arch_list, check_gpus, check_iface, check_port, compare_versions
 from launcher.preflight.collective import CollectiveResult, judge, parse_transports
@@ -90,15 +92,37 @@ def test_nccl_transport_is_parsed_and_socket_fallback_fails_when_rdma_expected()
     log = ("pgx1:1:1 [0] NCCL INFO NET/IB : Using [0]rocep1s0f1:1/RoCE [RO]; OOB enp1s0f1np1:10.0.0.1<0>\n"
            "pgx1:1:1 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[0] [send] via NET/IB/0\n")
     assert parse_transports(log)[0] == "NET/IB [0]rocep1s0f1:1/RoCE"
-    sock = parse_transports("NCCL INFO NET/Socket : Using [0]enp1s0f1np1:10.0.0.1<0>\n")
+    sock = parse_transports("NCCL INFO NET/IB : Using [RO]; OOB eth0:10.0.0.1<0>\n"  # measured on an H200 box
+                            "NCCL INFO NET/Socket : Using [0]enp1s0f1np1:10.0.0.1<0>\n")
     assert sock == ("NET/Socket",)
-    rows = judge(CollectiveResult(True, {"1024": 3.1}, sock), expects_rdma=True, topo_name="dual_pgx")
+    rows = judge(CollectiveResult(True, {"1024": 3.1}, sock), expects_rdma=True, link="cx7_200g")
     assert {r.check: r.status for r in rows} == {"all-reduce": PASS, "bus bandwidth": "warn", "transport": FAIL}
 
 
+def test_bus_bandwidth_is_judged_against_the_topology_link():
+    healthy = judge(CollectiveResult(True, {"1": 40.0, "1024": 320.0}, ("P2P/CUMEM",)), False, "nvlink")
+    assert [(r.check, r.status) for r in healthy][1] == ("bus bandwidth", PASS)
+    assert "expected ~100 for nvlink" in healthy[1].detail
+    slow = judge(CollectiveResult(True, {"1024": 7.0}, ("SHM",)), False, "nvlink")[1]
+    assert slow.status == "warn" and "a healthy nvlink link gives ~100 GB/s" in slow.detail
+    assert "nvidia-smi topo -m" in slow.hint
+    assert [r.check for r in judge(CollectiveResult(True, {"64": 1.0}), False, "")] == ["all-reduce"]
+
+
+def test_unknown_link_names_the_known_ones():
+    from launcher.config import TopoConfig
+    from launcher.errors import LauncherError
+
+    with pytest.raises(LauncherError) as err:
+        TopoConfig(link="nvlink5")
+    assert "topo.link='nvlink5'" in str(err.value) and "cx7_200g" in str(err.value)
+
+
 def test_collective_timeout_names_the_rank_that_never_joined():
-    rows = judge(CollectiveResult(False, missing_ranks=(1,), stuck_ranks=(0,), error="no result within 10 s"), False, "local")
-    assert rows[0].status == FAIL and rows[0].detail.startswith("rank(s) 1 never joined")
+    res = CollectiveResult(False, missing_ranks=("1 (10.0.0.2)",), stuck_ranks=("0 (10.0.0.1)",),
+                           error="no result within 10 s")
+    rows = judge(res, False, "")
+    assert rows[0].status == FAIL and rows[0].detail.startswith("rank(s) 1 (10.0.0.2) never joined")
 
 
 def test_auto_is_quick_for_one_host_and_full_for_several():
@@ -110,3 +134,20 @@ def test_probe_reports_interfaces_and_versions_without_torch(tmp_path):
     assert "lo" in facts["ifaces"] and facts["ifaces"]["lo"]["addr"] == "127.0.0.1"
     assert facts["run_dir"]["writable"] and facts["run_dir"]["dir"] == str(tmp_path)
     assert "cuda" not in facts["versions"]
+
+
+def test_allocation_rows_replace_the_submit_hosts_placeholder_for_the_all_reduce(tmp_path):
+    """On Slurm the submit host writes preflight.json with the all-reduce pending; the job's first step fills it in."""
+    from launcher.preflight.allocation import _merge
+    from launcher.preflight.checks import WARN, Check
+    from launcher.preflight.report import write_json
+    import json
+
+    write_json(tmp_path, [Check("master port", "login1", PASS, "port 29500 is free"),
+                          Check("all-reduce", "all", WARN, "not run here")], {"mode": "full"})
+    rows = judge(CollectiveResult(True, {"1": 1.0, "64": 2.0}, ("NET/Socket",)), False, "")
+    _merge(tmp_path, rows, {"job": "17", "nodes": ["n1", "n2"], "collective": {"busbw_gbps": {"64": 2.0}}})
+    doc = json.loads((tmp_path / "preflight.json").read_text())
+    assert [(c["check"], c["status"]) for c in doc["checks"]] == [("master port", PASS), ("all-reduce", PASS),
+                                                                 ("transport", PASS)]
+    assert doc["mode"] == "full" and doc["allocation"]["job"] == "17" and doc["ok"]

@@ -17,6 +17,7 @@ from launcher.errors import LauncherError
 from launcher.hardware import Hardware
 from launcher.plan import Plan, resolve
 from launcher.render.env import rank_env
+from launcher.job import allocation_check
 from launcher.render.slurm import render_sbatch, world_info
 from tests.conftest import check_golden
 
@@ -31,7 +32,7 @@ def plan_and_script(*overrides: str) -> tuple[Plan, str]:
     plan = resolve(cfg, CPU, run_dir="/runs/x", run_name="x")
     env = {**rank_env(plan, {"WANDB_API_KEY": "s3cret"}, 2, "/runs/x"), **cfg.topo.env}  # as launcher.job does
     return plan, render_sbatch(plan, cfg.topo.slurm, "/venv/bin/python", "/work", env, cfg.topo.master_addr,
-                               cfg.topo.master_port)
+                               cfg.topo.master_port, allocation_check(cfg, plan, {}))
 
 
 @pytest.mark.parametrize("name, overrides", [("job-gpu.sbatch", GPU_JOB), ("job-cpu.sbatch", CPU_JOB)])
