@@ -38,6 +38,8 @@ def _needs_topo(name: str) -> str:
 
 
 def _needs_plan(name: str) -> str:
+    if name == "auto":
+        return "the topology's memory size (topo.gpu_memory_gb, or the GPUs found here) to check plans against"
     cfg = OmegaConf.load(CONF_DIR / "plan" / f"{name}.yaml")
     tp, pp, stage = cfg.get("tp", 1), cfg.get("pp", 1), cfg.get("zero_stage", 2)
     need = f"world size a multiple of {tp * pp}" if tp * pp > 1 else "any world size"

@@ -1,21 +1,67 @@
-"""Per-GPU memory estimate for a plan, from the model's shape alone (no weights are loaded).
+"""Per-GPU memory estimate for a plan, from the model's shape alone (no weights are loaded). Pure.
 
-Bytes per parameter follow mixed-precision training as DeepSpeed does it: 16-bit weights and gradients, fp32
-master weights and two Adam moments (12 bytes) in the optimizer, each sharded by the ZeRO stage over dp ranks.
-Activations follow Korthikanti et al. (2022) for a decoder layer, plus the logits of the loss.
+Model states follow what DeepSpeed allocates (its estimate_zero2/3_model_states_mem_needs: 16-bit weights and
+gradients, fp32 master weights, an fp32 gradient copy at the step and two fp32 Adam moments, sharded by the ZeRO stage
+over the dp ranks). Activations are counted tensor by tensor for a Hugging Face Llama-style decoder layer with sdpa
+attention (no s^2 term). The peak is at the start of the backward pass (activations live) or at the optimizer step
+(activations freed, fp32 gradients made), whichever is larger.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from launcher.config import ArchConfig
 
 GIB = 1024**3
-RUNTIME_OVERHEAD_GB = 1.5  # CUDA context, allocator fragmentation, NCCL buffers
+CUDA_CONTEXT_GB = 1.0  # CUDA context, cuBLAS workspaces, NCCL buffers: outside torch's allocator
+ALLOCATOR_SLACK = 0.05  # reserved by torch's caching allocator but not allocated (fragmentation)
+UNIFIED_HOST_RESERVE_GB = 8.0  # GB10: the OS and each rank's own CPU memory come out of the same pool
+OFFLOAD_BUFFER_FACTOR = 1.5  # DeepSpeed's additional_buffer_factor for the CPU memory of offloaded state
+# bitsandbytes nf4: 4 bits per weight, one absmax per block of 64 weights, double-quantized to 8 bits with one fp32
+# constant per 256 blocks
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
+ADAM_BYTES = 8  # two fp32 moments
+MASTER_BYTES = 4  # fp32 master weights
+FP32_GRAD_BYTES = 4  # the fp32 gradient partition DeepSpeed makes at the step
+STAGE3_MAX_LIVE_PARAMS = 10**9  # ZeRO-3 keeps at most this many gathered parameters (rendered into ds_config.json)
+STAGE3_SUB_GROUP = 10**9  # ZeRO-3 steps the optimizer over sub-groups of this many parameters (DeepSpeed's default)
+DDP_BUCKET = 5 * 10**8  # stage 0: DeepSpeed all-reduces gradients flattened in buckets of this many elements
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class MemoryJob:
+    """What the estimate reads: the model, what is trained, the batch, and how the model is split."""
+
+    arch: ArchConfig
+    method: str = "full"
+    lora_r: int = 16
+    target_modules: tuple[str, ...] = TARGETS
+    precision: str = "bf16"
+    accelerator: str = "cuda"
+    micro_batch_size: int = 1
+    seq_len: int = 2048
+    grad_accum: int = 1
+    gradient_checkpointing: bool = False
+    zero_stage: int = 2
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    procs_per_host: int = 1
+    overlap_comm: bool = True
+    reduce_bucket_mb: int = 200
+    liger: bool = False  # liger-kernel's RMSNorm, SwiGLU and RoPE replace transformers' (model.liger_kernel on CUDA)
+    fused_loss: bool = False  # liger's fused linear cross-entropy: the logits are never materialized
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
+    """GiB per GPU unless named otherwise. total = params + grads + optimizer + buffers + max(activations, step)
+    + overhead; `need_gb` is what is compared with `capacity_gb` (on unified memory it adds the CPU side)."""
+
     params: int
     trainable_params: int
     params_gb: float
@@ -27,102 +73,190 @@ class MemoryEstimate:
     cpu_offload_gb: float
     capacity_gb: float
     fits: bool
+    step_gb: float = 0.0
+    buffers_gb: float = 0.0
+    activations_full_gb: float = 0.0
+    activations_checkpointed_gb: float = 0.0
+    base_bytes_per_param: float = 2.0
+    host_ram_gb: float = 0.0
+    host_capacity_gb: float = 0.0
+    unified_memory: bool = False
+    need_gb: float = 0.0
+
+    @property
+    def allocated_gb(self) -> float:
+        """What torch.cuda.max_memory_allocated should report: the total without context and allocator slack."""
+        return self.total_gb - self.overhead_gb
+
+    @property
+    def over_gb(self) -> float:
+        """How much does not fit (<= 0: it fits); 0 when the capacity is unknown."""
+        return self.need_gb - self.capacity_gb if self.capacity_gb > 0 else 0.0
+
+
+def liger_applies(enabled: bool, accelerator: str, tp: int, pp: int, method: str) -> bool:
+    """When the ranks swap in liger-kernel's kernels (launcher.train.model.apply_liger_kernels; it assumes the package
+    is installed: without it the activations are those of model.liger_kernel=false)."""
+    return enabled and accelerator == "cuda" and tp == pp == 1 and method != "qlora"
+
+
+def _kv(arch: ArchConfig) -> int:
+    return arch.num_kv_heads * (arch.hidden_size // arch.num_heads)
+
+
+def _vocab(arch: ArchConfig) -> int:
+    return arch.vocab_size or 512  # 0: the shipped tokenizer's size
+
+
+def linear_params(arch: ArchConfig) -> int:
+    """Weights of the attention and MLP projections: what QLoRA stores in 4 bits and tensor parallel shards."""
+    h, i, kv = arch.hidden_size, arch.intermediate_size, _kv(arch)
+    return arch.num_layers * (2 * h * h + 2 * h * kv + 3 * h * i)
 
 
 def count_params(arch: ArchConfig, vocab_size: int = 0) -> int:
     """Parameters of a Llama-style decoder (GQA attention, SwiGLU MLP, RMSNorm)."""
-    h, i, layers = arch.hidden_size, arch.intermediate_size, arch.num_layers
-    head_dim = h // arch.num_heads
-    kv = arch.num_kv_heads * head_dim
-    vocab = vocab_size or arch.vocab_size or 512
-    attn = h * h + 2 * h * kv + h * h
-    mlp = 3 * h * i
-    per_layer = attn + mlp + 2 * h
-    embed = vocab * h
+    h = arch.hidden_size
+    vocab = vocab_size or _vocab(arch)
     head = 0 if arch.tie_word_embeddings else vocab * h
-    return embed + layers * per_layer + h + head
+    return vocab * h + linear_params(arch) + arch.num_layers * 2 * h + h + head
 
 
-def lora_params(arch: ArchConfig, r: int) -> int:
-    """LoRA on all attention and MLP projections: r x (in + out) per adapted matrix."""
-    h, i = arch.hidden_size, arch.intermediate_size
-    kv = arch.num_kv_heads * (h // arch.num_heads)
-    per_layer = r * ((h + h) + 2 * (h + kv) + (h + h) + 2 * (h + i) + (i + h))
-    return arch.num_layers * per_layer
+def lora_params(arch: ArchConfig, r: int, target_modules: Sequence[str] = TARGETS) -> int:
+    """LoRA adds r x (in + out) parameters per adapted projection."""
+    h, i, kv = arch.hidden_size, arch.intermediate_size, _kv(arch)
+    shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h), "gate_proj": (h, i),
+              "up_proj": (h, i), "down_proj": (i, h)}
+    return arch.num_layers * sum(r * sum(shapes[t]) for t in target_modules if t in shapes)
 
 
-def activation_bytes(arch: ArchConfig, micro: int, seq: int, bytes_per: int, checkpointing: bool, tp: int,
-                     pp: int = 1, in_flight: int = 1) -> float:
-    """A pipeline stage holds its share of the layers for up to `in_flight` micro batches (1F1B keeps at most pp
-    in flight on the first stage)."""
-    h, heads = arch.hidden_size, arch.num_heads
+def activation_bytes(arch: ArchConfig, micro: int, seq: int, bytes_per: int, checkpointing: bool, tp: int = 1,
+                     pp: int = 1, in_flight: int = 1, liger: bool = False, fused_loss: bool = False) -> float:
+    """Saved activations at the start of the backward pass, per GPU.
+
+    Per token and layer: each RMSNorm keeps an fp32 copy of its input (liger: the 16-bit input) and the normalized
+    output; attention keeps the rotated q and k, v, the sdpa output and o_proj's input; the SwiGLU MLP keeps gate,
+    silu(gate) (not with liger, which recomputes it), up and their product. The loss keeps the 16-bit logits, fp32
+    log-probabilities and, at the start of the backward pass, two fp32 gradients of them; liger's fused loss keeps
+    only the gradient of its input and a chunk of logits. With checkpointing each layer keeps only its input and the
+    backward pass recomputes one layer at a time (counted twice: its activations and their gradients). A pipeline
+    stage holds its layers for up to `in_flight` micro batches (1F1B keeps at most pp in flight on the first stage).
+    """
+    h, i, kv, b = arch.hidden_size, arch.intermediate_size, _kv(arch), bytes_per
+    norm = 2 * b * h if liger else (4 + b) * h
+    layer = 2 * norm + b * (3 * h + 2 * kv) / tp + (3 if liger else 4) * b * i / tp
     layers = -(-arch.num_layers // pp)
-    vocab = arch.vocab_size or 512
-    per_layer = seq * micro * h * (34 + 5 * heads * seq / h) * bytes_per / 2 / tp  # sdpa drops the s^2 term mostly
-    per_layer_sdpa = seq * micro * (h * 34 + 4 * arch.intermediate_size) * bytes_per / 2 / tp
-    layer = min(per_layer, per_layer_sdpa)
-    body = (2 * seq * micro * h * bytes_per * layers + layer) if checkpointing else layer * layers
-    logits = micro * seq * vocab * 4 * 2  # fp32 logits and their gradient
-    return body * in_flight + logits
+    logits = (b + 8) * h if fused_loss else (b + 12) * _vocab(arch)
+    stack, work = (layers * b * h, 2 * layer) if checkpointing else (layers * layer, 0.0)
+    last = stack + norm + max(logits, work)
+    first = stack * in_flight + work if pp > 1 else last
+    return micro * seq * max(first, last)
 
 
-def estimate(
-    arch: ArchConfig,
-    method: str,
-    zero_stage: int,
-    dp: int,
-    tp: int,
-    pp: int,
-    micro_batch_size: int,
-    grad_accum: int,
-    seq_len: int,
-    precision: str,
-    gradient_checkpointing: bool,
-    offload_optimizer: bool,
-    offload_params: bool,
-    lora_r: int,
-    capacity_gb: float,
-    unified_memory: bool,
-    procs_per_host: int,
-) -> MemoryEstimate:
+def _model_parallel_share(arch: ArchConfig, n: int, tp: int, pp: int) -> float:
+    """Fraction of the parameters one rank holds under tp x pp: tp shards the projections and the head (the model's
+    tp_plan; the embedding and norms stay whole), pp gives a stage its layers plus the embedding (first) or the head
+    (last)."""
+    linear = linear_params(arch)
+    h, vocab, layers = arch.hidden_size, _vocab(arch), arch.num_layers
+    per_layer = (linear / tp + layers * 2 * h) / layers
+    head = 0 if arch.tie_word_embeddings else vocab * h / tp
+    stage_layers = -(-layers // pp)
+    if pp == 1:
+        return (per_layer * layers + vocab * h + head + h) / n
+    return (per_layer * stage_layers + max(vocab * h, head + h)) / n
+
+
+def estimate(job: MemoryJob, capacity_gb: float, host_memory_gb: float = 0.0, unified: bool = False
+             ) -> MemoryEstimate:
+    """Per-GPU peak for `job`, and whether it fits `capacity_gb` (0: unknown, counted as fitting)."""
+    arch, zero, dp = job.arch, job.zero_stage, job.dp
     n = count_params(arch)
-    trainable = lora_params(arch, lora_r) if method in ("lora", "qlora") else n
-    wbytes = 4 if precision == "fp32" else 2
-    base_bytes = 0.55 if method == "qlora" else wbytes  # nf4 + double-quant constants
-    embed_share = arch.hidden_size * (arch.vocab_size or 512) / n
-    shard_mp = pp / ((1 - embed_share) / tp + embed_share)  # AutoTP keeps the embedding whole on every rank
-    frozen = n - trainable if method != "full" else 0
-    params = (frozen * base_bytes + trainable * wbytes) / shard_mp
-    grads = trainable * wbytes / shard_mp
-    optim = trainable * (12 if precision != "fp32" else 8) / shard_mp
-    if zero_stage >= 1:
+    lora = job.method in ("lora", "qlora")
+    trainable = lora_params(arch, job.lora_r, job.target_modules) if lora else n
+    b = 4 if job.precision == "fp32" else 2
+    share = _model_parallel_share(arch, n, job.tp, job.pp)
+    linear = linear_params(arch)
+    base_bytes = ((linear * NF4_BYTES + (n - linear) * b) / n) if job.method == "qlora" else b
+    t = trainable * share  # trainable parameters on this rank before ZeRO sharding
+
+    params = (n * base_bytes + (trainable * b if lora else 0)) * share
+    grads = t * b
+    master = 0 if (b == 4 and zero == 0) else MASTER_BYTES  # only plain fp32 data parallel steps the weights in place
+    optim = t * (master + ADAM_BYTES)
+    step = 0.0 if (b == 4 and zero == 0) else t * FP32_GRAD_BYTES
+    if zero == 0 and job.dp > 1:
+        step += min(t, DDP_BUCKET) * b
+    if zero >= 1:
         optim /= dp
-    if zero_stage >= 2:
+        step /= dp
+    if zero >= 2:
         grads /= dp
-    if zero_stage >= 3:
+    if zero >= 3:
         params /= dp
+        step = min(step, STAGE3_SUB_GROUP * FP32_GRAD_BYTES)
+    buffers = _buffers(job, n * share, b)
     cpu = 0.0
-    if offload_optimizer:
-        cpu += optim
-        optim = 0.0
-    if offload_params:
+    if job.offload_optimizer:
+        cpu += optim + step
+        optim = step = 0.0
+    if job.offload_params:
         cpu += params
-        params = params * 0.1  # the layers being computed are fetched back
-    act = activation_bytes(arch, micro_batch_size, seq_len, wbytes, gradient_checkpointing, tp, pp, min(pp, grad_accum))
-    gpu = (params + grads + optim + act) / GIB + RUNTIME_OVERHEAD_GB
+        params = 0.0  # the gathered layers are in buffers
+    in_flight = min(job.pp, job.grad_accum)
+    kernels = {"liger": job.liger, "fused_loss": job.fused_loss}
+    act_full = activation_bytes(arch, job.micro_batch_size, job.seq_len, b, False, job.tp, job.pp, in_flight, **kernels)
+    act_ckpt = activation_bytes(arch, job.micro_batch_size, job.seq_len, b, True, job.tp, job.pp, in_flight, **kernels)
+    if job.fused_loss and not lora:  # the fused loss computes lm_head's weight gradient during the forward pass
+        head = arch.hidden_size * _vocab(arch) * b
+        act_full, act_ckpt = act_full + head, act_ckpt + head
+    act = act_ckpt if job.gradient_checkpointing else act_full
+    allocated = (params + grads + optim + buffers + max(act, step)) / GIB
+    overhead = CUDA_CONTEXT_GB + ALLOCATOR_SLACK * allocated
+    total = allocated + overhead
     cpu_gb = cpu / GIB
-    need = gpu + (cpu_gb if unified_memory else 0.0)  # on GB10 offloaded state draws from the same pool
-    fits = capacity_gb <= 0 or need <= capacity_gb
+    host_ram = cpu_gb * job.procs_per_host * OFFLOAD_BUFFER_FACTOR
+    need = total * job.procs_per_host + host_ram + UNIFIED_HOST_RESERVE_GB if unified else total
+    host_fits = unified or host_memory_gb <= 0 or host_ram <= host_memory_gb
     return MemoryEstimate(
         params=n,
         trainable_params=trainable,
-        params_gb=round(params / GIB, 3),
-        grads_gb=round(grads / GIB, 3),
-        optimizer_gb=round(optim / GIB, 3),
-        activations_gb=round(act / GIB, 3),
-        overhead_gb=RUNTIME_OVERHEAD_GB,
-        total_gb=round(gpu, 3),
+        params_gb=_gb(params),
+        grads_gb=_gb(grads),
+        optimizer_gb=_gb(optim),
+        activations_gb=_gb(act),
+        overhead_gb=round(overhead, 3),
+        total_gb=round(total, 3),
         cpu_offload_gb=round(cpu_gb, 3),
         capacity_gb=round(capacity_gb, 3),
-        fits=fits,
+        fits=host_fits and (capacity_gb <= 0 or need <= capacity_gb),
+        step_gb=_gb(step),
+        buffers_gb=_gb(buffers),
+        activations_full_gb=_gb(act_full),
+        activations_checkpointed_gb=_gb(act_ckpt),
+        base_bytes_per_param=round(base_bytes, 4),
+        host_ram_gb=round(host_ram, 3),
+        host_capacity_gb=round(host_memory_gb, 3),
+        unified_memory=unified,
+        need_gb=round(need, 3),
     )
+
+
+def _buffers(job: MemoryJob, params_here: float, b: int) -> float:
+    """GPU buffers besides the model states: ZeRO's gradient buckets (torch.empty of reduce_bucket_size elements,
+    two with overlap_comm), the parameters ZeRO-3 keeps gathered, and QLoRA's dequantized weight of one projection."""
+    if job.accelerator != "cuda":
+        return 0.0  # untouched pages of a CPU torch.empty cost no memory
+    bucket = job.reduce_bucket_mb * 1024**2 * b
+    out = 0.0
+    if job.zero_stage in (1, 2):
+        out += bucket * (2 if job.overlap_comm else 1)
+    if job.zero_stage == 3:
+        out += bucket + min(STAGE3_MAX_LIVE_PARAMS, params_here) * b
+    if job.method == "qlora":
+        out += job.arch.hidden_size * job.arch.intermediate_size * b
+    return out
+
+
+def _gb(nbytes: float) -> float:
+    return round(nbytes / GIB, 3)

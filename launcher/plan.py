@@ -6,16 +6,18 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from launcher.config import DataConfig, LauncherConfig, MethodConfig, ModelConfig, TrainConfig
+from launcher import autoplan
 from launcher.errors import LauncherError
 from launcher import placement as where
 from launcher.hardware import Hardware
-from launcher.memory import MemoryEstimate, estimate
+from launcher.memory import MemoryEstimate, MemoryJob, estimate, liger_applies
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class Plan:
     allgather_bucket_mb: int = 200
     stage3_prefetch_mb: int = 50
     stage3_param_persistence_kb: int = 100
+    auto_reason: str = ""  # +plan=auto: why this plan, and the runner-up
+    memory_hint: str = ""  # when the estimate does not fit: what would
 
     def __post_init__(self) -> None:
         if self.dp * self.tp * self.pp != self.world_size:
@@ -108,7 +112,20 @@ def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_
             wandb_env: tuple[str, bool, bool] = ("", False, True)) -> Plan:
     """Turn what the user asked for into what will run. Raises LauncherError for anything that cannot work.
 
-    wandb_env is (WANDB_MODE, whether WANDB_API_KEY is set, whether wandb is installed), read by the caller."""
+    wandb_env is (WANDB_MODE, whether WANDB_API_KEY is set, whether wandb is installed), read by the caller.
+    +plan=auto picks the plan here; a plan whose memory estimate does not fit carries what would (memory_hint)."""
+    evaluate = functools.partial(_resolve, hw=hw, run_dir=run_dir, run_name=run_name, num_samples=num_samples,
+                                 wandb_env=wandb_env)
+    if cfg.plan.name == autoplan.AUTO:
+        return autoplan.choose(cfg, evaluate)
+    plan = evaluate(cfg)
+    if plan.memory.fits:
+        return plan
+    return dataclasses.replace(plan, memory_hint=autoplan.what_fits(cfg, plan, evaluate))
+
+
+def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_samples: int,
+             wandb_env: tuple[str, bool, bool]) -> Plan:
     wandb_mode = _wandb_mode(cfg.logging.wandb.mode, wandb_env)
     backend, hosts, slots = where.placement(cfg)
     accelerator = where.accelerator(cfg, hw, backend)
@@ -121,25 +138,19 @@ def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_
     precision = _precision(cfg.train.precision, accelerator, hw)
     _check_method(cfg, accelerator)
     max_steps = _max_steps(cfg.train, num_samples)
-    mem = estimate(
-        arch=cfg.model.arch,
-        method=cfg.method.name,
-        zero_stage=cfg.plan.zero_stage,
-        dp=dp,
-        tp=tp,
-        pp=pp,
-        micro_batch_size=cfg.train.micro_batch_size,
-        grad_accum=grad_accum,
-        seq_len=cfg.train.seq_len,
-        precision=precision,
-        gradient_checkpointing=cfg.train.gradient_checkpointing,
-        offload_optimizer=cfg.plan.offload_optimizer,
-        offload_params=cfg.plan.offload_params,
-        lora_r=cfg.method.lora_r,
-        capacity_gb=_capacity_gb(cfg, hw, accelerator),
-        unified_memory=cfg.topo.unified_memory or (backend == "local" and hw.unified_memory),
-        procs_per_host=procs,
+    liger = liger_applies(cfg.model.liger_kernel, accelerator, tp, pp, cfg.method.name)
+    job = MemoryJob(
+        arch=cfg.model.arch, method=cfg.method.name, lora_r=cfg.method.lora_r,
+        target_modules=tuple(cfg.method.target_modules), precision=precision, accelerator=accelerator,
+        micro_batch_size=cfg.train.micro_batch_size, seq_len=cfg.train.seq_len, grad_accum=grad_accum,
+        gradient_checkpointing=cfg.train.gradient_checkpointing, zero_stage=cfg.plan.zero_stage, dp=dp, tp=tp, pp=pp,
+        offload_optimizer=cfg.plan.offload_optimizer, offload_params=cfg.plan.offload_params, procs_per_host=procs,
+        overlap_comm=cfg.plan.overlap_comm, reduce_bucket_mb=cfg.plan.reduce_bucket_mb,
+        liger=liger, fused_loss=liger and cfg.plan.zero_stage < 3,
     )
+    unified = cfg.topo.unified_memory or (backend == "local" and hw.unified_memory)
+    host_gb = cfg.topo.host_memory_gb or (hw.host_memory_gb if backend == "local" else 0.0)
+    mem = estimate(job, _capacity_gb(cfg, hw, accelerator), host_gb, unified)
     return Plan(
         topo_name=cfg.topo.name if backend == cfg.topo.backend else backend,  # hostfile= on the default topology
         plan_name=cfg.plan.name,

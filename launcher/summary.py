@@ -4,6 +4,7 @@ from __future__ import annotations
 import shlex
 
 from launcher.checkpoint import Checkpoint
+from launcher.memory import UNIFIED_HOST_RESERVE_GB, MemoryEstimate
 from launcher.plan import Plan
 from launcher.render.launch import LaunchSpec
 
@@ -33,3 +34,72 @@ def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None) -> li
 
 def print_summary(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None) -> None:
     print("\n".join(summary_lines(plan, spec, resume)), flush=True)
+
+
+def plan_table(plan: Plan) -> list[str]:
+    """The dry run's table: degrees, batch arithmetic and the memory estimate part by part, then the verdict."""
+    m, t = plan.memory, plan.train
+    per = "GPU" if plan.accelerator == "cuda" else "process"
+    ckpt = t.gradient_checkpointing
+    row = "  {:<19}{:>9.2f} GiB  {}".format
+    stage = f"ZeRO-{plan.zero_stage}" if plan.zero_stage else "no ZeRO (ddp)"
+    offload = " + ".join(n for n, on in (("optimizer", plan.offload_optimizer), ("parameters", plan.offload_params))
+                         if on) or "none"
+    lines = [
+        f"plan table ({plan.plan_name}, estimated per {per})",
+        f"  degrees            world {plan.world_size} = dp {plan.dp} x tp {plan.tp} x pp {plan.pp}; {stage}; "
+        f"offload {offload}; {plan.precision}",
+        f"  batch              global {plan.global_batch_size} = micro {plan.micro_batch_size} x dp {plan.dp} x accum "
+        f"{plan.grad_accum}; seq {t.seq_len} = {plan.micro_batch_size * t.seq_len:,} tokens per micro batch",
+        f"  model              {plan.model.name}: {m.params / 1e9:.2f}B parameters; {_method(plan)}",
+        row("parameters", m.params_gb, f"{_share(plan, 3)}, {m.base_bytes_per_param:.2f} bytes each"
+            + (" (nf4 projections)" if plan.method.name == "qlora" else "")),
+        row("gradients", m.grads_gb, f"16-bit, of the trained weights, {_share(plan, 2)}"),
+        row("optimizer states", m.optimizer_gb, f"fp32 master weights + 2 Adam moments, {_share(plan, 1)}"),
+        row("activations", m.activations_gb, f"{'with' if ckpt else 'without'} gradient checkpointing "
+            f"({m.activations_checkpointed_gb if not ckpt else m.activations_full_gb:.2f} GiB "
+            f"{'with' if not ckpt else 'without'})"),
+        row("optimizer step", m.step_gb, "fp32 gradient copy at the step; activations are freed by then, so the "
+            "peak counts the larger of the two"),
+        row("buffers", m.buffers_gb, "ZeRO gradient buckets, gathered ZeRO-3 weights, dequantized nf4 weights"),
+        row("overhead", m.overhead_gb, "CUDA context, NCCL, allocator slack"),
+        row(f"total per {per}", m.total_gb, "at the peak: start of the backward pass or the optimizer step"),
+    ]
+    if m.cpu_offload_gb:
+        lines.append(row("CPU offload", m.cpu_offload_gb, f"per rank; CPU RAM needed per host ~{m.host_ram_gb:.1f} "
+                         "GiB (DeepSpeed's 1.5x for pinned buffers)"))
+    lines.append(f"  fits?              {_verdict(m)}")
+    if plan.auto_reason:
+        lines.append(f"  {plan.auto_reason}")
+    return [line.rstrip() for line in lines]
+
+
+def _method(plan: Plan) -> str:
+    m, name = plan.memory, plan.method.name
+    if name == "full":
+        return "full fine-tune: every weight is trained"
+    base = "4-bit nf4 base (bitsandbytes, double quantization)" if name == "qlora" else "frozen 16-bit base"
+    return (f"{name} r={plan.method.lora_r}: {m.trainable_params / 1e6:.1f}M trainable "
+            f"({m.trainable_params / m.params:.2%}) on a {base}")
+
+
+def _share(plan: Plan, stage: int) -> str:
+    """Which share of it a GPU holds."""
+    split = plan.tp * plan.pp
+    sharded = plan.zero_stage >= stage and plan.dp > 1
+    parts = ([f"1/{plan.dp} (ZeRO-{plan.zero_stage} over dp)"] if sharded else []) + (
+        [f"1/{split} by tp x pp"] if split > 1 else [])
+    return " and ".join(parts) or "all of it on every GPU"
+
+
+def _verdict(m: MemoryEstimate) -> str:
+    if m.capacity_gb <= 0:
+        return "unknown (no memory size for this topology: set topo.gpu_memory_gb)"
+    verdict = "fits" if m.fits else "DOES NOT FIT"
+    if m.unified_memory:
+        return (f"{m.need_gb:.1f} GiB of {m.capacity_gb:.0f} GiB unified memory (GPU and CPU share it: offloaded "
+                f"state and {UNIFIED_HOST_RESERVE_GB:.0f} GiB for the OS count too): {verdict}")
+    text = f"{m.total_gb:.1f} of {m.capacity_gb:.0f} GiB per GPU: {verdict}"
+    if m.host_ram_gb:
+        text += f"; CPU RAM {m.host_ram_gb:.1f} of {m.host_capacity_gb:.0f} GiB per host"
+    return text

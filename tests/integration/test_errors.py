@@ -22,7 +22,7 @@ def assert_user_error(result, *fragments: str) -> str:
 
 
 def test_unknown_preset_lists_the_presets():
-    assert_user_error(run_launcher("+plan=zero4"), "plan='zero4'", "use one of ddp, pp, tp, zero1, zero2, zero3, zero3_offload")
+    assert_user_error(run_launcher("+plan=zero4"), "plan='zero4'", "use one of auto, ddp, pp, tp, zero1, zero2, zero3, zero3_offload")
 
 
 def test_unknown_field_lists_the_fields_of_its_group():
