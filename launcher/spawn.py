@@ -29,6 +29,22 @@ def children(pid: int) -> list[int]:
     return kids
 
 
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (torchrun starts the ranks in a session of their own, so a process group misses
+    them)."""
+    tree, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        tree.append(p)
+        stack += children(p)
+    return tree
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL to pid and every descendant at once: a crash as the machine sees it."""
+    _send(process_tree(pid), signal.SIGKILL)
+
+
 def leaf_descendants(pid: int) -> list[int]:
     leaves, stack = [], children(pid)
     while stack:

@@ -56,20 +56,10 @@ def start_launcher(*overrides: str, env: dict[str, str] | None = None, log: Path
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def process_tree(pid: int) -> list[int]:
-    """pid and all its descendants, read from /proc (torchrun starts the ranks in a session of their own)."""
-    from launcher.spawn import children
-
-    tree, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        tree.append(p)
-        stack += children(p)
-    return tree
-
-
 def kill_tree(proc: subprocess.Popen, signum: int = 9) -> None:
     """A crash as the machine sees it: every process of the job gets SIGKILL at once."""
+    from launcher.spawn import process_tree
+
     for p in process_tree(proc.pid):
         try:
             os.kill(p, signum)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from launcher.memory import STAGE3_MAX_LIVE_PARAMS
 from launcher.plan import Plan
 
 MB = 1024 * 1024
@@ -66,7 +67,7 @@ def _zero(plan: Plan) -> dict[str, Any]:
             {
                 "stage3_prefetch_bucket_size": plan.stage3_prefetch_mb * MB,
                 "stage3_param_persistence_threshold": plan.stage3_param_persistence_kb * 1024,
-                "stage3_max_live_parameters": 10**9,
+                "stage3_max_live_parameters": STAGE3_MAX_LIVE_PARAMS,
                 "stage3_max_reuse_distance": 10**9,
                 "stage3_gather_16bit_weights_on_model_save": False,
             }

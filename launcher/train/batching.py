@@ -6,8 +6,10 @@ the global batch at every step holds the same samples whatever the number of ran
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from launcher.errors import LauncherError
@@ -28,7 +30,7 @@ class PackedExample:
         """Per-token document index, for building a block-diagonal causal mask by hand."""
         return [doc for doc, length in enumerate(self.seq_lens) for _ in range(length)]
 
-    @property
+    @cached_property
     def num_targets(self) -> int:
         return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
 
@@ -109,13 +111,18 @@ def global_batch_target_tokens(examples: Sequence[Example | PackedExample], indi
 
 
 def _padded(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
-    return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=torch.long)
+    """Through numpy: torch.tensor on nested lists costs ~10 ms per 4 x 2048 batch, time the GPU would sit idle."""
+    out = np.full((len(rows), width), value, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return torch.from_numpy(out)
 
 
 def collate(examples: Sequence[Example | PackedExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a micro batch to its longest row.
 
-    Plain examples get an attention_mask. Packed rows get position_ids and NO attention_mask: transformers builds
+    Plain examples get an attention_mask when a row is padded; full rows need none (SDPA then runs its causal kernel
+    without transformers first reading the mask on the GPU, a host sync per forward). Packed rows get position_ids and NO attention_mask: transformers builds
     the block-diagonal causal mask from position_ids only when attention_mask is None (and use_cache is off); the
     padding tail gets its own restarting positions, so it forms one more document that nothing attends to.
     """
@@ -126,11 +133,12 @@ def collate(examples: Sequence[Example | PackedExample], pad_id: int) -> dict[st
     }
     packed = [isinstance(example, PackedExample) for example in examples]
     if all(packed):
-        batch["position_ids"] = torch.tensor(
-            [e.position_ids + list(range(width - len(e.input_ids))) for e in examples], dtype=torch.long
-        )
+        batch["position_ids"] = _padded([e.position_ids + list(range(width - len(e.input_ids))) for e in examples],
+                                        width, 0)
     elif not any(packed):
-        batch["attention_mask"] = _padded([[1] * len(e.input_ids) for e in examples], width, 0)
+        if any(len(e.input_ids) < width for e in examples):
+            mask = np.arange(width)[None, :] < np.array([len(e.input_ids) for e in examples])[:, None]
+            batch["attention_mask"] = torch.from_numpy(mask.astype(np.int64))
     else:
         raise ValueError("a micro batch mixes packed and plain examples")
     return batch

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable
 
 from jinja2.exceptions import TemplateError
@@ -62,9 +63,10 @@ class Example:
     input_ids: list[int]
     labels: list[int]
 
-    @property
+    @cached_property
     def num_targets(self) -> int:
-        """Tokens the causal LM loss is taken on: labels are shifted by one, so labels[0] never counts."""
+        """Tokens the causal LM loss is taken on: labels are shifted by one, so labels[0] never counts (cached: every
+        step sums it over the global batch)."""
         return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
 
 

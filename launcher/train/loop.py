@@ -51,25 +51,21 @@ def train(
         lr = float(engine.get_lr()[0])
         loss_sum, tokens, grad_norm = step_fn(engine, examples, plan, info, pad_id, step)
         step += 1
-        if not info.reports:
-            loss_sum, tokens = 0.0, 0
-        totals = torch.tensor([loss_sum, float(tokens), float(stop_requested())], dtype=torch.float64,
-                              device=info.device)  # NCCL reduces only GPU tensors
-        dist.all_reduce(totals)
+        loss_total, tokens_total, stops = step_totals(loss_sum, tokens, stop_requested(), info)
         elapsed = time.perf_counter() - t0
         on_step(
             StepMetrics(
                 step=step,
-                loss=totals[0].item() / (info.dp_size * plan.grad_accum),
+                loss=loss_total / (info.dp_size * plan.grad_accum),
                 lr=lr,
-                grad_norm=grad_norm,
-                tokens=int(totals[1].item()),
-                tokens_per_s=totals[1].item() / elapsed,
+                grad_norm=float(grad_norm) if grad_norm is not None else None,
+                tokens=int(tokens_total),
+                tokens_per_s=tokens_total / elapsed,
                 step_time_s=elapsed,
                 time=time.time(),
             )
         )
-        preempted = totals[2].item() > 0
+        preempted = stops > 0
         if should_save(step) or step == plan.max_steps or preempted:
             save(step)
         if preempted:
@@ -77,24 +73,41 @@ def train(
     return step
 
 
+def step_totals(loss_sum: torch.Tensor | float, tokens: int, stop: bool, info: RankInfo) -> list[float]:
+    """Summed loss and tokens of every reporting rank, and how many ranks were asked to stop: one all-reduce, and the
+    step's only host sync (the loss stays on the GPU until here)."""
+    loss = torch.as_tensor(loss_sum if info.reports else 0.0, dtype=torch.float64, device=info.device).reshape(1)
+    counts = torch.tensor([float(tokens if info.reports else 0), float(stop)], dtype=torch.float64)
+    totals = torch.cat([loss, to_device(counts, info.device)])  # NCCL reduces only GPU tensors
+    dist.all_reduce(totals)
+    return totals.tolist()
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Pinned and asynchronous on CUDA: a copy from pageable memory first waits for all queued GPU work."""
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
+
+
 def train_step(engine: Any, examples: Sequence[Any], plan: Plan, info: RankInfo, pad_id: int, step: int
-               ) -> tuple[float, int, float | None]:
-    """One optimizer step over grad_accum micro batches: this rank's summed scaled loss, tokens, and grad norm."""
+               ) -> tuple[torch.Tensor, int, Any]:
+    """One optimizer step over grad_accum micro batches: this rank's summed scaled loss (on the device), tokens,
+    and the grad norm (a float or a device tensor; read after the step's sync)."""
     n, seed, g = len(examples), plan.train.seed, plan.global_batch_size
     targets = global_batch_target_tokens(examples, sample_stream_indices(n, seed, step * g, g))
-    per_micro = max(targets, 1) / (info.dp_size * plan.grad_accum)
-    loss_sum, tokens, grad_norm = 0.0, 0, None
+    per_micro = to_device(torch.tensor(max(targets, 1) / (info.dp_size * plan.grad_accum)), info.device)
+    loss_sum, tokens, grad_norm = torch.zeros((), dtype=torch.float64, device=info.device), 0, None
     for micro in range(plan.grad_accum):
         idx = micro_batch_indices(n, seed, step, g, plan.micro_batch_size, plan.grad_accum, info.dp_rank,
                                   info.dp_size, micro)
-        batch = {k: v.to(info.device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
-        out = engine(**batch, num_items_in_batch=torch.tensor(per_micro, device=info.device), use_cache=False)
+        batch = collate([examples[i] for i in idx], pad_id)
+        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        out = engine(**{k: to_device(v, info.device) for k, v in batch.items()}, num_items_in_batch=per_micro,
+                     use_cache=False)
         engine.backward(out.loss)
         if micro == plan.grad_accum - 1 and plan.zero_stage == 0:
             grad_norm = replicated_grad_norm(engine, plan.tp)
         engine.step()
-        loss_sum += out.loss.detach().float().item()
-        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        loss_sum += out.loss.detach().double()
     if plan.zero_stage > 0:
         grad_norm = engine.get_global_grad_norm()
-    return loss_sum, tokens, float(grad_norm) if grad_norm is not None else None
+    return loss_sum, tokens, grad_norm

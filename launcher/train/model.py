@@ -1,12 +1,15 @@
 """Model construction in a rank: hub id, local directory or the tiny model; then LoRA / QLoRA and checkpointing."""
 from __future__ import annotations
 
+import logging
+import shutil
 from typing import Any
 
 import torch
 
 from launcher.plan import Plan
 
+log = logging.getLogger("launcher")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -49,11 +52,39 @@ def build_model(plan: Plan, tokenizer: Any, local_rank: int) -> torch.nn.Module:
         torch.manual_seed(plan.train.seed)
         model = AutoModelForCausalLM.from_config(tiny_config(plan, tokenizer), **kwargs)
     model.config.use_cache = False
+    apply_liger_kernels(model, plan)
     if plan.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if plan.method.name in ("lora", "qlora"):
         model = _apply_lora(model, plan)
     return model
+
+
+def apply_liger_kernels(model: torch.nn.Module, plan: Plan) -> list[str]:
+    """liger-kernel's Triton kernels in place of the model's RMSNorm, SwiGLU MLP and RoPE, and a fused linear
+    cross-entropy that never materializes the fp32 logits: less memory traffic per step, same math. Only on CUDA,
+    for what it is tested with here (full and LoRA, no tp/pp); the fused loss reads lm_head.weight outside the head's
+    forward, where ZeRO-3 has not gathered it, so ZeRO-3 keeps transformers' loss. Returns what was applied."""
+    if not (plan.model.liger_kernel and plan.accelerator == "cuda" and plan.tp == 1 and plan.pp == 1
+            and plan.method.name != "qlora"):
+        return []
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError as err:
+        log.info(f"liger-kernel not available ({err}); using transformers' kernels")
+        return []
+    if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        return []
+    if not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
+        log.info("liger-kernel skipped: Triton needs a C compiler to start its kernels and none is on PATH")
+        return []
+    fused_loss = plan.zero_stage < 3
+    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=fused_loss)
+    applied = ["rms_norm", "swiglu", "rope"] + (["fused_linear_cross_entropy"] if fused_loss else [])
+    log.info(f"liger-kernel: {', '.join(applied)}")
+    return applied
 
 
 def _bnb_config(dtype: torch.dtype) -> Any:

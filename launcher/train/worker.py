@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from launcher.train import parallel
 from launcher.train.loop import RankInfo, train
 from launcher.train.failures import CollectiveFailure, Watchdog, user_facing_failures
 from launcher.train.reporter import Reporter
-from launcher.train.saver import make_saver, set_rng_state
+from launcher.train.saver import make_saver, set_rng_state, throughput
 from launcher.train.schedule import resync, warmup_cosine
 from launcher.train.signals import PreemptionFlag
 
@@ -205,14 +206,16 @@ def _load(engine: Any, ckpt: checkpoint.Checkpoint | None, info: RankInfo, use_u
     if ckpt is None:
         log.info("starting from scratch")
         return 0
+    start = time.perf_counter()
     engine.load_checkpoint(str(ckpt.path.parent), tag=ckpt.tag, load_optimizer_states=True,
                            load_lr_scheduler_states=True)
+    loaded = throughput(ckpt.meta, time.perf_counter() - start)
     resync(engine.lr_scheduler)
     rng_file = ckpt.path / f"rng_state_rank{info.rank}.pt"
     if rng_file.exists() and not use_universal:
         set_rng_state(torch.load(rng_file, weights_only=False))
     via = " through a universal checkpoint (world size or ZeRO stage changed)" if use_universal else ""
-    log.info(f"resumed from global step {ckpt.global_step} ({ckpt.path}){via}")
+    log.info(f"resumed from global step {ckpt.global_step} ({ckpt.path}){via}; loaded {loaded}")
     return ckpt.global_step
 
 

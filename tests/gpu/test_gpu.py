@@ -1,8 +1,10 @@
-"""GPU runs through `python -m launcher` on a lent machine (not in CI): every plan on all local GPUs, LoRA and QLoRA,
-loss going down and the checkpoint resuming. Run: `source .device/setup.sh qlora && python3 -m pytest -m gpu -x`."""
+"""GPU runs through `python -m launcher` on a lent machine (not in CI): every plan on all local GPUs, tp=2 and pp=2 on
+two, LoRA and QLoRA, loss going down and the checkpoint resuming; liger-kernel's fused kernels against transformers'. Run: `source .device/setup.sh qlora && python3 -m pytest -m gpu -x`."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ import pytest
 from tests.conftest import read_metrics, run_launcher
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration]
+# The worker uses liger-kernel on CUDA when it is installed and Triton can find a C compiler (model.py).
+LIGER = importlib.util.find_spec("liger_kernel") is not None and any(shutil.which(c) for c in ("cc", "gcc", "clang"))
 JOB = ("train.max_steps=16", "train.save_every=8", "train.global_batch_size=16", "train.micro_batch_size=4")
 
 
@@ -36,9 +40,37 @@ def test_every_plan_trains_on_all_local_gpus_in_bf16_and_resumes(plan, tmp_path)
     saved = json.loads((run_dir / "plan.json").read_text())
     assert saved["accelerator"] == "cuda" and saved["precision"] == "bf16" and saved["world_size"] == gpus()
     assert metrics[-1]["memory_gb"] > 0 and metrics[-1]["mfu"] is not None
+    if LIGER:  # the fast path is the one these runs exercise
+        assert "liger-kernel: rms_norm, swiglu, rope" in (run_dir / "logs" / "rank0.log").read_text()
     again = run_launcher(f"+plan={plan}", f"run.dir={run_dir}", "train.max_steps=20", "train.save_every=8")
     assert again.returncode == 0 and "resumed from global step 16" in again.stdout
     assert read_metrics(run_dir)[-1]["step"] == 20
+
+
+@pytest.mark.skipif(gpus() < 2, reason="needs 2 GPUs")
+@pytest.mark.parametrize("plan", ["tp", "pp"])
+def test_tp2_and_pp2_train_on_two_gpus_and_resume(plan, tmp_path):
+    run_dir = tmp_path / "run"
+    trained(run_launcher(f"+plan={plan}", "topo.gpus_per_host=2", f"run.dir={run_dir}", *JOB), run_dir)
+    saved = json.loads((run_dir / "plan.json").read_text())
+    assert (saved["tp"], saved["pp"], saved["dp"]) == ((2, 1, 1) if plan == "tp" else (1, 2, 1))
+    again = run_launcher(f"+plan={plan}", "topo.gpus_per_host=2", f"run.dir={run_dir}", "train.max_steps=20",
+                         "train.save_every=8")
+    assert again.returncode == 0 and "resumed from global step 16" in again.stdout
+    assert read_metrics(run_dir)[-1]["step"] == 20
+
+
+@pytest.mark.skipif(gpus() < 1 or not LIGER, reason="needs a GPU and liger-kernel")
+@pytest.mark.parametrize("plan", ["zero2", "zero3"])
+def test_liger_kernels_train_like_transformers_kernels(plan, tmp_path):
+    """Same job with and without liger-kernel (ZeRO-2: with its fused linear cross-entropy; ZeRO-3: without): the
+    kernels change rounding, not the math, so the bf16 losses agree closely at first and both go down."""
+    losses = {}
+    for liger in (True, False):
+        run_dir = tmp_path / f"liger-{liger}"
+        result = run_launcher(f"+plan={plan}", f"model.liger_kernel={str(liger).lower()}", f"run.dir={run_dir}", *JOB)
+        losses[liger] = [m["loss"] for m in trained(result, run_dir)]
+    assert all(abs(a - b) / b < 2e-2 for a, b in zip(losses[True][:4], losses[False][:4])), losses
 
 
 @pytest.mark.skipif(gpus() < 1, reason="needs a GPU")
@@ -69,7 +101,7 @@ def test_out_of_memory_at_the_first_step_is_one_paragraph_with_what_would_fit(tm
     big = ("model.arch.hidden_size=4096", "model.arch.num_layers=4", "model.arch.num_heads=32",
            "model.arch.num_kv_heads=8", "model.arch.intermediate_size=14336", "model.arch.vocab_size=32000",
            "train.seq_len=4096", "data.packing=true", "train.micro_batch_size=64", "train.global_batch_size=64",
-           "topo.gpus_per_host=1", "+plan=ddp")
+           "topo.gpus_per_host=1", "+plan=ddp", "run.check_memory=false")  # the estimate alone would refuse it
     result = run_launcher(*big, f"run.dir={tmp_path / 'run'}", "train.max_steps=2")
     paragraph = " ".join(result.stderr.split())
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]

@@ -20,6 +20,7 @@ from launcher.train.batching import (
 )
 from launcher.train.data import (
     IGNORE_INDEX,
+    Example,
     build_examples,
     load_conversations,
     load_rows,
@@ -283,6 +284,12 @@ def test_collate_right_pads_with_pad_id_and_ignored_labels(tokenizer, examples):
     assert batch["attention_mask"].sum(dim=1).tolist() == lengths
     assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all()
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+
+
+def test_collate_gives_full_rows_no_attention_mask_so_sdpa_never_reads_one(tokenizer, examples):
+    full = [Example(e.input_ids[:8], e.labels[:8]) for e in examples[:3]]
+    batch = collate(full, tokenizer.pad_token_id)
+    assert "attention_mask" not in batch and batch["input_ids"].tolist() == [e.input_ids for e in full]
 
 
 def test_packed_batch_gives_each_document_the_logits_it_gets_alone(tokenizer, examples):
