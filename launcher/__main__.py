@@ -20,7 +20,7 @@ def split_script_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    overrides, _script_args = split_script_args(args)
+    overrides, script_args = split_script_args(args)
     if overrides[:1] in (["--help"], ["-h"], ["list"]):
         from launcher.catalog import help_text, list_text
 
@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from launcher.compose import compose
         from launcher.job import run_job
+        from launcher.script import join_module_word
 
-        cfg, composed = compose(overrides)
-        return run_job(cfg, composed, cwd=os.getcwd(), environ=dict(os.environ))
+        cfg, composed = compose(join_module_word(overrides))
+        return run_job(cfg, composed, cwd=os.getcwd(), environ=dict(os.environ), script_args=script_args)
     except LauncherError as err:
         if debug:
             traceback.print_exc()

@@ -77,6 +77,67 @@ def latest_complete(root: Path, warn: Callable[[str], None] | None = None) -> Ch
     return None
 
 
+HF_TAG_RE = re.compile(r"^checkpoint-(\d+)$")  # transformers.Trainer's checkpoint-<global step>
+TRAINER_STATE = "trainer_state.json"  # the Trainer writes it after the weights, optimizer and RNG states
+
+
+def hf_problems(path: Path) -> str:
+    """Why a Trainer `checkpoint-N` directory is not usable, or "": it needs its trainer_state.json, and every
+    safetensors and torch zip file in it must be whole (a truncated file is named)."""
+    try:
+        json.loads((path / TRAINER_STATE).read_text())
+    except FileNotFoundError:
+        return f"no {TRAINER_STATE} (the save was interrupted)"
+    except (OSError, ValueError):
+        return f"unreadable {TRAINER_STATE}"
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        why = _safetensors_problem(f) if f.suffix == ".safetensors" else _zip_problem(f) if f.suffix in (
+            ".pt", ".pth", ".bin") else ""
+        if why:
+            return f"file {f.relative_to(path)} {why}"
+    return ""
+
+
+def _safetensors_problem(f: Path) -> str:
+    """A safetensors file is an 8-byte header length, a JSON header of tensor offsets, then the data."""
+    size = f.stat().st_size
+    try:
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n)) if 8 + n <= size else None
+    except (OSError, ValueError):
+        header = None
+    if header is None:
+        return f"is truncated ({size} bytes, its header is incomplete)"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    return f"is truncated ({size} of {8 + n + end} bytes)" if size < 8 + n + end else ""
+
+
+def _zip_problem(f: Path) -> str:
+    """torch.save writes a zip archive; one cut short has lost its central directory at the end."""
+    import zipfile
+
+    with open(f, "rb") as fh:
+        is_zip_start = fh.read(2) == b"PK"
+    return "is truncated (its zip directory is missing)" if is_zip_start and not zipfile.is_zipfile(f) else ""
+
+
+def latest_complete_any(root: Path, warn: Callable[[str], None] | None = None) -> Checkpoint | None:
+    """The newest usable checkpoint in the launcher's format (`global_step<N>`) or the Trainer's (`checkpoint-<N>`):
+    what a user script resumes from. Partial or damaged newer ones are skipped, each named in a warning."""
+    warn = warn or (lambda m: print(m, file=sys.stderr))
+    found = [(step, 1, p) for step, p in candidates(root)]
+    if root.is_dir():
+        found += [(int(m.group(1)), 0, p) for p in root.iterdir() if (m := HF_TAG_RE.match(p.name)) and p.is_dir()]
+    for step, launcher_format, path in sorted(found, reverse=True):
+        why = problems(path) if launcher_format else hf_problems(path)
+        if not why:
+            meta = json.loads((path / (COMPLETE if launcher_format else TRAINER_STATE)).read_text())
+            return Checkpoint(path, step, meta)
+        warn(f"warning: skipping checkpoint {path}: {why}")
+    return None
+
+
 def resolve_resume(root: Path, resume: str, warn: Callable[[str], None] | None = None) -> Checkpoint | None:
     """run.resume: auto (newest complete), never, a global step number, or a checkpoint directory."""
     if resume == "never":

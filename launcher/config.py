@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 
 from launcher.errors import LauncherError
+from launcher.preflight.links import EXPECTED_BUSBW_GBPS
 
 
 def _choice(field_name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -80,6 +81,7 @@ class TopoConfig:
     nodes: int = 1  # backend=slurm: nodes to allocate
     socket_ifname: str = ""  # the interface ranks talk over: GLOO_SOCKET_IFNAME (and NCCL's unless nccl says)
     mtu: int = 0  # expected MTU of that link, checked on every host before a launch; 0 = not checked
+    link: str = ""  # what joins the GPUs (nvlink, pcie, cx7_200g, ib_400g, eth_10g...): preflight's expected bandwidth
     nccl: NcclConfig = field(default_factory=NcclConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     env: Dict[str, str] = field(default_factory=dict)
@@ -87,6 +89,9 @@ class TopoConfig:
     def __post_init__(self) -> None:
         _choice("topo.backend", self.backend, ("local", "hostfile", "slurm"))
         _choice("topo.accelerator", self.accelerator, ("auto", "cuda", "cpu"))
+        if self.link and self.link not in EXPECTED_BUSBW_GBPS:
+            raise LauncherError("topo.link", self.link, f"use one of: {', '.join(EXPECTED_BUSBW_GBPS)}, or leave it "
+                                "empty (no bandwidth expectation)")
         if self.gpus_per_node is not None:
             _positive("topo.gpus_per_node", self.gpus_per_node)
             self.gpus_per_host = self.gpus_per_node
@@ -150,6 +155,7 @@ class ModelConfig:
     tokenizer: str = ""
     revision: str = ""
     attn_implementation: str = "sdpa"
+    liger_kernel: bool = True  # on CUDA, when liger-kernel is installed: its fused RMSNorm, SwiGLU, RoPE, loss kernels
     trust_remote_code: bool = False
     arch: ArchConfig = field(default_factory=ArchConfig)
 
@@ -229,6 +235,7 @@ class RunConfig:
     output_dir: str = "runs"
     resume: str = "auto"  # auto | never | <checkpoint path> | <global step>
     dry_run: bool = False
+    check_memory: bool = True  # refuse a plan whose memory estimate does not fit (false: launch anyway)
     launcher: str = "torchrun"  # torchrun | deepspeed
     max_restarts: int = 0
     restart_backoff_s: float = 5.0
@@ -269,6 +276,11 @@ class LauncherConfig:
     run: RunConfig = field(default_factory=RunConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     preflight: str = "auto"  # auto | quick | full | skip: checks before the launch (python -m launcher.preflight)
+    # Bring your own training script (launcher/script.py): run it on every rank instead of the built-in job;
+    # everything after a literal `--` on the command line goes to it.
+    script: str = ""  # path of a .py file, or "-m pkg.module"
+    script_module: str = ""  # the same as script="-m pkg.module"
+    script_api: str = "auto"  # auto | hf_trainer | accelerate | plain: what the launcher passes to the script
 
 
 def register() -> None:

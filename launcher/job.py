@@ -9,22 +9,26 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from launcher import inputs
+from launcher.autoplan import memory_error
 from launcher.backends.hostfile import hostfile_spec
 from launcher.backends.hostfile import preflight as hostfile_preflight
 from launcher.backends.local import local_spec
 from launcher.backends.slurm import preflight as slurm_preflight
 from launcher.backends.slurm import slurm_spec
-from launcher.checkpoint import latest_complete
+from launcher.checkpoint import latest_complete, latest_complete_any
 from launcher.config import LauncherConfig
 from launcher.errors import LauncherError
 from launcher.hardware import Hardware, detect
 from launcher.plan import Plan, resolve
-from launcher.preflight import run_before_launch
+from launcher.preflight import (CPU_TIMEOUT_S, GPU_TIMEOUT_S, TIMEOUT_VAR, expects_rdma, mode_for,
+                                run_before_launch)
 from launcher.render.deepspeed import render_ds_config
 from launcher.render.env import rank_env
 from launcher.render.launch import LaunchSpec, render_launch_sh
+from launcher.render.slurm import AllocationCheck
+from launcher.script import ScriptLaunch
 from launcher.rundir import default_run_name, write_artifacts
-from launcher.summary import print_summary
+from launcher.summary import plan_table, print_summary
 
 
 def plan_job(cfg: LauncherConfig, cwd: str, environ: dict[str, str]) -> tuple[LauncherConfig, Plan, Hardware]:
@@ -43,20 +47,32 @@ def plan_job(cfg: LauncherConfig, cwd: str, environ: dict[str, str]) -> tuple[La
     return cfg, plan, hw
 
 
-def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[str, str]) -> int:
+def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[str, str],
+            script_args: list[str] | tuple[str, ...] = ()) -> int:
     cfg, plan, hw = plan_job(cfg, cwd, environ)
     name, run_dir = plan.run_name, Path(plan.run_dir)
     if not cfg.run.dry_run:
         check_host_fits(plan, hw)
-    spec = _launch_spec(cfg, plan, hw, environ, cwd)
-    resume = latest_complete(run_dir / "checkpoints") if cfg.run.resume == "auto" else None
+        check_memory_fits(plan, cfg.run.check_memory)
+    script = script_launch(cfg, plan, script_args, cwd)
+    spec = _launch_spec(cfg, plan, hw, environ, cwd, script)
+    find = latest_complete_any if script else latest_complete  # a script may save Trainer checkpoint-N dirs
+    resume = find(run_dir / "checkpoints") if cfg.run.resume == "auto" else None
     print_summary(plan, spec, resume)
-    if resume is not None and resume.global_step >= plan.max_steps and not cfg.run.dry_run:
+    if plan.auto_reason and not cfg.run.dry_run:  # a dry run prints it in its table
+        print(plan.auto_reason)
+    if resume is not None and resume.global_step >= plan.max_steps and not cfg.run.dry_run and not script:
         print(f"run {name} is already complete at global step {resume.global_step} ({resume.path}); nothing to do. "
               f"Use run.name=<new> for a new run or train.max_steps=<more> to continue it.")
         return 0
-    _write(run_dir, cfg, composed, plan, spec)
+    _write(run_dir, cfg, composed, plan, spec, script)
     if cfg.run.dry_run:
+        dry_run_report(plan, cfg, environ)
+        if script and plan.backend != "local":  # the local command is the one above
+            from launcher.script import node_commands
+
+            print("\n".join(["per node:", *node_commands(plan, script.program, sys.executable, cfg.topo.master_addr,
+                                                          cfg.topo.master_port)]))
         print(f"dry run: artifacts written to {run_dir}; nothing launched")
         return 0
     run_before_launch(plan, cfg, environ)
@@ -92,35 +108,93 @@ def check_host_fits(plan: Plan, hw: Hardware) -> None:
         )
 
 
-def _launch_spec(cfg: LauncherConfig, plan: Plan, hw: Hardware, environ: dict[str, str], cwd: str) -> LaunchSpec:
+def check_memory_fits(plan: Plan, check: bool) -> None:
+    """A plan whose memory estimate does not fit stops here, saying by how much and what would fit."""
+    if check and not plan.memory.fits:
+        raise memory_error(plan)
+
+
+def dry_run_report(plan: Plan, cfg: LauncherConfig, environ: dict[str, str]) -> None:
+    """The plan table, what a launch would refuse, and this host's static preflight (no ssh, no processes, nothing
+    written: preflight.json is the launch's)."""
+    print("\n".join(plan_table(plan)))
+    if not plan.memory.fits:
+        print(f"a launch would stop here: {memory_error(plan).paragraph()}")
+    if cfg.preflight == "skip":
+        return
+    from launcher.preflight import run_checks
+    from launcher.preflight.report import print_table, summary_line
+
+    rows, _ = run_checks(plan, cfg, environ, "quick")
+    if any(r.status != "pass" for r in rows):
+        print_table(rows, only_problems=True)
+    print(summary_line(rows, "quick, this host"))
+
+
+def script_launch(cfg: LauncherConfig, plan: Plan, script_args: list[str] | tuple[str, ...], cwd: str
+                  ) -> ScriptLaunch | None:
+    """script=: the user's script runs on every rank instead of the built-in worker (launcher/script.py). Every check
+    is done here, before the run dir is touched."""
+    import importlib.util
+
+    from launcher import script as s
+
+    if not (cfg.script or cfg.script_module):
+        if script_args:
+            raise LauncherError("script", "", "name the script they are for: script=train.py -- ARGS",
+                                problem=f"the arguments after -- ({shlex.join(script_args)}) go to a user script")
+        return None
+    loaded = s.load_script(cfg.script, cfg.script_module, cfg.script_api, list(script_args), cwd)
+    s.check_accelerate_installed(loaded.api, importlib.util.find_spec("accelerate") is not None, sys.executable)
+    s.check_plan(plan)
+    print(f"script     {loaded.name}: script_api={loaded.api} ({loaded.reason})")
+    return s.prepare_launch(loaded, plan, cwd, cfg.topo.master_addr, cfg.topo.master_port)
+
+
+def _launch_spec(cfg: LauncherConfig, plan: Plan, hw: Hardware, environ: dict[str, str], cwd: str,
+                 script: ScriptLaunch | None = None) -> LaunchSpec:
     """The backend's command. Multi-host backends first check the hosts or the cluster (not on a dry run), then
     write the files their engine reads (hostfile + deepspeed_env, or job.sbatch) into the run dir."""
     env = rank_env(plan, environ, hw.cpu_count, plan.run_dir)
     env.update({k: str(v) for k, v in cfg.topo.env.items()})
     topo, live = cfg.topo, not cfg.run.dry_run
+    program = script.program if script else None
     if plan.backend == "hostfile":
-        spec, files = hostfile_spec(plan, sys.executable, topo.master_addr, topo.master_port, env, cwd, environ)
+        spec, files = hostfile_spec(plan, sys.executable, topo.master_addr, topo.master_port, env, cwd, environ,
+                                    program)
         if live:
             source = ("hostfile", cfg.hostfile) if cfg.hostfile else ("topo.hosts", list(plan.hosts))
             ssh_args = shlex.split(environ.get("PDSH_SSH_ARGS_APPEND", ""))  # the options pdsh will use
             hostfile_preflight(plan, sys.executable, cwd, env, topo.mtu, ssh_args, source, environ.get("PATH", ""))
     elif plan.backend == "slurm":
-        spec, files = slurm_spec(plan, topo.slurm, sys.executable, cwd, env, topo.master_addr, topo.master_port, environ)
+        spec, files = slurm_spec(plan, topo.slurm, sys.executable, cwd, env, topo.master_addr, topo.master_port, environ,
+                                 allocation_check(cfg, plan, environ), program)
         if live:
             slurm_preflight(plan, topo.slurm, files["job.sbatch"], environ)
     else:
-        return local_spec(plan, sys.executable, topo.master_port, env, cwd, cfg.run.launcher)
+        return local_spec(plan, sys.executable, topo.master_port, env, cwd, cfg.run.launcher, program)
     (Path(plan.run_dir) / "logs").mkdir(parents=True, exist_ok=True)
     write_artifacts(Path(plan.run_dir), files, executable=("job.sbatch",))
     return spec
 
 
-def _write(run_dir: Path, cfg: LauncherConfig, composed: DictConfig, plan: Plan, spec: LaunchSpec) -> None:
+def allocation_check(cfg: LauncherConfig, plan: Plan, environ: dict[str, str]) -> AllocationCheck | None:
+    """A full preflight on Slurm ends inside the allocation: job.sbatch runs the all-reduce across its nodes."""
+    if mode_for(cfg.preflight, plan.num_hosts) != "full":
+        return None
+    default = GPU_TIMEOUT_S if plan.accelerator == "cuda" else CPU_TIMEOUT_S
+    return AllocationCheck(int(float(environ.get(TIMEOUT_VAR) or default)), cfg.topo.link, expects_rdma(cfg))
+
+
+def _write(run_dir: Path, cfg: LauncherConfig, composed: DictConfig, plan: Plan, spec: LaunchSpec,
+           script: ScriptLaunch | None = None) -> None:
+    ds = script.ds_config(render_ds_config(plan)) if script else render_ds_config(plan)
     files = {
         "resolved.yaml": OmegaConf.to_yaml(composed),
         "plan.json": plan.to_json(),
-        "ds_config.json": json.dumps(render_ds_config(plan), indent=2) + "\n",
+        "ds_config.json": json.dumps(ds, indent=2) + "\n",
         "launch.sh": render_launch_sh(spec, plan.run_name),
+        **(script.files if script else {}),
     }
     moved = write_artifacts(run_dir, files, executable=("launch.sh",))
     if moved:

@@ -34,7 +34,9 @@ def run_supervised(spec: LaunchSpec, environ: dict[str, str], run_dir: Path, max
             stale.unlink()
         env = {**environ, "LAUNCHER_RESTART": str(attempt)}
         code, signals = spawn.run(spec, env)
-        errors = sorted((json.loads(p.read_text()) for p in run_dir.glob(USER_ERROR_GLOB)), key=lambda e: e["rank"])
+        # the first failure in time is the cause (a user script's other ranks fail after it); then the lowest rank
+        errors = sorted((json.loads(p.read_text()) for p in run_dir.glob(USER_ERROR_GLOB)),
+                        key=lambda e: (e.get("time", 0.0), e["rank"]))
         if errors:
             say(errors[0]["paragraph"])
             if not errors[0].get("restartable"):

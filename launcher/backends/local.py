@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 from launcher.plan import Plan
-from launcher.render.launch import LaunchSpec
-
-WORKER = ("-m", "launcher.train.worker")
+from launcher.render.launch import LaunchSpec, RankProgram, accelerate_argv, worker_program
 
 
-def torchrun_argv(plan: Plan, python: str, master_port: int) -> tuple[str, ...]:
+def torchrun_argv(plan: Plan, python: str, master_port: int, program: RankProgram | None = None) -> tuple[str, ...]:
     """torchrun never restarts by itself: launcher.supervisor does (run.max_restarts), with a back-off and a log line."""
+    program = program or worker_program(plan.run_dir)
     return (
         python,
         "-m",
@@ -18,12 +17,14 @@ def torchrun_argv(plan: Plan, python: str, master_port: int) -> tuple[str, ...]:
         *(("--master-addr=127.0.0.1", f"--master-port={master_port}") if master_port else ("--standalone",)),
         "--max-restarts=0",
         f"--log-dir={plan.run_dir}/logs/torchrun",
-        *WORKER,
-        plan.run_dir,
+        "-m",
+        program.module,
+        *program.args,
     )
 
 
-def deepspeed_argv(plan: Plan, python: str, master_port: int) -> tuple[str, ...]:
+def deepspeed_argv(plan: Plan, python: str, master_port: int, program: RankProgram | None = None) -> tuple[str, ...]:
+    program = program or worker_program(plan.run_dir)
     return (
         python,
         "-m",
@@ -32,16 +33,20 @@ def deepspeed_argv(plan: Plan, python: str, master_port: int) -> tuple[str, ...]
         f"--master_port={master_port or 29500}",
         "--no_local_rank",
         "--module",
-        "launcher.train.worker",
-        plan.run_dir,
+        program.module,
+        *program.args,
     )
 
 
 def local_spec(
-    plan: Plan, python: str, master_port: int, env: dict[str, str], cwd: str, launcher: str
+    plan: Plan, python: str, master_port: int, env: dict[str, str], cwd: str, launcher: str,
+    program: RankProgram | None = None,
 ) -> LaunchSpec:
-    if launcher == "deepspeed":
-        argv = deepspeed_argv(plan, python, master_port)
+    """An accelerate script is started by `accelerate launch` (torchrun inside), whatever run.launcher says."""
+    if program is not None and program.accelerate_config:
+        argv = accelerate_argv(python, program)
+    elif launcher == "deepspeed":
+        argv = deepspeed_argv(plan, python, master_port, program)
     else:
-        argv = torchrun_argv(plan, python, master_port)
+        argv = torchrun_argv(plan, python, master_port, program)
     return LaunchSpec(argv=argv, env=env, cwd=cwd)

@@ -15,6 +15,33 @@ class LaunchSpec:
     signal_to: str = "ranks"  # "ranks": local leaf processes; "launcher": the engine's runner fans out (multi-host)
 
 
+WORKER_MODULE = "launcher.train.worker"
+
+
+@dataclass(frozen=True)
+class RankProgram:
+    """What every rank runs, `python -m module *args`: the built-in worker or a user script's entry. With
+    `accelerate_config`, one `accelerate launch` per node starts the ranks instead of the engine's per-node launcher."""
+
+    module: str
+    args: tuple[str, ...]
+    accelerate_config: str = ""
+
+    @property
+    def builtin(self) -> bool:
+        return self.module == WORKER_MODULE
+
+
+def worker_program(run_dir: str) -> RankProgram:
+    return RankProgram(WORKER_MODULE, (run_dir,))
+
+
+def accelerate_argv(python: str, program: RankProgram, *node_args: str) -> tuple[str, ...]:
+    """`accelerate launch --config_file FILE [per-node args] -m MODULE ARGS` with this python."""
+    return (python, "-m", "accelerate.commands.launch", "--config_file", program.accelerate_config, *node_args,
+            "-m", program.module, *program.args)
+
+
 def render_launch_sh(spec: LaunchSpec, run_name: str) -> str:
     lines = [
         "#!/usr/bin/env bash",

@@ -5,6 +5,7 @@ ssh, CPU ZeRO-3 over gloo on the veth link. Traffic goes only to the namespace a
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,12 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO, launcher_env, read_metrics, run_launcher
 from tests.integration.netns import IFNAME, NetnsHosts, missing_binaries
 from tests.integration.test_errors import assert_user_error
+from tests.integration.test_user_scripts import assert_engine_ran_the_rendered_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
+ACCELERATE_SCRIPT = ("preflight=quick", "script=examples/train_accelerate.py", "--", "--max_steps", "4", "--save_every",
+                     "2", "--seq_len", "128")
 SECRET = "wandb-key-that-must-not-leak-0451"
 
 
@@ -116,8 +121,11 @@ def test_two_hosts_train_zero3_over_gloo_save_when_stopped_and_resume_from_the_l
         assert f"{h.addr}: " in output
     assert all((run_dir / "logs" / f"rank{r}.log").exists() for r in range(2 * slots))
     assert f"GLOO_SOCKET_IFNAME={IFNAME}\n" in (run_dir / "deepspeed_env").read_text()
+    assert_preflight_ran_the_all_reduce_on_every_rank(hosts, run_dir, slots)
 
-    again = launch_on(hosts, hostfile, f"run.dir={run_dir}", "train.max_steps=30", "train.save_every=100")
+    # the same command; its preflight was checked above, so only the quick part runs here (saves the suite ~20 s)
+    again = launch_on(hosts, hostfile, f"run.dir={run_dir}", "train.max_steps=30", "train.save_every=100",
+                      "preflight=quick")
     assert_ok(again)
     assert f"resumed from global step {saved[0]}" in again.stdout
     steps = read_metrics(run_dir)
@@ -125,6 +133,18 @@ def test_two_hosts_train_zero3_over_gloo_save_when_stopped_and_resume_from_the_l
     assert steps[-1]["loss"] < steps[0]["loss"] - 0.3
     assert (run_dir / "checkpoints" / "latest").read_text() == "global_step30"
     assert_no_secret_written(run_dir, output, again.stdout, again.stderr)
+
+
+def assert_preflight_ran_the_all_reduce_on_every_rank(net: NetnsHosts, run_dir: Path, slots: int) -> None:
+    """A multi-host launch runs the full preflight first: the all-reduce through DeepSpeed's runner on every host."""
+    doc = json.loads((run_dir / "preflight.json").read_text())
+    assert doc["mode"] == "full" and {h.addr for h in net.hosts} <= set(doc["hosts"])
+    assert [c["status"] for c in doc["checks"] if c["check"] == "all-reduce"] == ["pass"]
+    assert set(doc["collective"]["busbw_gbps"]) == {"1", "4", "16", "64"}
+    log = (run_dir / "preflight" / "collective.log").read_text()
+    for rank in range(2 * slots):  # pdsh relays each host's ranks
+        h = net.hosts[rank // slots]
+        assert f"{h.addr}: PREFLIGHT_JOINING {rank} {h.name}" in log
 
 
 def test_unreachable_host_fails_fast_naming_it_and_starts_nothing(hosts, tmp_path):
@@ -164,3 +184,98 @@ def test_dual_pgx_dry_run_renders_the_link_settings_and_contacts_no_host(tmp_pat
     launch = (run_dir / "launch.sh").read_text()
     assert "deepspeed.launcher.runner" in launch and "--master_addr=192.168.100.10" in launch
     assert f"DS_ENV_FILE={run_dir}/deepspeed_env" in launch
+
+
+def preflight_on(net: NetnsHosts, hostfile: Path, run_dir: Path, *overrides: str, env: dict[str, str] | None = None
+                 ) -> tuple[subprocess.CompletedProcess[str], dict[str, dict]]:
+    """`python -m launcher.preflight` on the first host: its result and preflight.json's rows by (check, host)."""
+    argv = [*net.exec_argv(net.hosts[0]), sys.executable, "-m", "launcher.preflight", f"hostfile={hostfile}",
+            "+plan=zero3", "topo.accelerator=cpu", f"topo.socket_ifname={IFNAME}", f"run.dir={run_dir}", *overrides]
+    result = subprocess.run(argv, cwd=REPO, env=env or launch_env(net), capture_output=True, text=True, timeout=180)
+    doc = json.loads((run_dir / "preflight.json").read_text())
+    return result, {(c["check"], c["host"]): c for c in doc["checks"]} | {("doc", ""): doc}
+
+
+def test_preflight_names_a_host_that_is_down_and_runs_no_collective(hosts, tmp_path):
+    down = hosts.hosts[1]
+    hosts.link(down, up=False)
+    try:
+        t0 = time.monotonic()
+        result, rows = preflight_on(hosts, write_hostfile(hosts, tmp_path / "hosts", 1), tmp_path / "run")
+        elapsed = time.monotonic() - t0
+    finally:
+        hosts.link(down, up=True)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    bad = [r for (check, host), r in rows.items() if host == down.addr and r.get("status") == "fail"]
+    assert bad and "ssh" in bad[0]["detail"], rows
+    assert rows[("all-reduce", "all")]["detail"] == "not run: fix the failed checks above first"
+    assert elapsed < 45, f"took {elapsed:.0f} s"
+
+
+def test_preflight_fails_when_one_host_has_another_transformers_version(hosts, tmp_path):
+    """A second environment on one host: its transformers metadata says another version."""
+    from importlib import metadata
+    import shutil
+
+    real = metadata.distribution("transformers")
+    other = tmp_path / "env2" / "transformers-4.57.1.dist-info"
+    shutil.copytree(Path(str(real._path)), other)  # type: ignore[attr-defined]
+    meta = other / "METADATA"
+    meta.write_text(meta.read_text().replace(f"Version: {real.version}", "Version: 4.57.1", 1))
+    odd = hosts.hosts[1]
+    hosts.set_env(odd, {"PYTHONPATH": str(other.parent)})
+    try:
+        result, rows = preflight_on(hosts, write_hostfile(hosts, tmp_path / "hosts", 1), tmp_path / "run")
+    finally:
+        hosts.set_env(odd, {})
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    row = rows[("same transformers", "all")]
+    assert row["status"] == "fail" and f"4.57.1 on {odd.addr}" in row["detail"]
+    assert f"{real.version} on {hosts.hosts[0].addr}" in row["detail"] or real.version in row["detail"]
+    assert "same transformers" in result.stdout
+
+
+def test_preflight_across_hosts_names_a_missing_interface_and_a_taken_port(hosts, tmp_path):
+    hostfile = write_hostfile(hosts, tmp_path / "hosts", 1)
+    result, rows = preflight_on(hosts, hostfile, tmp_path / "a", "topo.socket_ifname=nosuch0")
+    assert result.returncode == 1
+    row = rows[("interface", hosts.hosts[1].addr)]
+    assert row["status"] == "fail" and "no interface nosuch0" in row["detail"] and IFNAME in row["detail"]
+    holder = subprocess.Popen([*hosts.exec_argv(hosts.hosts[0]), sys.executable, "-c",
+                               "import socket,sys,time; s=socket.socket(); s.bind(('', 29533)); s.listen(); "
+                               "print('bound', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "bound"
+        result, rows = preflight_on(hosts, hostfile, tmp_path / "b", "topo.master_port=29533")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1
+    row = rows[("master port", hosts.hosts[0].addr)]
+    assert row["status"] == "fail" and "port 29533 is taken" in row["detail"]
+
+
+def test_a_rank_that_never_joins_on_the_second_host_is_named_with_its_host(hosts, tmp_path):
+    env = {**launch_env(hosts), "LAUNCHER_PREFLIGHT_NEVER_JOIN": "1", "LAUNCHER_PREFLIGHT_TIMEOUT_S": "20"}
+    result, rows = preflight_on(hosts, write_hostfile(hosts, tmp_path / "hosts", 1), tmp_path / "run", env=env)
+    assert result.returncode == 1
+    row = rows[("all-reduce", "all")]
+    assert row["status"] == "fail" and row["detail"].startswith(f"rank(s) 1 ({hosts.hosts[1].addr}) never joined")
+    wait_until(lambda: not hosts.processes_left(), 30, "the stuck rank to be ended on its host")
+
+
+def test_accelerate_script_over_a_hostfile_runs_one_accelerate_launch_per_host(hosts, tmp_path):
+    """The accelerate example: one `accelerate launch` per host, started by DeepSpeed's runner over pdsh. On CPU
+    accelerate counts one process per rank (ENGINE_NOTES.md): check the engine's world size and the rendered config."""
+    run_dir = tmp_path / "run"
+    result = launch_on(hosts, write_hostfile(hosts, tmp_path / "hosts", 1), f"run.dir={run_dir}", "plan.zero_stage=2",
+                       *ACCELERATE_SCRIPT)
+    assert_ok(result)
+    config = yaml.safe_load((run_dir / "accelerate_config.yaml").read_text())
+    assert (config["num_machines"], config["num_processes"], config["main_process_ip"]) == (2, 2, hosts.hosts[0].addr)
+    assert config["deepspeed_config"]["deepspeed_config_file"] == f"{run_dir}/ds_config.json"
+    assert_engine_ran_the_rendered_config(run_dir, stage=2)
+    for h in hosts.hosts:  # pdsh prefixes each host's output: both ran an accelerate launch
+        assert f"{h.addr}: " in result.stdout
+    assert (run_dir / "checkpoints" / "global_step4" / "complete.json").exists()
+    assert "accelerate.commands.launch" in (run_dir / "launch.sh").read_text()

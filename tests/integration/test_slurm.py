@@ -4,6 +4,7 @@ Both node names live on this machine (ENGINE_NOTES.md); ranks are CPU processes 
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,6 +16,8 @@ import pytest
 from tests.conftest import REPO, launcher_env, read_metrics
 from tests.integration.slurm_cluster import SlurmCluster, free_ports, missing_binaries
 from tests.integration.test_errors import assert_user_error
+from tests.integration.test_multinode import ACCELERATE_SCRIPT, assert_ok
+from tests.integration.test_user_scripts import assert_engine_ran_the_rendered_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 SECRET = "hf-token-that-must-not-leak-0451"
@@ -64,6 +67,11 @@ def test_job_trains_saves_on_usr1_requeues_and_resumes_from_the_latest_checkpoin
     out = (run_dir / "logs" / f"slurm-{job_id}.out").read_text()
     assert job["JobState"] == "COMPLETED", out[-4000:]
     assert f"requeueing job {job_id}" in out and "(restart 1)" in out and "run complete at global step 12" in out
+    assert f"preflight (allocation of job {job_id}): " in out and ", 0 failed" in out  # on each (re)start
+    doc = json.loads((run_dir / "preflight.json").read_text())
+    assert doc["allocation"]["job"] == job_id and len(doc["allocation"]["nodes"]) == 2
+    assert [c["status"] for c in doc["checks"] if c["check"] == "all-reduce"] == ["pass"]
+    assert set(doc["collective"]["busbw_gbps"]) == {"1", "4", "16", "64"}
     resumed = re.search(r"resumed from global step (\d+)", (run_dir / "logs" / "rank0.log").read_text())
     assert resumed and 3 <= int(resumed.group(1)) < 12, out[-4000:]
     assert (run_dir / "checkpoints" / f"global_step{resumed.group(1)}" / "complete.json").exists()
@@ -99,3 +107,15 @@ def test_slurm_not_installed_is_one_paragraph(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert_user_error(result, "topo.backend='slurm'", "sbatch is not on PATH: Slurm is not installed on this host",
                       "install the Slurm client commands")
+
+
+def test_accelerate_script_in_a_real_slurm_allocation(slurm, tmp_path):
+    """srun starts one `accelerate launch` per node, each with its node's --machine_rank."""
+    run_dir = tmp_path / "run"
+    result = launch(slurm, f"run.dir={run_dir}", *ACCELERATE_SCRIPT, prefix=("salloc", "--nodes=2", "--exclusive"))
+    assert_ok(result)
+    assert "Submitted batch job" not in result.stdout
+    sbatch = (run_dir / "job.sbatch").read_text()
+    assert '--machine_rank="$SLURM_NODEID" --main_process_ip="$LAUNCHER_MASTER_ADDR"' in sbatch
+    assert_engine_ran_the_rendered_config(run_dir, stage=3)
+    assert (run_dir / "checkpoints" / "global_step4" / "complete.json").exists()

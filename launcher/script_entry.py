@@ -1,0 +1,134 @@
+"""Where a user's script starts on each rank, at every (re)start:
+
+    python -m launcher.script_entry rank RUN_DIR API -- SCRIPT.py|-m MODULE ARGS...
+    python -m launcher.script_entry node RUN_DIR -- ACCELERATE_LAUNCH_ARGV...   (accelerate over a hostfile)
+
+`rank` finds the newest complete checkpoint (so a restarted, requeued or rerun job resumes), passes it on
+(LAUNCHER_RESUME_FROM; `--resume_from_checkpoint` for a Trainer script), runs the script with its output in
+logs/rank<N>.log (rank 0 also on the console), passes signals on to it, and when the script fails on its own leaves
+a report naming the rank and the last lines of its log for the supervisor. `node` adds the host's --machine_rank
+(DeepSpeed's runner starts it as the only rank of its host) and execs `accelerate launch`.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from types import FrameType
+
+from launcher.checkpoint import Checkpoint, latest_complete_any, write_atomic
+from launcher.errors import LauncherError
+from launcher.script import flag_values
+from launcher.supervisor import USER_ERROR_FILE
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
+TAIL_LINES = 15
+PR_SET_PDEATHSIG = 1
+
+
+def resume_args(api: str, script_args: list[str], resume: Checkpoint | None) -> list[str]:
+    """A Trainer script resumes with --resume_from_checkpoint unless the user named a checkpoint already."""
+    if api != "hf_trainer" or resume is None or "resume_from_checkpoint" in flag_values(script_args):
+        return []
+    return ["--resume_from_checkpoint", str(resume.path)]
+
+
+def failure_report(script: str, rank: int, host: str, code: int, log: Path, tail: list[str]) -> dict:
+    err = LauncherError("script", script, f"read {log} for its whole output; rerun the same command to resume from "
+                        "the newest complete checkpoint", problem=f"rank {rank} (on {host}) exited with code {code}")
+    shown = "\n".join(f"    {line}" for line in tail) or "    (no output)"
+    return {"rank": rank, "field": err.field, "value": script, "restartable": True, "time": time.time(),
+            "paragraph": f"{err.paragraph()}\nThe last lines of {log}:\n{shown}"}
+
+
+def run_rank(run_dir: Path, api: str, command: list[str], env: dict[str, str]) -> int:
+    rank = int(env.get("RANK", "0"))
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else (lambda _m: None)
+    resume = latest_complete_any(run_dir / "checkpoints", warn=say)
+    target_len = 2 if command[:1] == ["-m"] else 1
+    argv = [sys.executable, *command, *resume_args(api, command[target_len:], resume)]
+    if resume:
+        say(f"launcher: the script resumes from {resume.path} (LAUNCHER_RESUME_FROM)")
+    log = run_dir / "logs" / f"rank{rank}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    # as under `python -m` and accelerate launch, the working directory's modules are importable by the script
+    path = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
+    child_env = {**env, "LAUNCHER_RESUME_FROM": str(resume.path) if resume else "", "PYTHONPATH": path}
+    code, tail, signalled = _run_logged(argv, child_env, log, echo=rank == 0)
+    if code != 0 and not signalled:
+        name = USER_ERROR_FILE if rank == 0 else USER_ERROR_FILE.replace(".json", f".rank{rank}.json")
+        report = failure_report(" ".join(command[:target_len]), rank, socket.gethostname(), code, log, tail)
+        write_atomic(run_dir / name, json.dumps(report))
+    return code
+
+
+def _die_with_parent() -> None:
+    """The script must not outlive this entry (torchrun or DeepSpeed may SIGKILL it)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _run_logged(argv: list[str], env: dict[str, str], log: Path, echo: bool) -> tuple[int, list[str], bool]:
+    """Run argv with stdout and stderr appended to log (and echoed); returns (exit code, last lines, whether a signal
+    from outside stopped it)."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent)
+    received: list[int] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    for s in FORWARDED:
+        signal.signal(s, forward)
+    tail: deque[bytes] = deque(maxlen=TAIL_LINES)
+    partial = b""
+    assert proc.stdout is not None
+    with open(log, "ab") as out:
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            out.write(chunk)
+            out.flush()
+            if echo:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            lines = (partial + chunk).replace(b"\r", b"\n").split(b"\n")
+            partial = lines.pop()
+            tail.extend(line for line in lines if line.strip())
+    if partial.strip():
+        tail.append(partial)
+    code = proc.wait()
+    shown = [line.decode(errors="replace")[:300] for line in tail]
+    return (128 - code if code < 0 else code), shown, bool(received)
+
+
+def run_node(run_dir: Path, command: list[str], env: dict[str, str]) -> None:
+    """Exec `accelerate launch` with this host's --machine_rank: the runner started one process per host, whose RANK
+    is the host's index, and gave it one device; accelerate's torchrun starts and numbers the host's ranks itself."""
+    plan = json.loads((run_dir / "plan.json").read_text())
+    at = command.index("--config_file") + 2
+    argv = [*command[:at], "--machine_rank", env.get("RANK", "0"), *command[at:]]
+    child = {k: v for k, v in env.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "CROSS_RANK", "CROSS_SIZE")}
+    child["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(plan["procs_per_host"]))) if plan["accelerator"] == "cuda" \
+        else ""
+    os.execve(argv[0], argv, child)
+
+
+def main(argv: list[str]) -> int:
+    mode, run_dir, rest = argv[0], Path(argv[1]), argv[2:]
+    if mode == "node":
+        run_node(run_dir, rest[1:] if rest[:1] == ["--"] else rest, dict(os.environ))
+    api, rest = rest[0], rest[1:]
+    return run_rank(run_dir, api, rest[1:] if rest[:1] == ["--"] else rest, dict(os.environ))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,259 @@
+"""Bring your own script, the pure part: which API a script uses, what the launcher adds to its arguments, the
+conflicts caught before launch, the files rendered for it (golden), and how a rank finds its resume point."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher.backends.hostfile import hostfile_spec
+from launcher.backends.local import local_spec
+from launcher.checkpoint import latest_complete_any
+from launcher.compose import compose
+from launcher.errors import LauncherError
+from launcher.hardware import Hardware
+from launcher.plan import resolve
+from launcher.render.deepspeed import render_ds_config
+from launcher.render.env import rank_env
+from launcher.render.launch import render_launch_sh
+from launcher.script import (check_accelerate_installed, check_plan, choose_api, detect_api, flag_values,
+                             join_module_word, load_script, prepare_launch, script_argv)
+from launcher.script_entry import resume_args, run_rank
+from tests.conftest import check_golden
+
+CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
+H200x2 = Hardware("cuda", 2, "NVIDIA H200", 139.8, "9.0", True, 32, 256.0, "x86_64")
+TRAINER = "from transformers import Trainer, TrainingArguments\nargs = TrainingArguments()\n"
+ACCELERATE = "import accelerate\nacc = accelerate.Accelerator()\n"
+
+
+def plan_for(*overrides: str, hw: Hardware = CPU):
+    cfg, _ = compose(list(overrides))
+    return resolve(cfg, hw, run_dir="/runs/x", run_name="x")
+
+
+def error_text(excinfo: pytest.ExceptionInfo[LauncherError]) -> str:
+    return " ".join(excinfo.value.paragraph().split())
+
+
+@pytest.mark.parametrize("source, api, why", [
+    (TRAINER, "hf_trainer", "line 1 uses Trainer"),
+    (ACCELERATE, "accelerate", "line 2 uses Accelerator"),
+    ("import deepspeed\nengine = deepspeed.initialize()\n", "plain", "neither"),
+    (ACCELERATE + TRAINER, "hf_trainer", "line 3 uses Trainer"),  # a Trainer script may touch accelerate too
+])
+def test_auto_detects_the_api_from_the_names_the_script_uses(source, api, why):
+    chosen, reason = detect_api(source, "train.py")
+    assert chosen == api and why in reason
+
+
+def test_an_explicit_api_overrides_detection_and_a_bad_one_lists_the_choices():
+    assert choose_api("plain", TRAINER, "t.py") == ("plain", "as asked")
+    assert choose_api("auto", TRAINER, "t.py")[1].startswith("auto: line 1 uses Trainer")
+    with pytest.raises(LauncherError) as e:
+        choose_api("deepspeed", TRAINER, "t.py")
+    assert "script_api='deepspeed'" in error_text(e) and "auto, hf_trainer, accelerate, plain" in error_text(e)
+
+
+def test_a_script_that_does_not_parse_names_the_line():
+    with pytest.raises(LauncherError) as e:
+        detect_api("def f(:\n", "bad.py")
+    assert "does not parse" in error_text(e) and "line 1" in error_text(e) and "script_api=" in error_text(e)
+
+
+def test_module_scripts_and_unquoted_dash_m():
+    assert join_module_word(["+plan=zero3", "script=-m", "pkg.train", "run.name=a"]) == \
+        ["+plan=zero3", "script_module=pkg.train", "run.name=a"]
+
+
+def test_flag_values_reads_both_spellings_and_bare_flags():
+    assert flag_values(["--per-device-train-batch-size", "4", "--bf16", "--lr=1e-4", "pos", "--x", "-1"]) == \
+        {"per_device_train_batch_size": "4", "bf16": "", "lr": "1e-4", "x": "-1"}
+
+
+def test_trainer_script_gets_the_plans_numbers_and_use_cpu_on_cpu():
+    plan = plan_for("+plan=zero2")
+    script = load_script("examples/train_trainer.py", "", "auto", ["--max_steps", "5", "--gradient_accumulation_steps",
+                                                                     "2"], str(Path(__file__).parents[2]))
+    argv = script_argv(script, plan, "/work")
+    assert argv == ("--max_steps", "5", "--gradient_accumulation_steps", "2", "--deepspeed", "/runs/x/ds_config.json",
+                    "--output_dir", "/runs/x/checkpoints", "--per_device_train_batch_size", "2", "--max_grad_norm",
+                    "1.0", "--use_cpu")
+
+
+def test_trainer_script_on_gpus_gets_bf16():
+    argv = script_argv(load_script("examples/train_trainer.py", "", "hf_trainer", [], str(Path(__file__).parents[2])),
+                       plan_for("+topo=multi_gpu", "topo.gpus_per_host=2", hw=H200x2), "/work")
+    assert "--bf16" in argv and "--use_cpu" not in argv
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--per_device_train_batch_size", "4"], ["train.micro_batch_size=2", "--per_device_train_batch_size 4",
+                                              "disagrees with the plan's --per_device_train_batch_size 2",
+                                              "set train.micro_batch_size=4"]),
+    (["--gradient_accumulation_steps=4"], ["train.global_batch_size=8", "--gradient_accumulation_steps 4",
+                                           "plan's --gradient_accumulation_steps 2", "set train.global_batch_size=16"]),
+    (["--max_grad_norm", "0.5"], ["train.grad_clip=1.0", "--max_grad_norm 0.5", "set train.grad_clip=0.5"]),
+    (["--deepspeed", "my_ds.json"], ["--deepspeed='my_ds.json'", "launcher passes --deepspeed /runs/x/ds_config.json"]),
+    (["--output_dir", "out"], ["--output_dir='out'", "run.dir="]),
+    (["--bf16"], ["train.precision='fp32'", "--bf16 true", "set train.precision=bf16"]),
+])
+def test_a_trainer_argument_that_disagrees_with_the_plan_names_both_values(args, fragments):
+    script = load_script("examples/train_trainer.py", "", "hf_trainer", args, str(Path(__file__).parents[2]))
+    with pytest.raises(LauncherError) as e:
+        script_argv(script, plan_for("+plan=zero2"), "/work")
+    for fragment in fragments:
+        assert fragment in error_text(e)
+
+
+def test_use_cpu_on_a_gpu_plan_is_refused():
+    script = load_script("examples/train_trainer.py", "", "hf_trainer", ["--use_cpu"], str(Path(__file__).parents[2]))
+    with pytest.raises(LauncherError) as e:
+        script_argv(script, plan_for("+topo=multi_gpu", "topo.gpus_per_host=2", hw=H200x2), "/work")
+    assert "topo.accelerator='cuda'" in error_text(e) and "drop --use_cpu" in error_text(e)
+
+
+def test_agreeing_arguments_are_kept_once(tmp_path):
+    script = load_script("examples/train_trainer.py", "", "hf_trainer", ["--per_device_train_batch_size", "2",
+                         "--output_dir", "/runs/x/checkpoints"], str(Path(__file__).parents[2]))
+    argv = script_argv(script, plan_for("+plan=zero2"), "/work")
+    assert argv.count("--per_device_train_batch_size") == 1 and argv.count("--output_dir") == 1
+
+
+def test_missing_script_not_python_and_unknown_module(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    for path, problem in (("nope.py", "does not exist"), ("notes.txt", "is not a .py file")):
+        with pytest.raises(LauncherError) as e:
+            load_script(path, "", "auto", [], str(tmp_path))
+        assert f"script='{path}'" in error_text(e) and problem in error_text(e)
+    with pytest.raises(LauncherError) as e:
+        load_script("-m no_such_pkg.train", "", "auto", [], str(tmp_path))
+    assert "script_module='no_such_pkg.train'" in error_text(e) and "no such module" in error_text(e)
+    with pytest.raises(LauncherError) as e:
+        load_script("a.py", "pkg.b", "auto", [], str(tmp_path))
+    assert "either script=FILE.py or script_module=pkg.module" in error_text(e)
+
+
+def test_a_module_is_found_from_the_working_directory(tmp_path):
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "train.py").write_text(ACCELERATE)
+    script = load_script("-m mypkg.train", "", "auto", ["--lr", "1"], str(tmp_path))
+    assert (script.module, script.api, script.target) == ("mypkg.train", "accelerate", ("-m", "mypkg.train"))
+    assert load_script("", "mypkg.train", "plain", [], str(tmp_path)).api == "plain"
+
+
+def test_accelerate_missing_and_model_parallel_plans_are_refused():
+    with pytest.raises(LauncherError) as e:
+        check_accelerate_installed("accelerate", installed=False, python="/venv/bin/python")
+    assert "accelerate is not installed for /venv/bin/python" in error_text(e) and "pip install accelerate" in \
+        error_text(e)
+    check_accelerate_installed("plain", installed=False, python="p")
+    with pytest.raises(LauncherError) as e:
+        check_plan(plan_for("+topo=multi_gpu", "topo.gpus_per_host=2", "+plan=tp", hw=H200x2))
+    assert "plan.tp=2" in error_text(e) and "+plan=zero2" in error_text(e)
+
+
+@pytest.mark.parametrize("api", ["hf_trainer", "accelerate", "plain"])
+def test_ds_config_has_no_auto_and_leaves_the_optimizer_to_trainer_and_accelerate_scripts(api):
+    plan = plan_for("+plan=zero3")
+    source = {"hf_trainer": "examples/train_trainer.py", "accelerate": "examples/train_accelerate.py",
+              "plain": "examples/train_deepspeed.py"}[api]
+    launch = prepare_launch(load_script(source, "", "auto", [], str(Path(__file__).parents[2])), plan, "/work", "", 0)
+    assert launch.script.api == api
+    ds = launch.ds_config(render_ds_config(plan))
+    assert '"auto"' not in json.dumps(ds) and ("optimizer" in ds) == (api == "plain")
+    assert ds["zero_optimization"]["stage"] == 3
+
+
+def test_accelerate_config_and_launch_sh_match_golden():
+    repo = str(Path(__file__).parents[2])
+    accelerate = load_script("examples/train_accelerate.py", "", "auto", ["--max_steps", "20"], repo)
+    accelerate = accelerate.__class__(path="/work/examples/train_accelerate.py", args=accelerate.args,
+                                      api=accelerate.api)
+    local = plan_for("+plan=zero2")
+    launch = prepare_launch(accelerate, local, "/work", "", 0)
+    check_golden("accelerate/local-cpu.yaml", launch.files["accelerate_config.yaml"])
+    spec = local_spec(local, "python3", 0, rank_env(local, {}, 2, "/runs/x"), "/work", "torchrun", launch.program)
+    check_golden("launch/script-accelerate-local-cpu.sh", render_launch_sh(spec, "x"))
+
+    dual = plan_for("+topo=dual_pgx", "+plan=zero3", hw=H200x2)
+    launch = prepare_launch(accelerate, dual, "/work", "192.168.100.10", 0)
+    check_golden("accelerate/dual_pgx-zero3.yaml", launch.files["accelerate_config.yaml"])
+    spec, _ = hostfile_spec(dual, "python3", "192.168.100.10", 0, rank_env(dual, {}, 2, "/runs/x"), "/work", {},
+                            launch.program)
+    check_golden("launch/script-accelerate-dual_pgx.sh", render_launch_sh(spec, "x"))
+
+    trainer = load_script("examples/train_trainer.py", "", "auto", ["--max_steps", "20"], repo)
+    trainer = trainer.__class__(path="/work/examples/train_trainer.py", args=trainer.args, api=trainer.api)
+    launch = prepare_launch(trainer, local, "/work", "", 0)
+    spec = local_spec(local, "python3", 0, rank_env(local, {}, 2, "/runs/x"), "/work", "torchrun", launch.program)
+    check_golden("launch/script-trainer-local-cpu.sh", render_launch_sh(spec, "x"))
+
+
+def _hf_checkpoint(root: Path, step: int) -> Path:
+    """The files a Trainer writes that matter here: weights (safetensors), a torch zip, the state last."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = root / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    save_file({"w": torch.zeros(64)}, str(path / "model.safetensors"))
+    torch.save({"step": step}, path / "rng_state_0.pth")
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return path
+
+
+def test_newest_complete_trainer_checkpoint_skipping_partial_and_truncated_ones(tmp_path):
+    root = tmp_path / "checkpoints"
+    _hf_checkpoint(root, 2)
+    truncated_weights = _hf_checkpoint(root, 4)
+    with open(truncated_weights / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+    truncated_zip = _hf_checkpoint(root, 6)
+    with open(truncated_zip / "rng_state_0.pth", "r+b") as f:
+        f.truncate(40)
+    (_hf_checkpoint(root, 8) / "trainer_state.json").unlink()  # killed before the Trainer wrote its state
+    warnings: list[str] = []
+    found = latest_complete_any(root, warn=warnings.append)
+    assert found is not None and found.path.name == "checkpoint-2" and found.global_step == 2
+    assert [w.split(": ", 2)[2] for w in warnings] == [
+        "no trainer_state.json (the save was interrupted)",
+        "file rng_state_0.pth is truncated (its zip directory is missing)",
+        "file model.safetensors is truncated (100 of 328 bytes)",
+    ]
+    assert "checkpoint-8" in warnings[0]
+
+
+def test_a_rank_resumes_reports_its_failure_and_passes_the_environment(tmp_path):
+    """script_entry for real (a tiny script, no torch): output in logs/rank1.log, the resume point on the command
+    line and in LAUNCHER_RESUME_FROM, and a failure report naming the rank and the last lines."""
+    run = tmp_path / "run"
+    ckpt = _hf_checkpoint(run / "checkpoints", 3)
+    script = tmp_path / "train.py"
+    script.write_text("import os, sys\nprint('args', sys.argv[1:])\nprint('resume', os.environ['LAUNCHER_RESUME_FROM'])"
+                      "\nprint('boom', file=sys.stderr)\nsys.exit(3)\n")
+    env = {"RANK": "1", "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    code = run_rank(run, "hf_trainer", [str(script), "--max_steps", "5"], env)
+    assert code == 3
+    log = (run / "logs" / "rank1.log").read_text()
+    assert f"args ['--max_steps', '5', '--resume_from_checkpoint', '{ckpt}']" in log and f"resume {ckpt}" in log
+    report = json.loads((run / "user_error.rank1.json").read_text())
+    assert report["rank"] == 1 and report["restartable"]
+    assert "rank 1 (on" in report["paragraph"] and "exited with code 3" in report["paragraph"]
+    assert report["paragraph"].rstrip().endswith("boom")
+    assert resume_args("hf_trainer", ["--resume_from_checkpoint", "x"], latest_complete_any(run / "checkpoints")) == []
+    assert resume_args("plain", [], latest_complete_any(run / "checkpoints")) == []
+    assert sys.executable  # the script ran under this interpreter
+
+
+def test_arguments_after_dashdash_without_a_script_are_refused():
+    from launcher.job import script_launch
+
+    cfg, _ = compose([])
+    with pytest.raises(LauncherError) as e:
+        script_launch(cfg, plan_for(), ["--max_steps", "5"], "/work")
+    assert "the arguments after -- (--max_steps 5) go to a user script" in error_text(e)
+    assert script_launch(cfg, plan_for(), [], "/work") is None
