@@ -134,7 +134,7 @@ def rank_main(accelerator: str, rank: int, world: int, local_rank: int, never_jo
     """One rank: join, all-reduce each size ITERS times after a warm-up, rank 0 prints the bus bandwidths."""
     if rank == never_join:
         time.sleep(3600)  # the parent's timeout ends this
-    print(f"PREFLIGHT_JOINING {rank} {socket.gethostname()}", flush=True)
+    _say(f"PREFLIGHT_JOINING {rank} {socket.gethostname()}")
     import torch
     import torch.distributed as dist
 
@@ -155,10 +155,17 @@ def rank_main(accelerator: str, rank: int, world: int, local_rank: int, never_jo
         dt = (time.perf_counter() - t0) / ITERS
         bw[str(mb)] = round(mb * 2**20 * 2 * (world - 1) / world / dt / 1e9, 3)
     if rank == 0:
-        print(RESULT + json.dumps(bw), flush=True)
+        _say(RESULT + json.dumps(bw))
     dist.barrier()
     dist.destroy_process_group()
-    print(f"PREFLIGHT_DONE {rank}", flush=True)
+    _say(f"PREFLIGHT_DONE {rank}")
+
+
+def _say(line: str) -> None:
+    """One write per line: under `python -u` print() writes the text and the newline separately, and two ranks of a
+    host share the pipe pdsh reads, so their lines could interleave."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _sync(gpu: bool) -> None:

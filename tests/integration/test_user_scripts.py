@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from launcher.checkpoint import latest_complete_any
-from tests.conftest import kill_tree, run_launcher, start_launcher, wait_for
+from tests.conftest import REPO, kill_tree, run_launcher, start_launcher, wait_for
 from tests.integration.test_errors import assert_user_error
 
 pytestmark = pytest.mark.integration
@@ -104,6 +104,39 @@ def test_trainer_killed_mid_run_resumes_from_the_newest_complete_checkpoint_skip
     assert f"the script resumes from {resumed}" in again.stderr
     assert f"training from global step {newest_step - 2}" in again.stdout
     assert json.loads((ckpts / "checkpoint-12" / "trainer_state.json").read_text())["global_step"] == 12
+    assert_engine_ran_the_rendered_config(run_dir, stage=2)
+
+
+CRASH_ONCE = """
+import os, runpy, sys
+from pathlib import Path
+
+marker = Path(os.environ["LAUNCHER_RUN_DIR"]) / "crashed-once"
+first = not marker.exists()
+if first:
+    sys.argv += ["--max_steps", "2"]  # the first attempt trains and saves 2 steps, then crashes
+runpy.run_path({example!r}, run_name="__main__")
+if first:
+    if os.environ["RANK"] == "0":
+        marker.touch()
+    sys.exit(9)
+"""
+
+
+def test_plain_script_under_zero2_crashes_restarts_and_resumes_from_its_newest_checkpoint(tmp_path):
+    """run.max_restarts applies to a script: the same command starts again and the script gets
+    LAUNCHER_RESUME_FROM with the checkpoint its crashed attempt left."""
+    script = tmp_path / "crash_once.py"
+    script.write_text(CRASH_ONCE.format(example=str(REPO / "examples" / "train_deepspeed.py")))
+    run_dir = tmp_path / "run"
+    result = run_launcher(f"run.dir={run_dir}", "+plan=zero2", f"script={script}", "run.max_restarts=1",
+                          "run.restart_backoff_s=0", "--", "--max_steps", "4", "--save_every", "2", *SMALL)
+    assert_ok(result)
+    out = result.stdout + result.stderr
+    assert "script_api=plain" in out and "restart 1/1" in out and "exited with code 9" in out
+    assert f"the script resumes from {run_dir}/checkpoints/global_step2 (LAUNCHER_RESUME_FROM)" in out
+    assert "training from global step 2" in result.stdout
+    assert latest_complete_any(run_dir / "checkpoints").path.name == "global_step4"
     assert_engine_ran_the_rendered_config(run_dir, stage=2)
 
 
