@@ -16,7 +16,7 @@ def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None) -> li
     return [
         f"run        {plan.run_name}  ->  {plan.run_dir}",
         f"topology   {plan.topo_name} ({plan.backend}): {plan.num_hosts} host(s) [{hosts}] x {plan.procs_per_host} "
-        f"{'GPU' if plan.accelerator == 'cuda' else 'CPU process'}(es) = world size {plan.world_size}",
+        f"{'GPU(s)' if plan.accelerator == 'cuda' else 'CPU process(es)'} = world size {plan.world_size}",
         f"plan       {plan.plan_name}: ZeRO-{plan.zero_stage} dp={plan.dp} tp={plan.tp} pp={plan.pp}"
         f"{' offload(opt)' if plan.offload_optimizer else ''}{' offload(params)' if plan.offload_params else ''}, "
         f"{plan.precision}",
