@@ -9,6 +9,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import shlex
 import sys
 import uuid
 from pathlib import Path
@@ -92,13 +94,19 @@ def _collective(plan: Plan, cfg: LauncherConfig, environ: dict[str, str], extra:
     env = {**environ, **ranks}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_DIR.parent), environ.get("PYTHONPATH", "")) if p)
     out = Path(plan.run_dir) / "preflight"
+    stop_remote: tuple[str, ...] = ()
     if plan.backend == "hostfile":
         argv = _runner_argv(plan, cfg, ranks, env, environ, out)
+        hosts = ",".join(h.rpartition("@")[2] for h in plan.hosts)
+        # this collective's ranks and per-node launchers, no other job's; "[l]" keeps pkill off its own command line
+        own = "[l]" + re.escape(f"auncher.preflight.collective {plan.accelerator} {out}")
+        stop_remote = ("pdsh", "-R", "ssh", "-w", hosts, f"pkill -KILL -f {shlex.quote(own)}")
     else:
         argv = torchrun_argv(sys.executable, plan.procs_per_host, plan.accelerator)
     default = GPU_TIMEOUT_S if plan.accelerator == "cuda" else CPU_TIMEOUT_S
     rank_hosts = [h for h in plan.hosts for _ in range(plan.procs_per_host)]
-    res = run_collective(argv, env, out / "collective.log", rank_hosts, float(environ.get(TIMEOUT_VAR) or default))
+    res = run_collective(argv, env, out / "collective.log", rank_hosts, float(environ.get(TIMEOUT_VAR) or default),
+                         stop_remote)
     extra["collective"] = dataclasses.asdict(res)
     return judge(res, expects_rdma(cfg), cfg.topo.link)
 
@@ -122,7 +130,7 @@ def _runner_argv(plan: Plan, cfg: LauncherConfig, ranks: dict[str, str], env: di
     (out / "deepspeed_env").write_text(render_deepspeed_env({**ranks, "NCCL_DEBUG": "INFO", **test_only}))
     env["DS_ENV_FILE"] = str(out / "deepspeed_env")
     return runner_argv(plan, sys.executable, cfg.topo.master_addr, cfg.topo.master_port, str(out),
-                       ("launcher.preflight.collective", plan.accelerator))
+                       ("launcher.preflight.collective", plan.accelerator, str(out)))
 
 
 def _marker(run_dir: str) -> Path:
@@ -136,8 +144,6 @@ def _marker(run_dir: str) -> Path:
 
 
 def _ssh_args(environ: dict[str, str]) -> list[str]:
-    import shlex
-
     return shlex.split(environ.get("PDSH_SSH_ARGS_APPEND", ""))  # the options pdsh will use
 
 

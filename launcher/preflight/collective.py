@@ -27,7 +27,7 @@ RESULT = "PREFLIGHT_COLLECTIVE "
 RESULT_LINE = re.compile(r"PREFLIGHT_COLLECTIVE (\{.*\})")
 JOINING = re.compile(r"PREFLIGHT_JOINING (\d+)")
 DONE = re.compile(r"PREFLIGHT_DONE (\d+)")
-STOP_GRACE_S = 8  # DeepSpeed's runner pkills every host, then sleeps a second
+STOP_GRACE_S = 8
 NEVER_JOIN_VAR = "LAUNCHER_PREFLIGHT_NEVER_JOIN"  # test-only: this rank never joins (read at the edge, below)
 TRANSPORT = re.compile(r"NET/(IB|Socket)\s*:\s*Using\s*(.*)|via (P2P/\S+|SHM/\S+|SHM|NET/\S+)")
 
@@ -88,7 +88,7 @@ def torchrun_argv(python: str, procs: int, accelerator: str) -> tuple[str, ...]:
 
 
 def run_collective(argv: tuple[str, ...], env: dict[str, str], log_path: Path, rank_hosts: list[str],
-                   timeout_s: float) -> CollectiveResult:
+                   timeout_s: float, stop_remote: tuple[str, ...] = ()) -> CollectiveResult:
     """The engine's command (torchrun here, DeepSpeed's runner over pdsh for several hosts), killed at timeout_s,
     never waited on. Ranks print a line when they join and when they are done; pdsh relays remote output, so the
     log names the ranks that never joined on any host, without a shared filesystem."""
@@ -100,7 +100,7 @@ def run_collective(argv: tuple[str, ...], env: dict[str, str], log_path: Path, r
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            _stop(proc)
+            _stop(proc, stop_remote, env)
             code = None
     text = log_path.read_text(errors="replace")
     joined = {int(m.group(1)) for m in JOINING.finditer(text)}
@@ -115,14 +115,22 @@ def run_collective(argv: tuple[str, ...], env: dict[str, str], log_path: Path, r
     return CollectiveResult(False, {}, parse_transports(text), missing, stuck, error)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """TERM to the engine first (DeepSpeed's runner then pkills the ranks on every host over pdsh; torchrun stops
-    its workers), then KILL to whatever is left of its session here."""
-    try:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=STOP_GRACE_S)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
+def _stop(proc: subprocess.Popen, stop_remote: tuple[str, ...], env: dict[str, str]) -> None:
+    """Several hosts: `stop_remote` (a pdsh pkill naming this collective's own run dir) ends the ranks there, then
+    KILL ends the runner and pdsh here. Not DeepSpeed's runner's own SIGTERM handler: it pkills every
+    `python -u -m deepspeed.launcher.launch` on the hosts, other jobs' included. One host: TERM to torchrun (it stops
+    its workers), then KILL to whatever is left of its session."""
+    if stop_remote:
+        try:
+            subprocess.run(stop_remote, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=STOP_GRACE_S * 3)
+        except subprocess.TimeoutExpired:
+            pass
+    else:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=STOP_GRACE_S)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
