@@ -88,16 +88,17 @@ def assert_no_secret_written(run_dir: Path, *outputs: str) -> None:
     assert all(SECRET not in out for out in outputs), "secret on a command line (visible in ps on the hosts)"
 
 
-@pytest.mark.parametrize("slots, stop", [(1, "usr1"), (2, "ctrl-c")], ids=["2x1-usr1", "2x2-ctrl-c"])
+@pytest.mark.parametrize("slots, stop, steps", [(1, "usr1", 60), (2, "ctrl-c", 16)], ids=["2x1-usr1", "2x2-ctrl-c"])
 def test_two_hosts_train_zero3_over_gloo_save_when_stopped_and_resume_from_the_latest_checkpoint(
-        hosts, tmp_path, slots, stop):
+        hosts, tmp_path, slots, stop, steps):
     """Stopped mid-run, by SIGUSR1 to the ranks of every host (README's recipe) or by Ctrl-C on the launcher
     (DeepSpeed's runner stops every host; the ranks save on the way out): no process is left on any host, the
     newest checkpoint is complete, and the same command resumes from it."""
     run_dir, hostfile = tmp_path / "run", write_hostfile(hosts, tmp_path / "hosts", slots)
     # the full preflight (the default for several hosts) runs in the 2x1 case; 2x2 takes the quick one (suite time)
     checks = () if slots == 1 else ("preflight=quick",)
-    command = launcher_argv(hosts, hostfile, f"run.dir={run_dir}", "train.max_steps=16", "train.save_every=100", *checks)
+    command = launcher_argv(hosts, hostfile, f"run.dir={run_dir}", f"train.max_steps={steps}", "train.save_every=100",
+                            *checks)
     # DeepSpeed's runner stops a job with `pkill -f "<python> -u -m deepspeed.launcher.launch"` on every host: any
     # DeepSpeed launch there matches, the Slurm tests' steps in the other pytest worker included. An interpreter path
     # of this test's own keeps its Ctrl-C to its own ranks.
@@ -123,7 +124,7 @@ def test_two_hosts_train_zero3_over_gloo_save_when_stopped_and_resume_from_the_l
                 first.kill()
     output = log.read_text()
     saved = [int(p.name.removeprefix("global_step")) for p in (run_dir / "checkpoints").glob("global_step*")]
-    assert len(saved) == 1 and 2 <= saved[0] < 16, output[-4000:]
+    assert len(saved) == 1 and 2 <= saved[0] < steps, output[-4000:]
     assert (run_dir / "checkpoints" / f"global_step{saved[0]}" / "complete.json").exists()
     assert f"received SIG{'USR1' if stop == 'usr1' else 'TERM'}: saving at the next step boundary" in output
     for h in hosts.hosts:  # pdsh prefixes each host's output: both ran ranks
@@ -134,14 +135,14 @@ def test_two_hosts_train_zero3_over_gloo_save_when_stopped_and_resume_from_the_l
         assert_preflight_ran_the_all_reduce_on_every_rank(hosts, run_dir, slots)
 
     # the same command; its preflight was checked above, so only the quick part runs here (saves the suite ~20 s)
-    again = launch_on(hosts, hostfile, f"run.dir={run_dir}", "train.max_steps=16", "train.save_every=100",
+    again = launch_on(hosts, hostfile, f"run.dir={run_dir}", f"train.max_steps={steps}", "train.save_every=100",
                       "preflight=quick")
     assert_ok(again)
     assert f"resumed from global step {saved[0]}" in again.stdout
-    steps = read_metrics(run_dir)
-    assert [m["step"] for m in steps] == list(range(1, 17))
-    assert steps[-1]["loss"] < steps[0]["loss"] - 0.3
-    assert (run_dir / "checkpoints" / "latest").read_text() == "global_step16"
+    metrics = read_metrics(run_dir)
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.3
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"global_step{steps}"
     assert_no_secret_written(run_dir, output, again.stdout, again.stderr)
 
 
