@@ -5,7 +5,8 @@ usual RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from the engine
     python -m launcher +plan=zero3 script=examples/train_deepspeed.py -- --max_steps 20 --save_every 10
 
 Checkpoints use the launcher's atomic protocol (launcher.checkpoint), so a crash mid-save leaves the previous one
-usable and a rerun continues from the newest complete one.
+usable and a rerun continues from the newest complete one. SIGTERM or SIGUSR1 (Slurm's pre-timeout signal) makes every
+rank save at the next step boundary and stop; a requeued Slurm job or a rerun continues from that save.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import os
 from pathlib import Path
 
 import deepspeed
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from launcher import checkpoint, tiny
+from launcher.train.signals import PreemptionFlag
 
 
 def parse() -> argparse.Namespace:
@@ -41,8 +44,41 @@ def save(engine: deepspeed.DeepSpeedEngine, root: Path, step: int) -> None:
     dist.barrier()
 
 
+def stop_everywhere(requested: bool, device: torch.device) -> bool:
+    """All ranks stop at the same step (each writes its shards of the save): stop when any rank got the signal."""
+    flag = torch.tensor([float(requested)], device=device)
+    dist.all_reduce(flag)
+    return flag.item() > 0
+
+
+def train(engine: deepspeed.DeepSpeedEngine, loader: DataLoader, sampler: DistributedSampler,
+          args: argparse.Namespace, root: Path, stop: PreemptionFlag) -> int:
+    """Train to --max_steps or until a signal asks to stop; save every --save_every steps, at the end and on a stop.
+    Returns the last global step."""
+    device = engine.device
+    while engine.global_steps < args.max_steps:
+        sampler.set_epoch(engine.global_steps)
+        for batch in loader:
+            before = engine.global_steps
+            loss = engine(**{k: v.to(device) for k, v in batch.items()}).loss
+            engine.backward(loss)
+            engine.step()  # the optimizer steps at the accumulation boundary only
+            if engine.global_steps == before:
+                continue
+            step = engine.global_steps
+            stopping = stop_everywhere(stop(), device)
+            if dist.get_rank() == 0:
+                print(f"step {step} loss {loss.item():.4f}", flush=True)
+            if step % args.save_every == 0 or step == args.max_steps or stopping:
+                save(engine, root, step)
+            if stopping or step == args.max_steps:
+                return step
+    return engine.global_steps
+
+
 def main() -> None:
     args = parse()
+    stop = PreemptionFlag()  # from the start: Slurm may signal while the engine is still being set up
     tiny.skip_shm_comm_op()
     deepspeed.init_distributed(dist_backend="gloo" if os.environ.get("DS_ACCELERATOR") == "cpu" else "nccl")
     config = json.loads(Path(os.environ["LAUNCHER_DS_CONFIG"]).read_text())
@@ -60,23 +96,9 @@ def main() -> None:
     if dist.get_rank() == 0:
         print("engine settings:", json.dumps(tiny.engine_settings(engine)), flush=True)
         print(f"training from global step {engine.global_steps}", flush=True)
-    device = engine.device
-    while engine.global_steps < args.max_steps:
-        sampler.set_epoch(engine.global_steps)
-        for batch in loader:
-            before = engine.global_steps
-            loss = engine(**{k: v.to(device) for k, v in batch.items()}).loss
-            engine.backward(loss)
-            engine.step()  # the optimizer steps at the accumulation boundary only
-            if engine.global_steps == before:
-                continue
-            step = engine.global_steps
-            if dist.get_rank() == 0:
-                print(f"step {step} loss {loss.item():.4f}", flush=True)
-            if step % args.save_every == 0 or step == args.max_steps:
-                save(engine, root, step)
-            if step == args.max_steps:
-                break
+    last = train(engine, loader, sampler, args, root, stop)
+    if dist.get_rank() == 0 and last < args.max_steps:
+        print(f"stopped on request at global step {last} after saving; rerun the same command to resume", flush=True)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -58,7 +58,7 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
     spec = _launch_spec(cfg, plan, hw, environ, cwd, script)
     find = latest_complete_any if script else latest_complete  # a script may save Trainer checkpoint-N dirs
     resume = find(run_dir / "checkpoints") if cfg.run.resume == "auto" else None
-    print_summary(plan, spec, resume)
+    print_summary(plan, spec, resume, script.script if script else None)
     if plan.auto_reason and not cfg.run.dry_run:  # a dry run prints it in its table
         print(plan.auto_reason)
     if resume is not None and resume.global_step >= plan.max_steps and not cfg.run.dry_run and not script:

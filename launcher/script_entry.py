@@ -69,16 +69,21 @@ def run_rank(run_dir: Path, api: str, command: list[str], env: dict[str, str]) -
     return code
 
 
-def _die_with_parent() -> None:
-    """The script must not outlive this entry (torchrun or DeepSpeed may SIGKILL it)."""
+def _start_as_if_alone() -> None:
+    """In the script's process, before exec. It must not outlive this entry (torchrun or DeepSpeed may SIGKILL it).
+    And it gets the forwarded signals with their default actions, as if started by itself: what an engine's launcher
+    ignores (job.sbatch's step ignores SIGUSR1 so that DeepSpeed's launcher survives it) is inherited, and would
+    otherwise leave a script that does not catch Slurm's pre-timeout signal training on as if none came."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    for s in FORWARDED:
+        signal.signal(s, signal.SIG_DFL)
 
 
 def _run_logged(argv: list[str], env: dict[str, str], log: Path, echo: bool) -> tuple[int, list[str], bool]:
     """Run argv with stdout and stderr appended to log (and echoed); returns (exit code, last lines, whether a signal
     from outside stopped it)."""
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=_start_as_if_alone)
     received: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:

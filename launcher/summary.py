@@ -7,9 +7,10 @@ from launcher.checkpoint import Checkpoint
 from launcher.memory import UNIFIED_HOST_RESERVE_GB, MemoryEstimate
 from launcher.plan import Plan
 from launcher.render.launch import LaunchSpec
+from launcher.script import Script, flag_values
 
 
-def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None) -> list[str]:
+def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None, script: Script | None = None) -> list[str]:
     m = plan.memory
     hosts = ", ".join(plan.hosts)
     fit = "fits" if m.fits else "DOES NOT FIT"
@@ -23,7 +24,7 @@ def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None) -> li
         f"model      {plan.model.name} ({plan.model.path or 'built from config'}), method {plan.method.name}, "
         f"{m.params / 1e6:.1f}M params, {m.trainable_params / 1e6:.2f}M trainable",
         f"batch      global {plan.global_batch_size} = micro {plan.micro_batch_size} x dp {plan.dp} x accum "
-        f"{plan.grad_accum}; seq {plan.train.seq_len}; {plan.max_steps} steps",
+        f"{plan.grad_accum}; seq {plan.train.seq_len}; {steps(plan, script)}",
         f"memory     ~{m.total_gb:.2f} GiB per {'GPU' if plan.accelerator == 'cuda' else 'process'} (params "
         f"{m.params_gb:.2f}, grads {m.grads_gb:.2f}, optimizer {m.optimizer_gb:.2f}, activations "
         f"{m.activations_gb:.2f}, offloaded {m.cpu_offload_gb:.2f}) of {m.capacity_gb:.0f} GiB: {fit}",
@@ -32,8 +33,19 @@ def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None) -> li
     ]
 
 
-def print_summary(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None) -> None:
-    print("\n".join(summary_lines(plan, spec, resume)), flush=True)
+def steps(plan: Plan, script: Script | None) -> str:
+    """The built-in job trains train.max_steps; a user script decides its own steps, and train.max_steps is not
+    passed to it: only the script's own --max_steps (when given after --) says how many."""
+    if script is None:
+        return f"{plan.max_steps} steps"
+    given = flag_values(script.args).get("max_steps", "")
+    if given.isdigit() and int(given) > 0:  # a Trainer's --max_steps -1 means its epochs decide
+        return f"{int(given)} steps (the script's --max_steps)"
+    return "steps: decided by the script (train.max_steps is not passed to it)"
+
+
+def print_summary(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None, script: Script | None = None) -> None:
+    print("\n".join(summary_lines(plan, spec, resume, script)), flush=True)
 
 
 def plan_table(plan: Plan) -> list[str]:

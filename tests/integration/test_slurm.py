@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.checkpoint import latest_complete_any
 from tests.conftest import REPO, launcher_env, read_metrics
 from tests.integration.slurm_cluster import SlurmCluster, free_ports, missing_binaries
 from tests.integration.test_errors import assert_user_error
@@ -21,7 +22,7 @@ from tests.integration.test_user_scripts import assert_engine_ran_the_rendered_c
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 SECRET = "hf-token-that-must-not-leak-0451"
-CPU_SLURM = ("+topo=slurm", "+plan=zero3", "topo.accelerator=cpu", "topo.cpu_procs_per_host=1")
+CPU_SLURM = ("+topo=slurm", "topo.accelerator=cpu", "topo.cpu_procs_per_host=1")
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +39,13 @@ def slurm(tmp_path_factory: pytest.TempPathFactory):
         cluster.stop()
 
 
-def launch(cluster: SlurmCluster, *overrides: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
-           ) -> subprocess.CompletedProcess[str]:
+def launch(cluster: SlurmCluster, *overrides: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None,
+           plan: str = "zero3") -> subprocess.CompletedProcess[str]:
     merged = {**launcher_env(), **cluster.env, "PYTHONPATH": launcher_env()["PYTHONPATH"], "HF_TOKEN": SECRET,
               "WANDB_MODE": "disabled"}
     env = env or {k: v for k, v in merged.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
-    argv = [*prefix, sys.executable, "-m", "launcher", *CPU_SLURM, f"topo.master_port={free_ports(1)[0]}", *overrides]
+    port = f"topo.master_port={free_ports(1)[0]}"
+    argv = [*prefix, sys.executable, "-m", "launcher", *CPU_SLURM, f"+plan={plan}", port, *overrides]
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
 
 
@@ -103,8 +105,8 @@ def test_more_nodes_than_the_partition_has_is_refused_before_submitting(slurm, t
 def test_slurm_not_installed_is_one_paragraph(tmp_path):
     env = {**launcher_env(), "PATH": str(Path(sys.executable).parent)}
     env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
-    result = subprocess.run([sys.executable, "-m", "launcher", *CPU_SLURM, f"run.dir={tmp_path}/r"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
+    argv = [sys.executable, "-m", "launcher", *CPU_SLURM, "+plan=zero3", f"run.dir={tmp_path}/r"]
+    result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert_user_error(result, "topo.backend='slurm'", "sbatch is not on PATH: Slurm is not installed on this host",
                       "install the Slurm client commands")
 
@@ -119,3 +121,40 @@ def test_accelerate_script_in_a_real_slurm_allocation(slurm, tmp_path):
     assert '--machine_rank="$SLURM_NODEID" --main_process_ip="$LAUNCHER_MASTER_ADDR"' in sbatch
     assert_engine_ran_the_rendered_config(run_dir, stage=3)
     assert (run_dir / "checkpoints" / "global_step4" / "complete.json").exists()
+
+
+SCRIPT_STEPS = 60
+PLAIN_SCRIPT = ("preflight=quick", "script=examples/train_deepspeed.py", "--", "--max_steps", str(SCRIPT_STEPS),
+                "--save_every", "1000", "--seq_len", "128")
+
+
+def logged_steps(log: Path) -> list[int]:
+    """The global steps the plain example printed on rank 0, over every (re)start (the log is appended to)."""
+    return [int(n) for n in re.findall(r"^step (\d+) loss", log.read_text(), re.M)] if log.exists() else []
+
+
+def test_plain_script_on_sbatch_saves_on_usr1_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_path):
+    """A user's script on the sbatch path: Slurm's pre-timeout signal reaches it, it saves at the next step (its only
+    save before the end), the job requeues itself, and the requeued script gets LAUNCHER_RESUME_FROM and finishes."""
+    run_dir = tmp_path / "run"
+    submitted = launch(slurm, f"run.dir={run_dir}", *PLAIN_SCRIPT, plan="zero2")
+    assert_ok(submitted)
+    job_id = re.search(r"Submitted batch job (\d+)", submitted.stdout).group(1)
+    log = run_dir / "logs" / "rank0.log"
+    slurm.wait_for(lambda: len(logged_steps(log)) >= 3, 300, "3 trained steps", every=0.1)
+    slurm.run("scancel", "--batch", "--signal=USR1", job_id)
+    slurm.wait_for(lambda: slurm.job(job_id).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+                   and slurm.job(job_id).get("Restarts") == "1", 300, f"job {job_id} to be requeued and finish")
+
+    out, text, job = (run_dir / "logs" / f"slurm-{job_id}.out").read_text(), log.read_text(), slurm.job(job_id)
+    assert (job["JobState"], job["Restarts"]) == ("COMPLETED", "1"), out[-4000:]
+    saved = re.search(r"stopped on request at global step (\d+) after saving", text)
+    assert saved and 3 < int(saved.group(1)) < SCRIPT_STEPS, text[-3000:]
+    step = int(saved.group(1))
+    ckpt = run_dir / "checkpoints" / f"global_step{step}"
+    assert "received SIGUSR1: saving at the next step boundary" in text and (ckpt / "complete.json").exists()
+    assert f"requeueing job {job_id}" in out and "(restart 1)" in out
+    assert f"the script resumes from {ckpt} (LAUNCHER_RESUME_FROM)" in out
+    assert f"training from global step {step}" in text
+    assert logged_steps(log) == list(range(1, SCRIPT_STEPS + 1)), "the requeued run did not continue where it saved"
+    assert latest_complete_any(run_dir / "checkpoints").path.name == f"global_step{SCRIPT_STEPS}"

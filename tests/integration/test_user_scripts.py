@@ -168,6 +168,7 @@ def test_dry_run_shows_the_command_and_a_conflicting_argument_stops_before_anyth
                        "--max_steps", "3")
     assert_ok(dry)
     assert "nothing launched" in dry.stdout and "--per_device_train_batch_size 2" in dry.stdout
+    assert "; 3 steps (the script's --max_steps)" in dry.stdout  # not train.max_steps: the script decides
     assert "optimizer" not in json.loads((run_dir / "ds_config.json").read_text())
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     bad = run_launcher(f"run.dir={run_dir}", "script=examples/train_trainer.py", "--",

@@ -3,6 +3,9 @@ conflicts caught before launch, the files rendered for it (golden), and how a ra
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from launcher.render.launch import render_launch_sh
 from launcher.script import (check_accelerate_installed, check_plan, choose_api, detect_api, flag_values,
                              join_module_word, load_script, prepare_launch, script_argv)
 from launcher.script_entry import resume_args, run_rank
-from tests.conftest import check_golden
+from tests.conftest import REPO, check_golden, wait_for
 
 CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
 H200x2 = Hardware("cuda", 2, "NVIDIA H200", 139.8, "9.0", True, 32, 256.0, "x86_64")
@@ -247,6 +250,27 @@ def test_a_rank_resumes_reports_its_failure_and_passes_the_environment(tmp_path)
     assert resume_args("hf_trainer", ["--resume_from_checkpoint", "x"], latest_complete_any(run / "checkpoints")) == []
     assert resume_args("plain", [], latest_complete_any(run / "checkpoints")) == []
     assert sys.executable  # the script ran under this interpreter
+
+
+def test_a_script_gets_a_signal_its_launcher_ignores_with_the_default_action(tmp_path):
+    """job.sbatch's step ignores SIGUSR1 for DeepSpeed's launcher, and children inherit that. The entry starts the
+    script with the default action, so a script that does not catch Slurm's pre-timeout signal stops (the job is then
+    requeued and resumes) instead of training on as if no signal had come."""
+    run, script = tmp_path / "run", tmp_path / "train.py"
+    script.write_text("import time\nprint('training', flush=True)\ntime.sleep(120)\n")
+    env = {"RANK": "0", "PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)}
+    entry = subprocess.Popen([sys.executable, "-m", "launcher.script_entry", "rank", str(run), "plain", "--",
+                              str(script)], env=env, stdout=subprocess.DEVNULL,
+                             preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))  # as the step does
+    log = run / "logs" / "rank0.log"
+    try:
+        assert wait_for(lambda: log.exists() and "training" in log.read_text(), entry, timeout=60)
+        entry.send_signal(signal.SIGUSR1)  # srun passes it to every process of the step; the entry forwards it
+        assert entry.wait(timeout=30) == 128 + signal.SIGUSR1
+    finally:
+        entry.kill()
+        entry.wait()
+    assert not list(run.glob("user_error*.json"))  # stopped from outside: not reported as the script's own failure
 
 
 def test_arguments_after_dashdash_without_a_script_are_refused():
