@@ -163,7 +163,8 @@ def _micro_batch(cfg: LauncherConfig, plan: Plan, evaluate: Evaluate) -> list[st
 
 def memory_job(plan: Plan) -> MemoryJob:
     """The estimate's inputs, read back from a resolved plan (the same as plan.resolve computes them)."""
-    liger = liger_applies(plan.model.liger_kernel, plan.accelerator, plan.tp, plan.pp, plan.method.name)
+    liger = liger_applies(plan.model.liger_kernel, plan.accelerator, plan.tp, plan.pp, plan.method.name,
+                          plan.compile)
     return MemoryJob(
         arch=plan.model.arch, method=plan.method.name, lora_r=plan.method.lora_r,
         target_modules=tuple(plan.method.target_modules), precision=plan.precision, accelerator=plan.accelerator,
@@ -171,7 +172,7 @@ def memory_job(plan: Plan) -> MemoryJob:
         gradient_checkpointing=plan.train.gradient_checkpointing, zero_stage=plan.zero_stage, dp=plan.dp, tp=plan.tp,
         pp=plan.pp, offload_optimizer=plan.offload_optimizer, offload_params=plan.offload_params,
         procs_per_host=plan.procs_per_host, overlap_comm=plan.overlap_comm, reduce_bucket_mb=plan.reduce_bucket_mb,
-        liger=liger, fused_loss=liger and plan.zero_stage < 3,
+        liger=liger, fused_loss=liger and plan.model.liger_fused_loss,
     )
 
 

@@ -120,9 +120,11 @@ class PlanConfig:
     allgather_bucket_mb: int = 200
     stage3_prefetch_mb: int = 50
     stage3_param_persistence_kb: int = 100
+    compile: str = "off"  # off | torch (engine.compile) | deepcompile (DeepSpeed's compiler passes, ZeRO-1/3, CUDA)
 
     def __post_init__(self) -> None:
         _choice("plan.zero_stage", str(self.zero_stage), ("0", "1", "2", "3"))
+        _choice("plan.compile", self.compile, ("off", "torch", "deepcompile"))
         _positive("plan.tp", self.tp)
         _positive("plan.pp", self.pp)
         if self.offload_params and self.zero_stage != 3:
@@ -156,6 +158,7 @@ class ModelConfig:
     revision: str = ""
     attn_implementation: str = "sdpa"
     liger_kernel: bool = True  # on CUDA, when liger-kernel is installed: its fused RMSNorm, SwiGLU, RoPE, loss kernels
+    liger_fused_loss: bool = True  # with liger: the fused linear cross-entropy (false: transformers' loss on logits)
     trust_remote_code: bool = False
     arch: ArchConfig = field(default_factory=ArchConfig)
 

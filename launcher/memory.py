@@ -94,10 +94,13 @@ class MemoryEstimate:
         return self.need_gb - self.capacity_gb if self.capacity_gb > 0 else 0.0
 
 
-def liger_applies(enabled: bool, accelerator: str, tp: int, pp: int, method: str) -> bool:
+def liger_applies(enabled: bool, accelerator: str, tp: int, pp: int, method: str,
+                  compile_mode: str = "off") -> bool:
     """When the ranks swap in liger-kernel's kernels (launcher.train.model.apply_liger_kernels; it assumes the package
-    is installed: without it the activations are those of model.liger_kernel=false)."""
-    return enabled and accelerator == "cuda" and tp == pp == 1 and method != "qlora"
+    is installed: without it the activations are those of model.liger_kernel=false). Not under plan.compile: the
+    compiler fuses the same operations itself, and liger's fused loss under torch.compile gives illegal memory
+    accesses or wrong losses (Liger-Kernel issue 916, pull request 1338; an illegal access here on an H200)."""
+    return enabled and accelerator == "cuda" and tp == pp == 1 and method != "qlora" and compile_mode == "off"
 
 
 def _kv(arch: ArchConfig) -> int:

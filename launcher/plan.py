@@ -59,6 +59,7 @@ class Plan:
     allgather_bucket_mb: int = 200
     stage3_prefetch_mb: int = 50
     stage3_param_persistence_kb: int = 100
+    compile: str = "off"
     auto_reason: str = ""  # +plan=auto: why this plan, and the runner-up
     memory_hint: str = ""  # when the estimate does not fit: what would
 
@@ -138,7 +139,7 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num
     precision = _precision(cfg.train.precision, accelerator, hw)
     _check_method(cfg, accelerator)
     max_steps = _max_steps(cfg.train, num_samples)
-    liger = liger_applies(cfg.model.liger_kernel, accelerator, tp, pp, cfg.method.name)
+    liger = liger_applies(cfg.model.liger_kernel, accelerator, tp, pp, cfg.method.name, cfg.plan.compile)
     job = MemoryJob(
         arch=cfg.model.arch, method=cfg.method.name, lora_r=cfg.method.lora_r,
         target_modules=tuple(cfg.method.target_modules), precision=precision, accelerator=accelerator,
@@ -146,7 +147,7 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num
         gradient_checkpointing=cfg.train.gradient_checkpointing, zero_stage=cfg.plan.zero_stage, dp=dp, tp=tp, pp=pp,
         offload_optimizer=cfg.plan.offload_optimizer, offload_params=cfg.plan.offload_params, procs_per_host=procs,
         overlap_comm=cfg.plan.overlap_comm, reduce_bucket_mb=cfg.plan.reduce_bucket_mb,
-        liger=liger, fused_loss=liger and cfg.plan.zero_stage < 3,
+        liger=liger, fused_loss=liger and cfg.model.liger_fused_loss,
     )
     unified = cfg.topo.unified_memory or (backend == "local" and hw.unified_memory)
     host_gb = cfg.topo.host_memory_gb or (hw.host_memory_gb if backend == "local" else 0.0)
@@ -187,6 +188,7 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num
         allgather_bucket_mb=cfg.plan.allgather_bucket_mb,
         stage3_prefetch_mb=cfg.plan.stage3_prefetch_mb,
         stage3_param_persistence_kb=cfg.plan.stage3_param_persistence_kb,
+        compile=cfg.plan.compile,
     )
 
 
@@ -289,6 +291,14 @@ def _check_method(cfg: LauncherConfig, accelerator: str) -> None:
         raise LauncherError(
             "method", "qlora", "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); this run has none: use method=lora"
         )
+    p = cfg.plan
+    if p.compile == "deepcompile" and (accelerator != "cuda" or p.zero_stage not in (1, 3) or p.tp * p.pp > 1):
+        raise LauncherError("plan.compile", "deepcompile", "use plan.compile=torch or off here",
+                            problem="DeepSpeed's DeepCompile takes ZeRO-1 or ZeRO-3 on CUDA GPUs without tp/pp; "
+                            f"this plan is ZeRO-{p.zero_stage} on {accelerator} with tp={p.tp} pp={p.pp}")
+    if p.compile == "torch" and p.pp > 1:
+        raise LauncherError("plan.compile", "torch", "use plan.compile=off with pipeline parallelism",
+                            problem="the pipeline engine runs its stages' modules itself, outside a compiled model")
 
 
 def _max_steps(train: TrainConfig, num_samples: int) -> int:

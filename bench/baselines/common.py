@@ -73,12 +73,17 @@ def llama_config(spec: Spec) -> Any:
     )
 
 
-def build_model(spec: Spec, param_dtype: torch.dtype) -> torch.nn.Module:
-    """Random init on the CPU from the config, seeded: what a plain script does before handing it to the engine."""
+def build_model(spec: Spec, param_dtype: torch.dtype, device: torch.device | None = None) -> torch.nn.Module:
+    """Random init from the config, seeded, on `device` (the launcher builds on the GPU too: on the CPU, with the
+    one thread torchrun gives each rank, a 1B model takes a minute); None: wherever the framework decides (the HF
+    Trainer's ZeRO-3 builds it partitioned)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(spec.seed)
-    return AutoModelForCausalLM.from_config(llama_config(spec), dtype=param_dtype)
+    if device is None:
+        return AutoModelForCausalLM.from_config(llama_config(spec), dtype=param_dtype)
+    with device:
+        return AutoModelForCausalLM.from_config(llama_config(spec), dtype=param_dtype)
 
 
 def tokens(spec: Spec, rank: int, step: int) -> torch.Tensor:

@@ -40,7 +40,7 @@ def main() -> None:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # a JIT build of ~35 s, unused in training
     deepspeed.init_distributed(dist_backend=backend)
     timer = common.StepTimer()
-    model = common.build_model(spec, common.dtype(spec))
+    model = common.build_model(spec, common.dtype(spec), device)
     timer.mark("model_built")
     opt, opt_name = optimizer(model.parameters(), spec, args.optimizer)
     timer.mark("optimizer_built")

@@ -18,7 +18,7 @@ def main() -> None:
     dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
     mesh = init_device_mesh(device.type, (world,))
     timer = common.StepTimer()
-    model = common.build_model(spec, torch.float32).to(device)
+    model = common.build_model(spec, torch.float32, device)
     timer.mark("model_built")
     mp = MixedPrecisionPolicy(param_dtype=common.dtype(spec), reduce_dtype=torch.float32)
     for layer in model.model.layers:

@@ -30,6 +30,8 @@ def render_ds_config(plan: Plan) -> dict[str, Any]:
         ds["tensor_parallel"] = {"autotp_size": plan.tp}
     if plan.pp > 1:
         ds["pipeline"] = _pipeline(plan)
+    if plan.compile == "deepcompile":
+        ds["compile"] = {"deepcompile": True}  # the worker then calls engine.compile()
     return ds
 
 

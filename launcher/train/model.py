@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from launcher.memory import liger_applies
 from launcher.plan import Plan
 
 log = logging.getLogger("launcher")
@@ -50,7 +51,10 @@ def build_model(plan: Plan, tokenizer: Any, local_rank: int) -> torch.nn.Module:
         )
     else:
         torch.manual_seed(plan.train.seed)
-        model = AutoModelForCausalLM.from_config(tiny_config(plan, tokenizer), **kwargs)
+        # Random init on the GPU: on the CPU it runs on one thread (torchrun sets OMP_NUM_THREADS=1), a minute for 1B.
+        device = torch.device("cuda", local_rank) if plan.accelerator == "cuda" else torch.device("cpu")
+        with device:
+            model = AutoModelForCausalLM.from_config(tiny_config(plan, tokenizer), **kwargs)
     model.config.use_cache = False
     apply_liger_kernels(model, plan)
     if plan.train.gradient_checkpointing:
@@ -63,10 +67,9 @@ def build_model(plan: Plan, tokenizer: Any, local_rank: int) -> torch.nn.Module:
 def apply_liger_kernels(model: torch.nn.Module, plan: Plan) -> list[str]:
     """liger-kernel's Triton kernels in place of the model's RMSNorm, SwiGLU MLP and RoPE, and a fused linear
     cross-entropy that never materializes the fp32 logits: less memory traffic per step, same math. Only on CUDA,
-    for what it is tested with here (full and LoRA, no tp/pp); the fused loss reads lm_head.weight outside the head's
-    forward, where ZeRO-3 has not gathered it, so ZeRO-3 keeps transformers' loss. Returns what was applied."""
-    if not (plan.model.liger_kernel and plan.accelerator == "cuda" and plan.tp == 1 and plan.pp == 1
-            and plan.method.name != "qlora"):
+    for what it is tested with here (full and LoRA, no tp/pp). Returns what was applied."""
+    m = plan.model
+    if not liger_applies(m.liger_kernel, plan.accelerator, plan.tp, plan.pp, plan.method.name, plan.compile):
         return []
     try:
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
@@ -79,12 +82,24 @@ def apply_liger_kernels(model: torch.nn.Module, plan: Plan) -> list[str]:
     if not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
         log.info("liger-kernel skipped: Triton needs a C compiler to start its kernels and none is on PATH")
         return []
-    fused_loss = plan.zero_stage < 3
+    fused_loss = plan.model.liger_fused_loss
     _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                     fused_linear_cross_entropy=fused_loss)
+    if fused_loss and plan.zero_stage == 3:
+        _gather_head_with_model(model)
     applied = ["rms_norm", "swiglu", "rope"] + (["fused_linear_cross_entropy"] if fused_loss else [])
     log.info(f"liger-kernel: {', '.join(applied)}")
     return applied
+
+
+def _gather_head_with_model(model: torch.nn.Module) -> None:
+    """The fused loss reads lm_head.weight in the model's own forward, never calling lm_head: ZeRO-3 gathers a
+    module's parameters only around that module's forward, so the head's weight is registered with the model's."""
+    import deepspeed
+
+    head = model.get_output_embeddings()
+    if head is not None:
+        deepspeed.zero.register_external_parameter(model, head.weight)
 
 
 def _bnb_config(dtype: torch.dtype) -> Any:

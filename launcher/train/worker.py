@@ -11,6 +11,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+STARTED = time.time()  # before the heavy imports: the start-up log line counts them
+
 import torch
 
 from launcher import checkpoint, universal
@@ -144,10 +146,13 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str]) -> in
     from launcher.train.model import build_model
     from launcher.train.pipeline import build_pipeline_module
 
+    marks = {"imports and process group": time.time()}
     tokenizer = load_tokenizer(plan.model.tokenizer or plan.model.path)
     examples = load_examples(plan, tokenizer)
+    marks["data"] = time.time()
     hf_ds = _zero3_init_context(plan, ds_config)
     model = build_model(plan, tokenizer, info.local_rank)
+    marks["model"] = time.time()
     if plan.pp > 1:
         model = build_pipeline_module(model, plan)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -159,7 +164,12 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str]) -> in
     )
     info = parallel.with_engine_coords(info, engine, plan)
     del hf_ds
+    if plan.compile != "off":
+        engine.compile()  # compiles at the first step (deepcompile: DeepSpeed's passes, set in ds_config.json)
+    marks["engine"] = time.time()
     start = _load(engine, ckpt, info, use_universal)
+    marks["resume"] = time.time()
+    log.info(f"ready in {time.time() - STARTED:.1f} s since the rank started: " + _durations(marks))
     reporter = Reporter(plan, run_dir, start, info.device, info.world_size) if info.rank == 0 else None
     current = [start]
     watchdog = Watchdog(plan, info.rank, lambda err: _die(run_dir, info, err))
@@ -191,6 +201,12 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str]) -> in
     else:
         log.info(f"done: {last} steps; checkpoints in {root}")
     return 0
+
+
+def _durations(marks: dict[str, float]) -> str:
+    """'imports 4.1 s, data 0.3 s, ...': where a rank's start-up went (the bench reads it for the launch overhead)."""
+    names, times = list(marks), [STARTED, *marks.values()]
+    return ", ".join(f"{n} {b - a:.1f} s" for n, a, b in zip(names, times, times[1:]))
 
 
 def _zero3_init_context(plan: Plan, ds_config: dict[str, Any]) -> Any:

@@ -63,14 +63,35 @@ def test_tp2_and_pp2_train_on_two_gpus_and_resume(plan, tmp_path):
 @pytest.mark.skipif(gpus() < 1 or not LIGER, reason="needs a GPU and liger-kernel")
 @pytest.mark.parametrize("plan", ["zero2", "zero3"])
 def test_liger_kernels_train_like_transformers_kernels(plan, tmp_path):
-    """Same job with and without liger-kernel (ZeRO-2: with its fused linear cross-entropy; ZeRO-3: without): the
-    kernels change rounding, not the math, so the bf16 losses agree closely at first and both go down."""
+    """Same job with and without liger-kernel, its fused linear cross-entropy included (under ZeRO-3 lm_head's weight
+    is gathered with the model's): the kernels change rounding, not the math, so the bf16 losses agree closely at
+    first and both go down."""
     losses = {}
     for liger in (True, False):
         run_dir = tmp_path / f"liger-{liger}"
         result = run_launcher(f"+plan={plan}", f"model.liger_kernel={str(liger).lower()}", f"run.dir={run_dir}", *JOB)
         losses[liger] = [m["loss"] for m in trained(result, run_dir)]
+        if liger:
+            assert "liger-kernel: rms_norm, swiglu, rope, fused_linear_cross_entropy" in \
+                (run_dir / "logs" / "rank0.log").read_text()
     assert all(abs(a - b) / b < 2e-2 for a, b in zip(losses[True][:4], losses[False][:4])), losses
+
+
+@pytest.mark.skipif(gpus() < 1, reason="needs a GPU")
+@pytest.mark.parametrize("plan,compile_mode", [("zero2", "torch"), ("zero3", "deepcompile")])
+def test_compiled_plans_train_like_eager_and_resume(plan, compile_mode, tmp_path):
+    """plan.compile: torch.compile through engine.compile(), DeepCompile under ZeRO-3; same losses as eager."""
+    losses = {}
+    for mode in (compile_mode, "off"):
+        run_dir = tmp_path / mode
+        result = run_launcher(f"+plan={plan}", f"plan.compile={mode}", f"run.dir={run_dir}", *JOB)
+        losses[mode] = [m["loss"] for m in trained(result, run_dir)]
+    assert all(abs(a - b) / b < 2e-2 for a, b in zip(losses[compile_mode][:4], losses["off"][:4])), losses
+    run_dir = tmp_path / compile_mode
+    again = run_launcher(f"+plan={plan}", f"plan.compile={compile_mode}", f"run.dir={run_dir}", "train.max_steps=20",
+                         "train.save_every=8")
+    assert again.returncode == 0 and "resumed from global step 16" in again.stdout, again.stdout[-3000:]
+    assert read_metrics(run_dir)[-1]["step"] == 20
 
 
 @pytest.mark.skipif(gpus() < 1, reason="needs a GPU")

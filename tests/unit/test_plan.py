@@ -79,6 +79,29 @@ def test_fp16_on_cpu_is_refused():
         plan_for("train.precision=fp16")
 
 
+def test_deepcompile_is_for_zero1_or_zero3_on_gpus_and_torch_compile_not_for_pipelines():
+    with pytest.raises(LauncherError, match="plan.compile=torch or off") as err:
+        plan_for("+plan=zero2", "plan.compile=deepcompile", hw=H200x2)
+    assert "ZeRO-2 on cuda" in err.value.paragraph()
+    with pytest.raises(LauncherError, match="ZeRO-3 on cpu"):
+        plan_for("+plan=zero3", "plan.compile=deepcompile")
+    with pytest.raises(LauncherError, match="pipeline engine") as err:
+        plan_for("+plan=pp", "plan.compile=torch")
+    assert err.value.field == "plan.compile"
+    assert plan_for("+plan=zero3", "plan.compile=deepcompile", hw=H200x2).compile == "deepcompile"
+    with pytest.raises(LauncherError, match="off, torch, deepcompile"):
+        plan_for("plan.compile=yes")
+
+
+def test_liger_fused_loss_counts_under_every_zero_stage_unless_turned_off():
+    """The fused loss runs under ZeRO-3 too (lm_head's weight is gathered with the model's): no fp32 logits."""
+    z3 = plan_for("+plan=zero3", "model=llama3_2_3b", hw=H200x2)
+    z2 = plan_for("+plan=zero2", "model=llama3_2_3b", hw=H200x2)
+    off = plan_for("+plan=zero3", "model=llama3_2_3b", "model.liger_fused_loss=false", hw=H200x2)
+    assert z3.memory.activations_gb < off.memory.activations_gb
+    assert z3.memory.activations_gb == pytest.approx(z2.memory.activations_gb)
+
+
 def test_plan_needing_more_gpus_than_the_host_has_is_refused():
     p = plan_for("+topo=multi_gpu", "train.global_batch_size=16", hw=H200x2)
     with pytest.raises(LauncherError) as err:
