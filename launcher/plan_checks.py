@@ -1,0 +1,81 @@
+"""Plan checks that refuse what DeepSpeed or this model cannot run, each with what works instead: the tp/pp degrees
+against the world size and the model's shape, and the method and compile mode against the accelerator. Pure: they
+read the config only (launcher.plan.resolve calls them)."""
+from __future__ import annotations
+
+from launcher.config import LauncherConfig
+from launcher.errors import LauncherError
+
+
+def check_model_parallel(cfg: LauncherConfig, world: int) -> None:
+    """Degrees that DeepSpeed can run and that this model's shape allows; each refusal says what works instead."""
+    tp, pp, arch, zero = cfg.plan.tp, cfg.plan.pp, cfg.model.arch, cfg.plan.zero_stage
+    if tp > 1 and pp > 1:
+        raise LauncherError(
+            "plan.pp", pp, "use tp alone (+plan=tp, with ZeRO-1/2 over the remaining ranks) or pp alone (+plan=pp); "
+            "for a model too large for either, plan.tp=1 plan.pp=1 with +plan=zero3",
+            problem=f"tp={tp} with pp={pp} cannot run on DeepSpeed: AutoTP shards a Hugging Face model by its tp_plan "
+            "and finds no sharding policy in a PipelineModule, and its data x tensor process groups would replace the "
+            "pipeline's grid",
+        )
+    if world % (tp * pp):
+        field_name, value = ("plan.tp", tp) if tp > 1 else ("plan.pp", pp)
+        divisors = [d for d in range(1, world + 1) if world % d == 0]
+        raise LauncherError(field_name, value, f"use a degree that divides the world size: one of {divisors}",
+                            problem=f"world size {world} is not divisible by tp x pp = {tp * pp}")
+    if tp > 1:
+        _check_tensor_parallel(cfg, tp)
+    if pp > 1:
+        if pp > arch.num_layers:
+            raise LauncherError("plan.pp", pp, f"use plan.pp <= {arch.num_layers}",
+                                problem=f"a stage needs at least one decoder layer and the model has {arch.num_layers}")
+        if zero >= 2:
+            raise LauncherError(
+                "plan.zero_stage", zero, "use +plan=pp (ZeRO-1) or plan.zero_stage=1; to shard more than the optimizer, "
+                "use plan.pp=1 with +plan=zero3",
+                problem=f"DeepSpeed's pipeline engine refuses ZeRO-{zero} (ZeRO-2 and ZeRO-3 are incompatible with "
+                "pipeline parallelism)")
+        if zero == 0 and cfg.train.grad_clip > 0:
+            raise LauncherError(
+                "plan.zero_stage", 0, "use plan.zero_stage=1 (the pp preset) or train.grad_clip=0",
+                problem="with pipeline parallel and ZeRO-0 DeepSpeed clips gradients by a wrong norm (it skips "
+                "parameters on ranks whose model-parallel rank is not 0)")
+        if cfg.method.name == "qlora":
+            raise LauncherError("method", "qlora", "use method=lora with plan.pp, or method=qlora with plan.pp=1",
+                                problem="4-bit (bitsandbytes) weights are not supported in a DeepSpeed pipeline here")
+
+
+def _check_tensor_parallel(cfg: LauncherConfig, tp: int) -> None:
+    arch = cfg.model.arch
+    if arch.num_heads % tp or arch.num_kv_heads % tp:
+        ok = [d for d in range(1, arch.num_kv_heads + 1) if arch.num_kv_heads % d == 0 and arch.num_heads % d == 0]
+        raise LauncherError(
+            "plan.tp", tp, f"use plan.tp in {ok}",
+            problem=f"tp must divide the attention heads ({arch.num_heads}) and the KV heads ({arch.num_kv_heads})")
+    if cfg.method.name in ("lora", "qlora"):
+        raise LauncherError(
+            "method", cfg.method.name, "use method=full with plan.tp, or keep LoRA and use plan.tp=1 (a ZeRO plan, "
+            "or +plan=pp)",
+            problem="DeepSpeed AutoTP replaces the linear layers peft wrapped, so the adapters are dropped silently "
+            "(nothing left to train)")
+    if cfg.plan.zero_stage == 3:
+        raise LauncherError(
+            "plan.zero_stage", 3, "use plan.zero_stage=1 or 2 with plan.tp (+plan=tp), or plan.tp=1 with +plan=zero3",
+            problem="tensor parallel runs here with ZeRO 0-2 only: their checkpoints resume and export, ZeRO-3 ones "
+            "are not tested")
+
+
+def check_method(cfg: LauncherConfig, accelerator: str) -> None:
+    """What the accelerator allows: QLoRA needs CUDA; DeepCompile and torch.compile have their own limits."""
+    if cfg.method.name == "qlora" and accelerator != "cuda":
+        raise LauncherError(
+            "method", "qlora", "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); this run has none: use method=lora"
+        )
+    p = cfg.plan
+    if p.compile == "deepcompile" and (accelerator != "cuda" or p.zero_stage not in (1, 3) or p.tp * p.pp > 1):
+        raise LauncherError("plan.compile", "deepcompile", "use plan.compile=torch or off here",
+                            problem="DeepSpeed's DeepCompile takes ZeRO-1 or ZeRO-3 on CUDA GPUs without tp/pp; "
+                            f"this plan is ZeRO-{p.zero_stage} on {accelerator} with tp={p.tp} pp={p.pp}")
+    if p.compile == "torch" and p.pp > 1:
+        raise LauncherError("plan.compile", "torch", "use plan.compile=off with pipeline parallelism",
+                            problem="the pipeline engine runs its stages' modules itself, outside a compiled model")
