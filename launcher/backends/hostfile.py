@@ -1,6 +1,7 @@
 """Several hosts over ssh, through DeepSpeed's multinode runner (pdsh): one command here starts every rank there.
 
-The runner runs `cd <cwd>; <this python> -m deepspeed.launcher.launch ...` on each host, so the interpreter path,
+The runner (launcher.backends.ds_runner: DeepSpeed's, with a stop that names the run) runs
+`cd <cwd>; <this python> -m deepspeed.launcher.launch ...` on each host, so the interpreter path,
 working directory and PYTHONPATH are this host's; the rank environment travels in the run dir's `deepspeed_env`
 (DS_ENV_FILE). Before the launch, one bounded ssh round trip per host checks what the runner would only find out by
 hanging or failing remotely: passwordless ssh, the same python and directory, a run dir every host sees, enough
@@ -40,7 +41,8 @@ def hostfile_spec(plan: Plan, python: str, master_addr: str, master_port: int, r
     program = program or worker_program(plan.run_dir)
     runner = runner_argv(plan, python, master_addr, master_port, plan.run_dir, _module_argv(program, python, plan))
     if program.accelerate_config:  # one process per host: its `accelerate launch`, which starts the host's ranks
-        runner = (*runner[:3], "--num_gpus=1", *runner[3:])
+        at = runner.index(f"--hostfile={plan.run_dir}/hostfile")
+        runner = (*runner[:at], "--num_gpus=1", *runner[at:])
     argv = (
         *IGNORE_PREEMPTION,
         *(("env", *(a for k in hidden for a in ("-u", k))) if hidden else ()),
@@ -53,9 +55,10 @@ def hostfile_spec(plan: Plan, python: str, master_addr: str, master_port: int, r
 def runner_argv(plan: Plan, python: str, master_addr: str, master_port: int, files_dir: str,
                 module_argv: tuple[str, ...]) -> tuple[str, ...]:
     """DeepSpeed's multinode runner over pdsh, starting `python -m <module_argv>` as every rank of the plan (the
-    training worker, or preflight's collective); the hostfile is read from files_dir."""
+    training worker, or preflight's collective); the hostfile is read from files_dir, which module_argv names, so
+    that the runner's stop (launcher.backends.ds_runner) ends this job's processes only."""
     return (
-        python, "-m", "deepspeed.launcher.runner",
+        python, "-m", "launcher.backends.ds_runner", f"--launcher-run-dir={files_dir}",
         f"--hostfile={files_dir}/hostfile",
         "--launcher=pdsh",
         f"--master_addr={master_addr or plan.hosts[0].rpartition('@')[2]}",

@@ -117,9 +117,9 @@ def run_collective(argv: tuple[str, ...], env: dict[str, str], log_path: Path, r
 
 def _stop(proc: subprocess.Popen, stop_remote: tuple[str, ...], env: dict[str, str]) -> None:
     """Several hosts: `stop_remote` (a pdsh pkill naming this collective's own run dir) ends the ranks there, then
-    KILL ends the runner and pdsh here. Not DeepSpeed's runner's own SIGTERM handler: it pkills every
-    `python -u -m deepspeed.launcher.launch` on the hosts, other jobs' included. One host: TERM to torchrun (it stops
-    its workers), then KILL to whatever is left of its session."""
+    KILL ends the runner and pdsh here: the ranks of a check need no graceful stop (the runner's own SIGTERM
+    handler, launcher.backends.ds_runner, gives the ranks SIGTERM and waits). One host: TERM to torchrun (it stops its
+    workers), then KILL to whatever is left of its session."""
     if stop_remote:
         try:
             subprocess.run(stop_remote, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=STOP_GRACE_S * 3)

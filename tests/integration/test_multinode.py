@@ -99,13 +99,9 @@ def test_two_hosts_train_zero3_over_gloo_save_when_stopped_and_resume_from_the_l
     checks = () if slots == 1 else ("preflight=quick",)
     command = launcher_argv(hosts, hostfile, f"run.dir={run_dir}", f"train.max_steps={steps}", "train.save_every=100",
                             *checks)
-    # DeepSpeed's runner stops a job with `pkill -f "<python> -u -m deepspeed.launcher.launch"` on every host: any
-    # DeepSpeed launch there matches, the Slurm tests' steps in the other pytest worker included. An interpreter path
-    # of this test's own keeps its Ctrl-C to its own ranks.
-    python = tmp_path / "bin" / "python3"
-    python.parent.mkdir()
-    python.symlink_to(sys.executable)
-    command[command.index(sys.executable)] = str(python)
+    # DeepSpeed's own runner would stop the job with `pkill -f "<python> -u -m deepspeed.launcher.launch"` on every
+    # host, which another job's launcher matches too: this decoy stands for one and must outlive the stop.
+    decoy = another_deepspeed_launch(tmp_path / "decoy")
     log = tmp_path / "first.out"
     with open(log, "w") as out:
         first = subprocess.Popen(command, cwd=REPO, env=launch_env(hosts), stdout=out, stderr=subprocess.STDOUT)
@@ -119,9 +115,11 @@ def test_two_hosts_train_zero3_over_gloo_save_when_stopped_and_resume_from_the_l
                 first.send_signal(signal.SIGINT)
             first.wait(timeout=300)
             wait_until(lambda: not hosts.processes_left(), 90, "every rank on every host to end")
+            assert decoy.poll() is None, "the stop ended another job's DeepSpeed launcher"
         finally:
             if first.poll() is None:
                 first.kill()
+            decoy.kill()
     output = log.read_text()
     saved = [int(p.name.removeprefix("global_step")) for p in (run_dir / "checkpoints").glob("global_step*")]
     assert len(saved) == 1 and 2 <= saved[0] < steps, output[-4000:]
@@ -146,6 +144,18 @@ def test_two_hosts_train_zero3_over_gloo_save_when_stopped_and_resume_from_the_l
     assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.3
     assert (run_dir / "checkpoints" / "latest").read_text() == f"global_step{end}"
     assert_no_secret_written(run_dir, output, again.stdout, again.stderr)
+
+
+def another_deepspeed_launch(root: Path) -> subprocess.Popen:
+    """A process whose command line is another job's DeepSpeed per-host launcher, `<python> -u -m
+    deepspeed.launcher.launch ...` (a stand-in module that sleeps)."""
+    package = root / "deepspeed" / "launcher"
+    package.mkdir(parents=True)
+    for init in (root / "deepspeed" / "__init__.py", package / "__init__.py"):
+        init.write_text("")
+    (package / "launch.py").write_text("import time\ntime.sleep(900)\n")
+    return subprocess.Popen([sys.executable, "-u", "-m", "deepspeed.launcher.launch", "--world_info=another-job"],
+                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
 
 
 def assert_preflight_ran_the_all_reduce_on_every_rank(net: NetnsHosts, run_dir: Path, slots: int) -> None:
@@ -195,7 +205,7 @@ def test_dual_pgx_dry_run_renders_the_link_settings_and_contacts_no_host(tmp_pat
                  "NCCL_IB_DISABLE=0", "DS_ACCELERATOR=cuda"):
         assert line in ds_env.splitlines()
     launch = (run_dir / "launch.sh").read_text()
-    assert "deepspeed.launcher.runner" in launch and "--master_addr=192.168.100.10" in launch
+    assert "launcher.backends.ds_runner" in launch and "--master_addr=192.168.100.10" in launch
     assert f"DS_ENV_FILE={run_dir}/deepspeed_env" in launch
 
 

@@ -104,7 +104,7 @@ def test_dual_pgx_network_settings_reach_every_rank_through_deepspeed_env():
     assert "NCCL_NET_GDR_LEVEL" not in files["deepspeed_env"]  # GB10 has no GPUDirect RDMA: nothing forced
     assert spec.env["DS_ENV_FILE"] == "/runs/x/deepspeed_env"
     runner = spec.argv[spec.argv.index("/venv/bin/python"):]
-    assert runner[:3] == ("/venv/bin/python", "-m", "deepspeed.launcher.runner")
+    assert runner[:4] == ("/venv/bin/python", "-m", "launcher.backends.ds_runner", "--launcher-run-dir=/runs/x")
     assert "--master_addr=192.168.100.10" in spec.argv and "--launcher=pdsh" in spec.argv
     assert "s3cret" not in repr(spec) + repr(files)
 
@@ -173,3 +173,29 @@ def test_missing_pdsh_or_ssh_is_one_error_before_any_host_is_asked(tmp_path):
     with pytest.raises(LauncherError) as err:
         preflight(p, "py", "/w", {}, 0, [], ("topo.hosts", list(p.hosts)), path=str(tmp_path))
     assert "ssh is not on PATH" in err.value.paragraph() and "apt-get install openssh-client pdsh" in err.value.paragraph()
+
+
+def test_the_runners_stop_names_the_run_dir_and_matches_only_that_runs_launchers():
+    """DeepSpeed's PDSHRunner builds its kill command from the launch command; ours keeps the pdsh part and matches
+    the per-host launchers of this run dir only, checked with the ERE matcher pkill uses (grep -E)."""
+    import shlex
+    import subprocess
+
+    from deepspeed.launcher.multinode_runner import PDSHRunner
+    from deepspeed.launcher.runner import parse_args
+
+    from launcher.backends.ds_runner import own_kill_command
+
+    args = parse_args(["--launcher=pdsh", "--master_addr=10.0.0.1", "--module", "launcher.train.worker", "/runs/a b+c"])
+    runner = PDSHRunner(args, "d29ybGQ=")
+    _, kill, _ = runner.get_cmd({}, {"h1": [0], "h2": [0]})
+    python = "/opt/py3.11/bin/python3.11"
+    ours = own_kill_command(kill, python, "/runs/a b+c")
+    assert ours[:-1] == kill[:-2] and ours[-1].startswith("pkill -f ")
+    pattern = shlex.split(ours[-1])[-1]
+    launch = f"{python} -u -m deepspeed.launcher.launch --world_info=d29ybGQ= --node_rank=0 --module"
+    lines = [f"{launch} launcher.train.worker /runs/a b+c", f"{launch} launcher.train.worker /runs/a b+c2",
+             f"{launch} other_job.train /data/x", f"{launch} launcher.train.worker /runs/a bbc",
+             f"pdsh -R ssh -w h1 {ours[-1]}"]
+    grep = subprocess.run(["grep", "-E", pattern], input="\n".join(lines) + "\n", capture_output=True, text=True)
+    assert grep.stdout.splitlines() == lines[:1]

@@ -19,7 +19,8 @@ exec bash \
   launcher-hostfile \
   python3 \
   -m \
-  deepspeed.launcher.runner \
+  launcher.backends.ds_runner \
+  --launcher-run-dir=/runs/x \
   --num_gpus=1 \
   --hostfile=/runs/x/hostfile \
   --launcher=pdsh \
