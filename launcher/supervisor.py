@@ -33,6 +33,7 @@ def run_supervised(spec: LaunchSpec, environ: dict[str, str], run_dir: Path, max
         for stale in run_dir.glob(USER_ERROR_GLOB):
             stale.unlink()
         env = {**environ, "LAUNCHER_RESTART": str(attempt)}
+        before = latest_complete(ckpt_root, warn=lambda _m: None)
         code, signals = spawn.run(spec, env)
         # the first failure in time is the cause (a user script's other ranks fail after it); then the lowest rank
         errors = sorted((json.loads(p.read_text()) for p in run_dir.glob(USER_ERROR_GLOB)),
@@ -43,7 +44,7 @@ def run_supervised(spec: LaunchSpec, environ: dict[str, str], run_dir: Path, max
                 return 2
             code = code or 1
         if signals:
-            return _after_signal(code, signals, ckpt_root, say)
+            return _after_signal(code, signals, ckpt_root, before.global_step if before else 0, say)
         if code == 0:
             return 0
         if attempt < max_restarts:
@@ -58,9 +59,12 @@ def run_supervised(spec: LaunchSpec, environ: dict[str, str], run_dir: Path, max
     return code
 
 
-def _after_signal(code: int, signals: list[int], ckpt_root: Path, say: Callable[[str], None]) -> int:
+def _after_signal(code: int, signals: list[int], ckpt_root: Path, step_before: int,
+                  say: Callable[[str], None]) -> int:
+    """75 when the job stopped with a complete checkpoint to resume from: it exited cleanly, or it completed a new
+    one during this attempt (DeepSpeed's multi-host runner exits 1 after any stop, however well the ranks saved)."""
     latest = latest_complete(ckpt_root, warn=lambda _m: None)
-    if code == 0 and latest is not None:
+    if latest is not None and (code == 0 or latest.global_step > step_before):
         say(f"stopped on signal {signals[0]}: saved at global step {latest.global_step} ({latest.path}); rerun the "
             f"same command to resume (exit code {PREEMPTED_EXIT_CODE})")
         return PREEMPTED_EXIT_CODE

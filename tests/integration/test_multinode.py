@@ -125,6 +125,8 @@ def test_two_hosts_train_zero3_over_gloo_save_when_stopped_and_resume_from_the_l
     assert len(saved) == 1 and 2 <= saved[0] < steps, output[-4000:]
     assert (run_dir / "checkpoints" / f"global_step{saved[0]}" / "complete.json").exists()
     assert f"received SIG{'USR1' if stop == 'usr1' else 'TERM'}: saving at the next step boundary" in output
+    if stop == "ctrl-c":  # the launcher itself was stopped: it says the job is resumable, as on one host
+        assert first.returncode == 75 and f"saved at global step {saved[0]}" in output, output[-3000:]
     for h in hosts.hosts:  # pdsh prefixes each host's output: both ran ranks
         assert f"{h.addr}: " in output
     assert all((run_dir / "logs" / f"rank{r}.log").exists() for r in range(2 * slots))
