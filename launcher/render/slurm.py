@@ -110,7 +110,7 @@ def render_sbatch(plan: Plan, slurm: SlurmConfig, python: str, cwd: str, rank_en
     if slurm.requeue:
         lines += [
             'if { [ "$preempted" = 1 ] || [ "$rc" = 75 ]; } && [ "${1:-}" != "--in-allocation" ]; then',
-            '  echo "launcher: stopped on request after saving; requeueing job $SLURM_JOB_ID to resume"',
+            '  echo "launcher: stopped on request; requeueing job $SLURM_JOB_ID to resume from its newest complete checkpoint"',
             '  scontrol requeue "$SLURM_JOB_ID"',
             "  exit 0",
             "fi",
