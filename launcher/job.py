@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from launcher import inputs
 from launcher.autoplan import memory_error
 from launcher.backends.hostfile import hostfile_spec
+from launcher.backends.hostfile import check_hosts_memory
 from launcher.backends.hostfile import preflight as hostfile_preflight
 from launcher.backends.local import local_spec
 from launcher.backends.slurm import preflight as slurm_preflight
@@ -165,7 +166,10 @@ def _launch_spec(cfg: LauncherConfig, plan: Plan, hw: Hardware, environ: dict[st
         if live:
             source = ("hostfile", cfg.hostfile) if cfg.hostfile else ("topo.hosts", list(plan.hosts))
             ssh_args = shlex.split(environ.get("PDSH_SSH_ARGS_APPEND", ""))  # the options pdsh will use
-            hostfile_preflight(plan, sys.executable, cwd, env, topo.mtu, ssh_args, source, environ.get("PATH", ""))
+            facts = hostfile_preflight(plan, sys.executable, cwd, env, topo.mtu, ssh_args, source,
+                                       environ.get("PATH", ""))
+            if cfg.run.check_memory:
+                check_hosts_memory(plan, facts, source)
     elif plan.backend == "slurm":
         spec, files = slurm_spec(plan, topo.slurm, sys.executable, cwd, env, topo.master_addr, topo.master_port, environ,
                                  allocation_check(cfg, plan, environ), program)

@@ -84,6 +84,7 @@ class HostFacts:
     cwd: bool = False
     shared: bool = False
     gpus: int = 0
+    gpu_memory_gb: float = 0.0  # the smallest GPU's; 0 when nvidia-smi does not say (GB10's unified memory: [N/A])
     ifaces: dict[str, int] = field(default_factory=dict)  # name -> MTU
 
 
@@ -94,6 +95,7 @@ def probe_script(python: str, cwd: str, marker: str) -> str:
         f"test -d {q(cwd)} && echo cwd=1",
         f"test -e {q(marker)} && echo shared=1",
         "echo gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')",
+        "echo gpumib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | sort -n | head -1)",
         'for i in /sys/class/net/*; do echo "iface=${i##*/}:$(cat $i/mtu 2>/dev/null)"; done',
         "true",
     ])
@@ -109,9 +111,10 @@ def parse_probe(host: str, stdout: str) -> HostFacts:
             ifaces[name] = int(mtu) if mtu.isdigit() else 0
         elif key:
             values[key] = value
-    gpus = values.get("gpus", "0")
+    gpus, mib = values.get("gpus", "0"), values.get("gpumib", "").strip()
     return HostFacts(host, python="python" in values, cwd="cwd" in values, shared="shared" in values,
-                     gpus=int(gpus) if gpus.isdigit() else 0, ifaces=ifaces)
+                     gpus=int(gpus) if gpus.isdigit() else 0, gpu_memory_gb=int(mib) / 1024 if mib.isdigit() else 0.0,
+                     ifaces=ifaces)
 
 
 def probe_hosts(hosts: tuple[str, ...], script: str, ssh_args: list[str]) -> list[HostFacts]:
@@ -178,9 +181,26 @@ def _check_iface(f: HostFacts, var: str, spec: str, mtu: int) -> None:
                             "skip this check", problem=f"host {f.host}: {wrong[0]} has MTU {f.ifaces[wrong[0]]}")
 
 
+def check_hosts_memory(plan: Plan, facts: list[HostFacts], source: tuple[str, object]) -> None:
+    """The memory estimate against each host's own GPUs: the plan was sized on the launching host, which may have
+    other GPUs or none (a login node). Hosts whose GPUs do not report their memory are not judged."""
+    m = plan.memory
+    if plan.accelerator != "cuda" or m.unified_memory:
+        return
+    small = sorted((f for f in facts if f.gpu_memory_gb > 0), key=lambda f: f.gpu_memory_gb)
+    if small and m.need_gb > small[0].gpu_memory_gb:
+        f = small[0]
+        raise LauncherError(source[0], source[1], plan.memory_hint or "shard more (+plan=zero3 or +plan=zero3_offload), "
+                            "lower train.micro_batch_size, or turn on train.gradient_checkpointing; "
+                            "run.check_memory=false launches anyway",
+                            problem=f"host {f.host}'s GPUs have {f.gpu_memory_gb:.0f} GiB and the plan's estimate is "
+                            f"~{m.need_gb:.1f} GiB per GPU (sized on this host's {m.capacity_gb:.0f} GiB)")
+
+
 def preflight(plan: Plan, python: str, cwd: str, rank_env: dict[str, str], mtu: int, ssh_args: list[str],
-              source: tuple[str, object], path: str) -> None:
-    """Ask every host over ssh (as pdsh will) before starting anything; fail fast naming the host."""
+              source: tuple[str, object], path: str) -> list[HostFacts]:
+    """Ask every host over ssh (as pdsh will) before starting anything; fail fast naming the host. Returns what the
+    hosts said (check_hosts_memory reads it)."""
     for tool in ("ssh", "pdsh"):
         if not shutil.which(tool, path=path):
             raise LauncherError(source[0], source[1], "install OpenSSH's client and pdsh on this host (Debian/Ubuntu: "
@@ -194,6 +214,7 @@ def preflight(plan: Plan, python: str, cwd: str, rank_env: dict[str, str], mtu: 
         marker.unlink(missing_ok=True)
     for f in facts:
         check_host(f, plan, python, cwd, str(shared_dir), rank_env, mtu, source)
+    return facts
 
 
 def _nearest_existing(path: Path) -> Path:

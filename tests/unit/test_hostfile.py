@@ -199,3 +199,26 @@ def test_the_runners_stop_names_the_run_dir_and_matches_only_that_runs_launchers
              f"pdsh -R ssh -w h1 {ours[-1]}"]
     grep = subprocess.run(["grep", "-E", pattern], input="\n".join(lines) + "\n", capture_output=True, text=True)
     assert grep.stdout.splitlines() == lines[:1]
+
+
+def test_each_hosts_gpu_memory_is_checked_against_the_estimate_sized_here():
+    """Sized on a launching host with 140 GiB GPUs; a worker with 24 GiB GPUs is named before anything starts, and a
+    worker whose GPUs do not report memory (GB10: [N/A]) is not judged."""
+    from launcher.backends.hostfile import check_hosts_memory
+    from launcher.hardware import Hardware
+
+    h200 = Hardware("cuda", 8, "NVIDIA H200", 139.8, "9.0", True, 64, 512.0, "x86_64")
+    cfg, _ = compose(["hostfile=hostfiles/example_cluster", "+plan=zero2", "model=llama3_1_8b",
+                      "train.global_batch_size=32", "train.micro_batch_size=1"])
+    p = resolve(cfg, h200, run_dir="/runs/x", run_name="x")
+    probe = "python=1\ncwd=1\nshared=1\ngpus=8\ngpumib={}\n"
+    big, small, unknown = (parse_probe(h, probe.format(mib)) for h, mib in
+                           (("worker-0", "143771"), ("worker-1", "24564"), ("worker-2", "[N/A]")))
+    assert (big.gpu_memory_gb, unknown.gpu_memory_gb) == (pytest.approx(140.4, abs=0.1), 0.0)
+    src = ("hostfile", "hostfiles/example_cluster")
+    check_hosts_memory(p, [big, unknown], src)
+    with pytest.raises(LauncherError) as err:
+        check_hosts_memory(p, [big, small, unknown], src)
+    text = err.value.paragraph()
+    assert "host worker-1's GPUs have 24 GiB" in text and f"~{p.memory.need_gb:.1f} GiB per GPU" in text
+    assert "+plan=zero3" in text and err.value.field == "hostfile"
