@@ -93,7 +93,8 @@ def test_two_hosts_train_zero3_over_gloo_save_when_stopped_and_resume_from_the_l
         hosts, tmp_path, slots, stop, steps):
     """Stopped mid-run, by SIGUSR1 to the ranks of every host (README's recipe) or by Ctrl-C on the launcher
     (DeepSpeed's runner stops every host; the ranks save on the way out): no process is left on any host, the
-    newest checkpoint is complete, and the same command resumes from it."""
+    newest checkpoint is complete, and the same command resumes from it (2x2: four ZeRO-3 shards over two hosts; the
+    2x1 case stops there, for the suite's time)."""
     run_dir, hostfile = tmp_path / "run", write_hostfile(hosts, tmp_path / "hosts", slots)
     # the full preflight (the default for several hosts) runs in the 2x1 case; 2x2 takes the quick one (suite time)
     checks = () if slots == 1 else ("preflight=quick",)
@@ -133,9 +134,11 @@ def test_two_hosts_train_zero3_over_gloo_save_when_stopped_and_resume_from_the_l
     assert f"GLOO_SOCKET_IFNAME={IFNAME}\n" in (run_dir / "deepspeed_env").read_text()
     if slots == 1:
         assert_preflight_ran_the_all_reduce_on_every_rank(hosts, run_dir, slots)
+        assert_no_secret_written(run_dir, output)
+        return
 
     # The same command, three steps past the save (the suite's time: the first run's step count only has to outlast
-    # the signal); its preflight was checked above, so only the quick part runs here.
+    # the signal), with the quick preflight.
     end = saved[0] + 3
     again = launch_on(hosts, hostfile, f"run.dir={run_dir}", f"train.max_steps={end}", "train.save_every=100",
                       "preflight=quick")
