@@ -70,7 +70,7 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
     if cfg.run.dry_run:
         dry_run_report(plan, cfg, environ)
         if script and plan.backend != "local":  # the local command is the one above
-            from launcher.script import node_commands
+            from launcher.render.launch import node_commands
 
             print("\n".join(["per node:", *node_commands(plan, script.program, sys.executable, cfg.topo.master_addr,
                                                           cfg.topo.master_port)]))

@@ -210,27 +210,6 @@ def prepare_launch(script: Script, plan: Any, cwd: str, master_addr: str, master
     return ScriptLaunch(script, RankProgram(ENTRY_MODULE, args, config), {"accelerate_config.yaml": text})
 
 
-def node_commands(plan: Any, program: RankProgram, python: str, master_addr: str, master_port: int) -> list[str]:
-    """What starts on each node, one line per node (a dry run prints them; launch.sh holds the whole command)."""
-    import shlex
-
-    from launcher.render.launch import accelerate_argv
-
-    addr = master_addr or ("$LAUNCHER_MASTER_ADDR" if plan.backend == "slurm" else plan.hosts[0].rpartition("@")[2])
-    port = master_port or 29500
-    lines = []
-    for i, host in enumerate(plan.hosts):
-        if program.accelerate_config:
-            node = accelerate_argv(python, program, "--machine_rank", str(i),
-                                   *(("--main_process_ip", addr) if plan.num_hosts > 1 else ()))
-        else:
-            node = (python, "-u", "-m", "deepspeed.launcher.launch", f"--node_rank={i}", f"--master_addr={addr}",
-                    f"--master_port={port}", "--module", "--no_local_rank", program.module, *program.args)
-        where = f"node {i} (srun)" if plan.backend == "slurm" else host
-        lines.append(f"{where}: {shlex.join(node)}")
-    return lines
-
-
 def ds_config_for(ds: dict[str, Any], api: str) -> dict[str, Any]:
     """Trainer and accelerate scripts create their optimizer from their own arguments; a plain DeepSpeed script gets
     the plan's (deepspeed.initialize builds it from the JSON)."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -53,3 +54,21 @@ def render_launch_sh(spec: LaunchSpec, run_name: str) -> str:
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(spec.env.items())]
     lines.append("exec " + " \\\n  ".join(shlex.quote(a) for a in spec.argv))
     return "\n".join(lines) + "\n"
+
+
+def node_commands(plan: Any, program: RankProgram, python: str, master_addr: str,
+                  master_port: int) -> list[str]:
+    """What starts on each node, one line per node (a dry run prints them; launch.sh holds the whole command)."""
+    addr = master_addr or ("$LAUNCHER_MASTER_ADDR" if plan.backend == "slurm" else plan.hosts[0].rpartition("@")[2])
+    port = master_port or 29500
+    lines = []
+    for i, host in enumerate(plan.hosts):
+        if program.accelerate_config:
+            node = accelerate_argv(python, program, "--machine_rank", str(i),
+                                   *(("--main_process_ip", addr) if plan.num_hosts > 1 else ()))
+        else:
+            node = (python, "-u", "-m", "deepspeed.launcher.launch", f"--node_rank={i}", f"--master_addr={addr}",
+                    f"--master_port={port}", "--module", "--no_local_rank", program.module, *program.args)
+        where = f"node {i} (srun)" if plan.backend == "slurm" else host
+        lines.append(f"{where}: {shlex.join(node)}")
+    return lines
