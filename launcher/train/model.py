@@ -82,7 +82,7 @@ def apply_liger_kernels(model: torch.nn.Module, plan: Plan) -> list[str]:
     if not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
         log.info("liger-kernel skipped: Triton needs a C compiler to start its kernels and none is on PATH")
         return []
-    fused_loss = plan.model.liger_fused_loss
+    fused_loss = m.liger_fused_loss
     _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                     fused_linear_cross_entropy=fused_loss)
     if fused_loss and plan.zero_stage == 3:
