@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 AUTO = "auto"
 ZERO = (("ddp", 0), ("zero1", 1), ("zero2", 2), ("zero3", 3))
 COST = {"ddp": "no sharding traffic", "zero1": "shards the optimizer states",
-        "zero2": "also shards the gradients (a reduce-scatter per bucket)",
+        "zero2": "also shards the gradients (one reduction per bucket)",
         "zero3": "also shards the weights (gathered again for every layer, ~1.5x the traffic of ddp)",
         "tp": "two all-reduces per layer", "pp": "a pipeline bubble per step",
         "zero3_offload": "steps the optimizer on the CPU and moves the weights over PCIe"}

@@ -6,6 +6,7 @@ runs the `__post_init__` checks below.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -116,15 +117,23 @@ class PlanConfig:
     tp: int = 1
     pp: int = 1
     overlap_comm: bool = True
-    reduce_bucket_mb: int = 200
-    allgather_bucket_mb: int = 200
-    stage3_prefetch_mb: int = 50
+    # Communication sizes in 2**20 elements; 0 chooses them from the model (launcher/tuning.py says how).
+    reduce_bucket_mb: int = 0
+    allgather_bucket_mb: int = 0
+    stage3_prefetch_mb: int = 0
     stage3_param_persistence_kb: int = 100
+    stage3_fetch: str = "layer"  # layer: gather a decoder layer's weights in one fetch | module: each submodule's own
     compile: str = "off"  # off | torch (engine.compile) | deepcompile (DeepSpeed's compiler passes, ZeRO-1/3, CUDA)
 
     def __post_init__(self) -> None:
         _choice("plan.zero_stage", str(self.zero_stage), ("0", "1", "2", "3"))
         _choice("plan.compile", self.compile, ("off", "torch", "deepcompile"))
+        _choice("plan.stage3_fetch", self.stage3_fetch, ("layer", "module"))
+        for name in ("reduce_bucket_mb", "allgather_bucket_mb", "stage3_prefetch_mb"):
+            if getattr(self, name) < 0:
+                raise LauncherError(f"plan.{name}", getattr(self, name), "use 0 to have it chosen from the model "
+                                    "(launcher/tuning.py), or a positive size in units of 2**20 elements")
+        _positive("plan.stage3_param_persistence_kb", self.stage3_param_persistence_kb, allow_zero=True)
         _positive("plan.tp", self.tp)
         _positive("plan.pp", self.pp)
         if self.offload_params and self.zero_stage != 3:
@@ -216,6 +225,7 @@ class TrainConfig:
     save_every: int = 20
     log_every: int = 1
     keep_last: int = 3
+    profile_steps: str = ""  # "8-10": torch.profiler over these global steps, trace and top operators in profile/
 
     def __post_init__(self) -> None:
         for name in ("global_batch_size", "micro_batch_size", "seq_len", "log_every"):
@@ -225,6 +235,11 @@ class TrainConfig:
         if self.max_steps == 0 and self.epochs == 0:
             raise LauncherError("train.max_steps", 0, "set train.max_steps to a positive number or train.epochs")
         _choice("train.precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
+        self.profile_steps = str(self.profile_steps).strip()
+        span = re.fullmatch(r"(\d+)(?:-(\d+))?", self.profile_steps)
+        if self.profile_steps and not (span and 0 < int(span[1]) <= int(span[2] or span[1])):
+            raise LauncherError("train.profile_steps", self.profile_steps, "give one global step (9) or a range of "
+                                "them (8-10), counted from 1; empty profiles nothing")
         if self.lr <= 0:
             raise LauncherError("train.lr", self.lr, "the learning rate must be positive")
 

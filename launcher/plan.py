@@ -19,6 +19,7 @@ from launcher import placement as where
 from launcher.hardware import Hardware
 from launcher.memory import MemoryEstimate, MemoryJob, estimate, liger_applies
 from launcher.plan_checks import check_method, check_model_parallel
+from launcher.tuning import comm_sizes
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Plan:
     allgather_bucket_mb: int = 200
     stage3_prefetch_mb: int = 50
     stage3_param_persistence_kb: int = 100
+    stage3_fetch: str = "layer"
     compile: str = "off"
     auto_reason: str = ""  # +plan=auto: why this plan, and the runner-up
     memory_hint: str = ""  # when the estimate does not fit: what would
@@ -141,13 +143,16 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num
     check_method(cfg, accelerator)
     max_steps = _max_steps(cfg.train, num_samples)
     liger = liger_applies(cfg.model.liger_kernel, accelerator, tp, pp, cfg.method.name, cfg.plan.compile)
+    p = cfg.plan
+    sizes = comm_sizes(cfg.model.arch, cfg.method.name, cfg.method.lora_r, tuple(cfg.method.target_modules), tp * pp,
+                       p.reduce_bucket_mb, p.allgather_bucket_mb, p.stage3_prefetch_mb)
     job = MemoryJob(
         arch=cfg.model.arch, method=cfg.method.name, lora_r=cfg.method.lora_r,
         target_modules=tuple(cfg.method.target_modules), precision=precision, accelerator=accelerator,
         micro_batch_size=cfg.train.micro_batch_size, seq_len=cfg.train.seq_len, grad_accum=grad_accum,
         gradient_checkpointing=cfg.train.gradient_checkpointing, zero_stage=cfg.plan.zero_stage, dp=dp, tp=tp, pp=pp,
         offload_optimizer=cfg.plan.offload_optimizer, offload_params=cfg.plan.offload_params, procs_per_host=procs,
-        overlap_comm=cfg.plan.overlap_comm, reduce_bucket_mb=cfg.plan.reduce_bucket_mb,
+        overlap_comm=cfg.plan.overlap_comm, reduce_bucket_mb=sizes.reduce_bucket_mb,
         liger=liger, fused_loss=liger and cfg.model.liger_fused_loss,
     )
     unified = cfg.topo.unified_memory or (backend == "local" and hw.unified_memory)
@@ -185,10 +190,11 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num
         wandb_project=cfg.logging.wandb.project,
         wandb_entity=cfg.logging.wandb.entity,
         overlap_comm=cfg.plan.overlap_comm,
-        reduce_bucket_mb=cfg.plan.reduce_bucket_mb,
-        allgather_bucket_mb=cfg.plan.allgather_bucket_mb,
-        stage3_prefetch_mb=cfg.plan.stage3_prefetch_mb,
+        reduce_bucket_mb=sizes.reduce_bucket_mb,
+        allgather_bucket_mb=sizes.allgather_bucket_mb,
+        stage3_prefetch_mb=sizes.stage3_prefetch_mb,
         stage3_param_persistence_kb=cfg.plan.stage3_param_persistence_kb,
+        stage3_fetch=cfg.plan.stage3_fetch,
         compile=cfg.plan.compile,
     )
 

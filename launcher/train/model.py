@@ -61,7 +61,28 @@ def build_model(plan: Plan, tokenizer: Any, local_rank: int) -> torch.nn.Module:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if plan.method.name in ("lora", "qlora"):
         model = _apply_lora(model, plan)
+    if plan.zero_stage == 3 and plan.stage3_fetch == "layer":
+        if plan.method.name != "full":
+            # DeepSpeed gathers a leaf module's weights for its backward in a hook that fires only when the layer's
+            # input requires grad; with a frozen embedding it does not, and the backward meets partitioned weights.
+            model.enable_input_require_grads()
+        fetch_whole_layers(model)
     return model
+
+
+def fetch_whole_layers(model: torch.nn.Module) -> list[str]:
+    """ZeRO-3 gathers parameters around each submodule's forward and backward through hooks: a Llama layer has a
+    dozen submodules, and their hooks, not the gathers, dominate a ZeRO-3 step on fast links. The model's decoder
+    layer classes (transformers' `_no_split_modules`) become DeepSpeed leaf modules: one gather and one release per
+    layer. A layer's weights are a small fraction of the model, so the memory cost is one layer gathered at once."""
+    from deepspeed.utils import set_z3_leaf_modules
+
+    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
+    classes = sorted({type(m) for m in model.modules() if type(m).__name__ in names}, key=lambda c: c.__name__)
+    if classes:
+        set_z3_leaf_modules(model, classes)
+        log.info(f"ZeRO-3 fetches whole layers: {', '.join(c.__name__ for c in classes)} (plan.stage3_fetch=layer)")
+    return [c.__name__ for c in classes]
 
 
 def apply_liger_kernels(model: torch.nn.Module, plan: Plan) -> list[str]:

@@ -22,6 +22,7 @@ from launcher.supervisor import USER_ERROR_FILE
 from launcher.train import parallel
 from launcher.train.loop import RankInfo, train
 from launcher.train.failures import CollectiveFailure, Watchdog, user_facing_failures
+from launcher.train.profiling import StepProfiler, parse_steps
 from launcher.train.reporter import Reporter
 from launcher.train.saver import make_saver, set_rng_state, throughput
 from launcher.train.schedule import resync, warmup_cosine
@@ -174,12 +175,15 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str]) -> in
     reporter = Reporter(plan, run_dir, start, info.device, info.world_size) if info.rank == 0 else None
     current = [start]
     watchdog = Watchdog(plan, info.rank, lambda err: _die(run_dir, info, err))
+    profiler = StepProfiler(parse_steps(plan.train.profile_steps), start, run_dir / "profile", info.rank,
+                            info.device.type == "cuda")
 
     def on_step(m: Any) -> None:
         current[0] = m.step
         watchdog.pet(m.step)
         if reporter:
             reporter(m)
+        profiler.after_step(m.step)
 
     saver = make_saver(engine, plan, info.rank, info.device, root, examples[0].input_ids,
                        float(env.get("LAUNCHER_TEST_SAVE_DELAY", "0") or 0))
@@ -193,6 +197,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str]) -> in
     with user_facing_failures(plan, info.rank, current):
         last = train(engine, examples, plan, info, tokenizer.pad_token_id, start, on_step,
                      should_save=lambda s: every > 0 and s % every == 0, save=save, stop_requested=preempt)
+    profiler.close(last)
     if reporter:
         reporter.close()
     dist.barrier()

@@ -95,9 +95,10 @@ def test_compiled_plans_train_like_eager_and_resume(plan, compile_mode, tmp_path
 
 
 @pytest.mark.skipif(gpus() < 1, reason="needs a GPU")
-@pytest.mark.parametrize("method", ["lora", "qlora"])
-def test_lora_and_qlora_train_a_local_model(method, tmp_path):
-    """QLoRA needs weights to quantize: the tiny model is first written as a local Hugging Face directory."""
+@pytest.mark.parametrize("method,plan", [("lora", "zero2"), ("qlora", "zero2"), ("lora", "zero3")])
+def test_lora_and_qlora_train_a_local_model(method, plan, tmp_path):
+    """QLoRA needs weights to quantize: the tiny model is first written as a local Hugging Face directory. LoRA under
+    ZeRO-3 loads the weights already partitioned, with whole-layer fetches and liger's fused loss when installed."""
     from transformers import AutoModelForCausalLM
 
     from launcher.compose import compose
@@ -107,14 +108,17 @@ def test_lora_and_qlora_train_a_local_model(method, tmp_path):
     from launcher.train.model import tiny_config
 
     cfg, _ = compose(["model.arch.hidden_size=256", "model.arch.num_layers=4"])
-    plan = resolve(cfg, detect(), run_dir=str(tmp_path), run_name="x")
+    tiny = resolve(cfg, detect(), run_dir=str(tmp_path), run_name="x")
     tokenizer = load_tokenizer("")
     model_dir = tmp_path / "tiny-hf"
-    AutoModelForCausalLM.from_config(tiny_config(plan, tokenizer)).save_pretrained(model_dir)
+    AutoModelForCausalLM.from_config(tiny_config(tiny, tokenizer)).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     run_dir = tmp_path / "run"
-    result = run_launcher(f"model.path={model_dir}", f"method={method}", f"run.dir={run_dir}", "train.lr=5e-3", *JOB)
+    result = run_launcher(f"model.path={model_dir}", f"method={method}", f"+plan={plan}", f"run.dir={run_dir}",
+                          "train.lr=5e-3", *JOB)
     trained(result, run_dir)
+    if plan == "zero3":
+        assert "ZeRO-3 fetches whole layers: LlamaDecoderLayer" in (run_dir / "logs" / "rank0.log").read_text()
 
 
 @pytest.mark.skipif(gpus() < 1, reason="needs a GPU")

@@ -1,6 +1,7 @@
 """Real 2-process CPU training runs (torchrun + DeepSpeed over gloo) through `python -m launcher`, as a user runs it."""
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -38,12 +39,40 @@ def test_full_finetune_trains_and_saves_with_two_processes(plan, trained_run):
     assert "step 12/12" in result.stdout
 
 
-def test_lora_trains_only_adapters_and_saves(trained_run):
-    result, run_dir = trained_run("method=lora", *STEPS)
+def test_lora_trains_only_adapters_and_saves_under_zero3(trained_run):
+    """Under ZeRO-3 a layer's frozen weights are gathered whole (plan.stage3_fetch=layer): DeepSpeed fetches them for
+    the backward only when the layer's input requires grad, which a frozen embedding's output does not by itself.
+    (LoRA under ZeRO-2 trains and exports in test_export.py.)"""
+    result, run_dir = trained_run("method=lora", "+plan=zero3", *STEPS)
     assert_trained(result, run_dir)
     assert "method lora" in result.stdout
     saved = json.loads((run_dir / "plan.json").read_text())
     assert saved["memory"]["trainable_params"] < saved["memory"]["params"] / 5
+    assert "ZeRO-3 fetches whole layers: LlamaDecoderLayer" in (run_dir / "logs" / "rank0.log").read_text()
+
+
+PER_MODULE = ("+plan=zero3", "plan.stage3_fetch=module", "train.profile_steps=3-4", *STEPS)
+
+
+def test_zero3_whole_layer_fetch_trains_like_per_module_fetch(trained_run):
+    """The default fetch (a decoder layer's weights in one gather) against DeepSpeed's per-submodule fetch: the same
+    arithmetic in another order of gathers, so the same losses and gradient norms."""
+    layer = assert_trained(*trained_run("+plan=zero3", *STEPS))
+    module = assert_trained(*trained_run(*PER_MODULE))
+    for a, b in zip(layer, module):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+    _, run_dir = trained_run(*PER_MODULE)
+    assert "ZeRO-3 fetches whole layers" not in (run_dir / "logs" / "rank0.log").read_text()
+
+
+def test_profile_steps_write_a_trace_and_top_operators_per_rank(trained_run):
+    result, run_dir = trained_run(*PER_MODULE)
+    assert "profile of steps 3-4:" in result.stdout and "s of host time (no GPU)" in result.stdout
+    for rank in (0, 1):
+        table = (run_dir / "profile" / f"rank{rank}-steps3-4.txt").read_text()
+        assert "aten::mm" in table and "Self CPU time total" in table
+        trace = run_dir / "profile" / f"rank{rank}-steps3-4.json.gz"
+        assert json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
 
 
 def test_rerunning_a_finished_run_does_nothing_and_keeps_its_files(run_dir):

@@ -55,6 +55,10 @@ def test_dual_pgx_fields_are_overridable():
         ("train.seq_len=0", "train.seq_len", "positive"),
         ("data.format=csv", "data.format", "alpaca, sharegpt"),
         ("topo.hosts=[a,a]", "topo.hosts", "listed twice"),
+        ("plan.stage3_fetch=block", "plan.stage3_fetch", "layer, module"),
+        ("plan.reduce_bucket_mb=-1", "plan.reduce_bucket_mb", "use 0 to have it chosen from the model"),
+        ("train.profile_steps=10-8", "train.profile_steps", "a range of them (8-10)"),
+        ("train.profile_steps=0", "train.profile_steps", "counted from 1"),
     ],
 )
 def test_bad_override_names_field_and_fix(override, field, text):
