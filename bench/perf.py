@@ -362,6 +362,15 @@ def versions() -> str:
     return ", ".join(parts)
 
 
+def variant(text: str) -> tuple[str, str]:
+    """--variant 'z3c=+plan=zero3 plan.compile=deepcompile' -> ('z3c', '+plan=zero3 plan.compile=deepcompile')."""
+    name, _, overrides = text.partition("=")
+    if not re.fullmatch(r"[\w.-]+", name) or not overrides.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=OVERRIDES, e.g. 'z3c=+plan=zero3 plan.compile=torch' "
+                                         "(NAME: letters, digits, '.', '_', '-'; the row is launcher-NAME)")
+    return name, overrides
+
+
 ORDER = ["ds-zero2", "launcher-zero2", "fsdp2", "ds-zero3", "launcher-zero3", "hf-zero3"]
 SMOKE_SKIPS = {"hf-zero3": "GPU only: on the CPU accelerate runs the Trainer as one process beside DeepSpeed's two"}
 
@@ -371,7 +380,7 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU, 2 gloo processes, a few steps")
     p.add_argument("--only", default="", help="comma-separated rows to run (default: all), e.g. launcher-zero2,ds-zero2")
     p.add_argument("--candidates", default="", help="more launcher plans for the best row, comma-separated (zero1,ddp)")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES", type=variant,
                    help="a launcher row `launcher-NAME` with these space-separated overrides, e.g. "
                    "'z3c=+plan=zero3 plan.compile=deepcompile' (repeatable; stopped after its last step, no save)")
     p.add_argument("--timeout", type=float, default=0, help="seconds per run (default 240 on GPUs, 420 smoke)")
@@ -405,7 +414,7 @@ def main() -> int:
     bench.deadline = started + (args.budget or (10**6 if args.smoke else 480))
     only = set(filter(None, args.only.split(",")))
     candidates = [f"launcher-{c}" for c in args.candidates.split(",") if c and c not in ("zero2", "zero3")]
-    variants = dict(v.split("=", 1) for v in args.variant)
+    variants = dict(args.variant)
     rows = [n for n in ORDER + candidates if not only or n in only] + [f"launcher-{v}" for v in variants]
 
     print(f"work dir {work}; {nproc} x {device}; {versions()}", flush=True)

@@ -14,3 +14,16 @@ def test_bench_reads_the_save_and_load_lines_the_ranks_write():
 
 def test_a_step_lasts_from_the_end_of_the_previous_one():
     assert step_times_from_ends(10.0, [10.5, 11.25, 12.0]) == [0.5, 0.75, 0.75]
+
+
+def test_a_variant_is_a_name_and_launcher_overrides_or_a_usage_error():
+    import argparse
+
+    import pytest
+
+    from bench.perf import variant
+
+    assert variant("z3c=+plan=zero3 plan.compile=torch") == ("z3c", "+plan=zero3 plan.compile=torch")
+    for bad in ("nope", "a b=+plan=zero3", "z3="):
+        with pytest.raises(argparse.ArgumentTypeError, match="give NAME=OVERRIDES"):
+            variant(bad)
