@@ -63,6 +63,7 @@ class Plan:
     stage3_param_persistence_kb: int = 100
     stage3_fetch: str = "layer"
     compile: str = "off"
+    deepspeed: dict[str, Any] = field(default_factory=dict)  # plan.deepspeed: merged into ds_config.json last
     auto_reason: str = ""  # +plan=auto: why this plan, and the runner-up
     memory_hint: str = ""  # when the estimate does not fit: what would
 
@@ -196,6 +197,7 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num
         stage3_param_persistence_kb=cfg.plan.stage3_param_persistence_kb,
         stage3_fetch=cfg.plan.stage3_fetch,
         compile=cfg.plan.compile,
+        deepspeed=dict(cfg.plan.deepspeed),
     )
 
 

@@ -32,7 +32,15 @@ def render_ds_config(plan: Plan) -> dict[str, Any]:
         ds["pipeline"] = _pipeline(plan)
     if plan.compile == "deepcompile":
         ds["compile"] = {"deepcompile": True}  # the worker then calls engine.compile()
-    return ds
+    return merge(ds, plan.deepspeed)
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """plan.deepspeed over the rendered config, key by key at every depth (a nested dict replaces nothing else)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _pipeline(plan: Plan) -> dict[str, Any]:

@@ -4,6 +4,7 @@ Set LAUNCHER_UPDATE_GOLDEN=1 to rewrite the golden files after an intended chang
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -81,3 +82,19 @@ def test_deepcompile_is_rendered_for_deepspeed_and_accepted_by_it():
     assert DeepSpeedConfig(ds).compile_config.deepcompile
     cfg, _ = compose(["+topo=single_pgx", "+plan=zero3", "plan.compile=torch"])
     assert "compile" not in render_ds_config(resolve(cfg, H200x2, run_dir="/runs/x", run_name="x"))
+
+
+def test_plan_deepspeed_keys_are_merged_into_the_rendered_config_and_accepted():
+    """The escape hatch for DeepSpeed keys the plan has no field for: merged at every depth, the plan's keys kept."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    cfg, _ = compose(["+topo=single_pgx", "+plan=zero3", "+plan.deepspeed.wall_clock_breakdown=true",
+                      "+plan.deepspeed.zero_optimization.stage3_max_live_parameters=100000000"])
+    plan = resolve(cfg, H200x2, run_dir="/runs/x", run_name="x")
+    ds = render_ds_config(plan)
+    assert ds["wall_clock_breakdown"] is True and ds["zero_optimization"]["stage3_max_live_parameters"] == 10**8
+    assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["stage3_prefetch_bucket_size"] > 0
+    parsed = DeepSpeedConfig(ds)
+    assert parsed.wall_clock_breakdown and parsed.zero_config.max_live_parameters == 10**8
+    assert json.loads(json.dumps(dataclasses.asdict(plan)))["deepspeed"] == {
+        "wall_clock_breakdown": True, "zero_optimization": {"stage3_max_live_parameters": 100000000}}
