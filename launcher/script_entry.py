@@ -93,8 +93,19 @@ def _run_logged(argv: list[str], env: dict[str, str], log: Path, echo: bool) -> 
         except ProcessLookupError:
             pass
 
-    for s in FORWARDED:
-        signal.signal(s, forward)
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    try:
+        tail = _copy_output(proc, log, echo)
+        code = proc.wait()
+    finally:  # a caller in the same process (a test, an embedding tool) gets its own handlers back
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    shown = [line.decode(errors="replace")[:300] for line in tail]
+    return (128 - code if code < 0 else code), shown, bool(received)
+
+
+def _copy_output(proc: subprocess.Popen[bytes], log: Path, echo: bool) -> deque[bytes]:
+    """Until the child closes its output: append it to log, echo it, and keep its last non-empty lines."""
     tail: deque[bytes] = deque(maxlen=TAIL_LINES)
     partial = b""
     assert proc.stdout is not None
@@ -110,9 +121,7 @@ def _run_logged(argv: list[str], env: dict[str, str], log: Path, echo: bool) -> 
             tail.extend(line for line in lines if line.strip())
     if partial.strip():
         tail.append(partial)
-    code = proc.wait()
-    shown = [line.decode(errors="replace")[:300] for line in tail]
-    return (128 - code if code < 0 else code), shown, bool(received)
+    return tail
 
 
 def run_node(run_dir: Path, command: list[str], env: dict[str, str]) -> None:

@@ -23,7 +23,7 @@ from launcher.render.env import rank_env
 from launcher.render.launch import render_launch_sh
 from launcher.script import (check_accelerate_installed, check_plan, choose_api, detect_api, flag_values,
                              join_module_word, load_script, prepare_launch, script_argv)
-from launcher.script_entry import resume_args, run_rank
+from launcher.script_entry import FORWARDED, resume_args, run_rank
 from tests.conftest import REPO, check_golden, wait_for
 
 CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
@@ -239,8 +239,10 @@ def test_a_rank_resumes_reports_its_failure_and_passes_the_environment(tmp_path)
     script.write_text("import os, sys\nprint('args', sys.argv[1:])\nprint('resume', os.environ['LAUNCHER_RESUME_FROM'])"
                       "\nprint('boom', file=sys.stderr)\nsys.exit(3)\n")
     env = {"RANK": "1", "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    before = [signal.getsignal(s) for s in FORWARDED]
     code = run_rank(run, "hf_trainer", [str(script), "--max_steps", "5"], env)
     assert code == 3
+    assert [signal.getsignal(s) for s in FORWARDED] == before  # pytest's own handlers are back
     log = (run / "logs" / "rank1.log").read_text()
     assert f"args ['--max_steps', '5', '--resume_from_checkpoint', '{ckpt}']" in log and f"resume {ckpt}" in log
     report = json.loads((run / "user_error.rank1.json").read_text())
