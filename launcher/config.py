@@ -165,6 +165,9 @@ PLAN_OWNED_DS_KEYS = {
 
 
 def _check_deepspeed_extra(extra: Dict[str, Any]) -> None:
+    if "zero_optimization" in extra and not isinstance(extra["zero_optimization"], dict):
+        raise LauncherError("plan.deepspeed.zero_optimization", extra["zero_optimization"], "give its keys one by "
+                            "one, e.g. +plan.deepspeed.zero_optimization.round_robin_gradients=true")
     for key, field_name in PLAN_OWNED_DS_KEYS.items():
         top, _, sub = key.partition(".")
         node = extra.get(top)

@@ -17,6 +17,7 @@ from launcher import autoplan
 from launcher.errors import LauncherError
 from launcher import placement as where
 from launcher.hardware import Hardware
+from launcher.inputs import looks_local
 from launcher.memory import MemoryEstimate, MemoryJob, estimate, liger_applies
 from launcher.plan_checks import check_method, check_model_parallel
 from launcher.tuning import comm_sizes
@@ -146,7 +147,7 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num
     liger = liger_applies(cfg.model.liger_kernel, accelerator, tp, pp, cfg.method.name, cfg.plan.compile)
     p = cfg.plan
     sizes = comm_sizes(cfg.model.arch, cfg.method.name, cfg.method.lora_r, tuple(cfg.method.target_modules), tp * pp,
-                       p.reduce_bucket_mb, p.allgather_bucket_mb, p.stage3_prefetch_mb)
+                       p.reduce_bucket_mb, p.allgather_bucket_mb, p.stage3_prefetch_mb, shape_known=_shape_known(cfg))
     job = MemoryJob(
         arch=cfg.model.arch, method=cfg.method.name, lora_r=cfg.method.lora_r,
         target_modules=tuple(cfg.method.target_modules), precision=precision, accelerator=accelerator,
@@ -199,6 +200,13 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num
         compile=cfg.plan.compile,
         deepspeed=dict(cfg.plan.deepspeed),
     )
+
+
+def _shape_known(cfg: LauncherConfig) -> bool:
+    """A local model's shape comes from its config.json (launcher/inputs.py) and a preset names its own; a hub id
+    given on the tiny preset keeps the tiny shape, which says nothing about the model."""
+    path = cfg.model.path
+    return not path or looks_local(path) or cfg.model.name != "tiny"
 
 
 def _wandb_mode(asked: str, wandb_env: tuple[str, bool, bool]) -> str:

@@ -54,3 +54,12 @@ def test_what_the_user_sets_is_kept_and_rendered():
     zero = render_ds_config(resolve(cfg, H200x2, run_dir="/runs/x", run_name="x"))["zero_optimization"]
     assert zero["reduce_bucket_size"] == MAX_BUCKET_M * M and zero["stage3_prefetch_bucket_size"] >= 3 * layer_params(BENCH)
     json.dumps(zero)  # plain numbers only
+
+
+def test_a_hub_model_on_the_tiny_preset_gets_fixed_sizes_not_the_tiny_models():
+    cfg, _ = compose(["+plan=zero3", "model.path=Qwen/Qwen2.5-7B-Instruct"])
+    zero = render_ds_config(resolve(cfg, H200x2, run_dir="/runs/x", run_name="x"))["zero_optimization"]
+    assert (zero["reduce_bucket_size"], zero["stage3_prefetch_bucket_size"]) == (MAX_BUCKET_M * M, 200 * M)
+    cfg, _ = compose(["+plan=zero3", "model=qwen2_5_7b"])  # the preset names its shape
+    zero = render_ds_config(resolve(cfg, H200x2, run_dir="/runs/x", run_name="x"))["zero_optimization"]
+    assert zero["stage3_prefetch_bucket_size"] >= 3 * layer_params(cfg.model.arch)
