@@ -14,6 +14,12 @@ def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None, scrip
     m = plan.memory
     hosts = ", ".join(plan.hosts)
     fit = "fits" if m.fits else "DOES NOT FIT"
+    model = (f"{plan.model.name} ({plan.model.path or 'built from config'}), method {plan.method.name}, "
+             f"{m.params / 1e6:.1f}M params, {m.trainable_params / 1e6:.2f}M trainable")
+    seq = f"seq {plan.train.seq_len}"
+    if script is not None:  # the script loads its own model and data; the launcher's config only sizes the estimate
+        model = f"the script's own (the memory estimate is for the launcher's model config: {model})"
+        seq = "seq: the script's"
     return [
         f"run        {plan.run_name}  ->  {plan.run_dir}",
         f"topology   {plan.topo_name} ({plan.backend}): {plan.num_hosts} host(s) [{hosts}] x {plan.procs_per_host} "
@@ -21,10 +27,9 @@ def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None, scrip
         f"plan       {plan.plan_name}: ZeRO-{plan.zero_stage} dp={plan.dp} tp={plan.tp} pp={plan.pp}"
         f"{' offload(opt)' if plan.offload_optimizer else ''}{' offload(params)' if plan.offload_params else ''}, "
         f"{plan.precision}",
-        f"model      {plan.model.name} ({plan.model.path or 'built from config'}), method {plan.method.name}, "
-        f"{m.params / 1e6:.1f}M params, {m.trainable_params / 1e6:.2f}M trainable",
+        f"model      {model}",
         f"batch      global {plan.global_batch_size} = micro {plan.micro_batch_size} x dp {plan.dp} x accum "
-        f"{plan.grad_accum}; seq {plan.train.seq_len}; {steps(plan, script)}",
+        f"{plan.grad_accum}; {seq}; {steps(plan, script)}",
         f"memory     ~{m.total_gb:.2f} GiB per {'GPU' if plan.accelerator == 'cuda' else 'process'} (params "
         f"{m.params_gb:.2f}, grads {m.grads_gb:.2f}, optimizer {m.optimizer_gb:.2f}, activations "
         f"{m.activations_gb:.2f}, offloaded {m.cpu_offload_gb:.2f}) of {m.capacity_gb:.0f} GiB: {fit}",

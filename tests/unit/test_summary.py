@@ -38,10 +38,15 @@ def test_the_built_in_job_shows_train_max_steps(plan):
 ])
 def test_a_script_run_shows_the_scripts_own_steps_not_train_max_steps(plan, args, shown):
     line = batch_line(plan, Script(path="/work/train.py", args=args))
-    assert line == f"batch      global 8 = micro 2 x dp 2 x accum 2; seq 256; {shown}"
+    assert line == f"batch      global 8 = micro 2 x dp 2 x accum 2; seq: the script's; {shown}"
 
 
-def test_only_the_steps_differ_between_a_script_run_and_the_built_in_job(plan):
+def test_a_script_run_says_its_model_and_sequence_are_its_own(plan):
+    """The batch arithmetic and the DeepSpeed config are handed to the script; its model and sequence length are
+    its own, so those lines say so instead of showing the launcher's tiny model as if the script trained it."""
     builtin = summary_lines(plan, SPEC, None)
     script = summary_lines(plan, SPEC, None, Script(path="/work/train.py", args=("--max_steps", "20")))
-    assert [a for a, b in zip(builtin, script) if a != b] == [batch_line(plan, None)]
+    changed = [b for a, b in zip(builtin, script) if a != b]
+    assert [line.split()[0] for line in changed] == ["model", "batch"]
+    assert changed[0].startswith("model      the script's own (the memory estimate is for the launcher's model "
+                                 "config: tiny (built from config), method full,")
