@@ -130,7 +130,6 @@ class PlanConfig:
 
     def __post_init__(self) -> None:
         _choice("plan.zero_stage", str(self.zero_stage), ("0", "1", "2", "3"))
-        _check_deepspeed_extra(self.deepspeed)
         _choice("plan.compile", self.compile, ("off", "torch", "deepcompile"))
         _choice("plan.stage3_fetch", self.stage3_fetch, ("layer", "module"))
         for name in ("reduce_bucket_mb", "allgather_bucket_mb", "stage3_prefetch_mb"):
@@ -144,36 +143,6 @@ class PlanConfig:
             raise LauncherError("plan.offload_params", True, "parameter offload needs ZeRO-3: use +plan=zero3_offload")
         if self.offload_optimizer and self.zero_stage == 0:
             raise LauncherError("plan.offload_optimizer", True, "optimizer offload needs ZeRO 1-3: use +plan=zero3_offload")
-
-
-# Keys of ds_config.json that the plan owns: set through these fields so that the plan, the memory estimate and
-# the batch arithmetic agree with what DeepSpeed runs.
-PLAN_OWNED_DS_KEYS = {
-    "train_batch_size": "train.global_batch_size", "train_micro_batch_size_per_gpu": "train.micro_batch_size",
-    "gradient_accumulation_steps": "train.global_batch_size and train.micro_batch_size",
-    "bf16": "train.precision", "fp16": "train.precision", "gradient_clipping": "train.grad_clip",
-    "tensor_parallel": "plan.tp", "pipeline": "plan.pp", "zero_optimization.stage": "plan.zero_stage",
-    "zero_optimization.offload_optimizer": "plan.offload_optimizer (+plan=zero3_offload)",
-    "zero_optimization.offload_param": "plan.offload_params (+plan=zero3_offload)",
-    "zero_optimization.overlap_comm": "plan.overlap_comm",
-    "zero_optimization.reduce_bucket_size": "plan.reduce_bucket_mb",
-    "zero_optimization.allgather_bucket_size": "plan.allgather_bucket_mb",
-    "zero_optimization.stage3_prefetch_bucket_size": "plan.stage3_prefetch_mb",
-    "optimizer": "train.lr, train.weight_decay and train.adam_*", "scheduler": "train.warmup_steps and train.min_lr_ratio",
-    "compile": "plan.compile",
-}
-
-
-def _check_deepspeed_extra(extra: Dict[str, Any]) -> None:
-    if "zero_optimization" in extra and not isinstance(extra["zero_optimization"], dict):
-        raise LauncherError("plan.deepspeed.zero_optimization", extra["zero_optimization"], "give its keys one by "
-                            "one, e.g. +plan.deepspeed.zero_optimization.round_robin_gradients=true")
-    for key, field_name in PLAN_OWNED_DS_KEYS.items():
-        top, _, sub = key.partition(".")
-        node = extra.get(top)
-        if top in extra and (not sub or (isinstance(node, dict) and sub in node)):
-            raise LauncherError(f"plan.deepspeed.{key}", node[sub] if sub else node,
-                                f"this DeepSpeed key is the plan's own: set {field_name} instead")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from launcher import placement as where
 from launcher.hardware import Hardware
 from launcher.inputs import looks_local
 from launcher.memory import MemoryEstimate, MemoryJob, estimate, liger_applies
-from launcher.plan_checks import check_method, check_model_parallel
+from launcher.plan_checks import check_deepspeed_extra, check_method, check_model_parallel
 from launcher.tuning import comm_sizes
 
 
@@ -143,6 +143,7 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num
     grad_accum = _grad_accum(cfg.train, dp)
     precision = _precision(cfg.train.precision, accelerator, hw)
     check_method(cfg, accelerator)
+    check_deepspeed_extra(cfg)
     max_steps = _max_steps(cfg.train, num_samples)
     liger = liger_applies(cfg.model.liger_kernel, accelerator, tp, pp, cfg.method.name, cfg.plan.compile)
     p = cfg.plan

@@ -1,5 +1,6 @@
 """Plan checks that refuse what DeepSpeed or this model cannot run, each with what works instead: the tp/pp degrees
-against the world size and the model's shape, and the method and compile mode against the accelerator. Pure: they
+against the world size and the model's shape, the method and compile mode against the accelerator, and DeepSpeed keys
+given in plan.deepspeed that the plan owns. Pure: they
 read the config only (launcher.plan.resolve calls them)."""
 from __future__ import annotations
 
@@ -79,3 +80,35 @@ def check_method(cfg: LauncherConfig, accelerator: str) -> None:
     if p.compile == "torch" and p.pp > 1:
         raise LauncherError("plan.compile", "torch", "use plan.compile=off with pipeline parallelism",
                             problem="the pipeline engine runs its stages' modules itself, outside a compiled model")
+
+
+# Keys of ds_config.json that the plan owns: set through these fields so that the plan, the memory estimate and
+# the batch arithmetic agree with what DeepSpeed runs.
+PLAN_OWNED_DS_KEYS = {
+    "train_batch_size": "train.global_batch_size", "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.global_batch_size and train.micro_batch_size",
+    "bf16": "train.precision", "fp16": "train.precision", "gradient_clipping": "train.grad_clip",
+    "tensor_parallel": "plan.tp", "pipeline": "plan.pp", "zero_optimization.stage": "plan.zero_stage",
+    "zero_optimization.offload_optimizer": "plan.offload_optimizer (+plan=zero3_offload)",
+    "zero_optimization.offload_param": "plan.offload_params (+plan=zero3_offload)",
+    "zero_optimization.overlap_comm": "plan.overlap_comm",
+    "zero_optimization.reduce_bucket_size": "plan.reduce_bucket_mb",
+    "zero_optimization.allgather_bucket_size": "plan.allgather_bucket_mb",
+    "zero_optimization.stage3_prefetch_bucket_size": "plan.stage3_prefetch_mb",
+    "optimizer": "train.lr, train.weight_decay and train.adam_*", "scheduler": "train.warmup_steps and train.min_lr_ratio",
+    "compile": "plan.compile",
+}
+
+
+def check_deepspeed_extra(cfg: LauncherConfig) -> None:
+    """plan.deepspeed may add DeepSpeed keys, not replace the plan's own."""
+    extra = cfg.plan.deepspeed
+    if "zero_optimization" in extra and not isinstance(extra["zero_optimization"], dict):
+        raise LauncherError("plan.deepspeed.zero_optimization", extra["zero_optimization"], "give its keys one by "
+                            "one, e.g. +plan.deepspeed.zero_optimization.round_robin_gradients=true")
+    for key, field_name in PLAN_OWNED_DS_KEYS.items():
+        top, _, sub = key.partition(".")
+        node = extra.get(top)
+        if top in extra and (not sub or (isinstance(node, dict) and sub in node)):
+            raise LauncherError(f"plan.deepspeed.{key}", node[sub] if sub else node,
+                                f"this DeepSpeed key is the plan's own: set {field_name} instead")

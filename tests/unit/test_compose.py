@@ -59,9 +59,6 @@ def test_dual_pgx_fields_are_overridable():
         ("plan.reduce_bucket_mb=-1", "plan.reduce_bucket_mb", "use 0 to have it chosen from the model"),
         ("train.profile_steps=10-8", "train.profile_steps", "a range of them (8-10)"),
         ("train.profile_steps=0", "train.profile_steps", "counted from 1"),
-        ("+plan.deepspeed.train_batch_size=64", "plan.deepspeed.train_batch_size", "set train.global_batch_size"),
-        ("+plan.deepspeed.zero_optimization.stage=1", "plan.deepspeed.zero_optimization.stage", "set plan.zero_stage"),
-        ("+plan.deepspeed.zero_optimization=3", "plan.deepspeed.zero_optimization", "give its keys one by one"),
     ],
 )
 def test_bad_override_names_field_and_fix(override, field, text):

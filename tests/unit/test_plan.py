@@ -145,3 +145,17 @@ def test_plan_is_frozen():
 def test_slurm_gpus_per_node_sets_the_processes_per_node():
     p = plan_for("+topo=slurm", "topo.nodes=4", "topo.gpus_per_node=4", "train.global_batch_size=32")
     assert (p.backend, p.num_hosts, p.procs_per_host, p.world_size, p.grad_accum) == ("slurm", 4, 4, 16, 1)
+
+
+@pytest.mark.parametrize("override, field, text", [
+    ("+plan.deepspeed.train_batch_size=64", "plan.deepspeed.train_batch_size", "set train.global_batch_size"),
+    ("+plan.deepspeed.zero_optimization.stage=1", "plan.deepspeed.zero_optimization.stage", "set plan.zero_stage"),
+    ("+plan.deepspeed.zero_optimization=3", "plan.deepspeed.zero_optimization", "give its keys one by one"),
+    ("+plan.deepspeed.optimizer.type=Lamb", "plan.deepspeed.optimizer", "set train.lr"),
+])
+def test_plan_deepspeed_may_add_keys_but_not_replace_the_plans_own(override, field, text):
+    with pytest.raises(LauncherError) as err:
+        plan_for(override)
+    assert err.value.field == field and text in err.value.paragraph()
+    assert plan_for("+plan.deepspeed.zero_optimization.round_robin_gradients=true").deepspeed == {
+        "zero_optimization": {"round_robin_gradients": True}}
