@@ -2,107 +2,18 @@
 
 Defaults live here; the YAML presets under conf/ only say what differs. Hydra composes into these dataclasses (so a
 typo in an override fails with the field's name), then `__main__` converts once with `OmegaConf.to_object`, which
-runs the `__post_init__` checks below.
+runs the `__post_init__` checks below. Where the job runs (the `topo` group) is launcher/topo_config.py.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from hydra.core.config_store import ConfigStore
 
-from launcher.errors import LauncherError
-from launcher.preflight.links import EXPECTED_BUSBW_GBPS
-
-
-def _choice(field_name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise LauncherError(field_name, value, f"use one of: {', '.join(allowed)}")
-
-
-def _positive(field_name: str, value: int | float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise LauncherError(field_name, value, "it must be a positive number" if not allow_zero else "it must be >= 0")
-
-
-@dataclass
-class NcclConfig:
-    """NCCL settings rendered into every rank's environment; empty means NCCL's own default."""
-
-    socket_ifname: str = ""
-    ib_hca: str = ""
-    ib_disable: Optional[int] = None
-    net_gdr_level: Optional[int] = None
-    debug: str = ""
-    extra: Dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class SlurmConfig:
-    """sbatch settings for backend=slurm; empty means the cluster's default."""
-
-    partition: str = ""
-    account: str = ""
-    time: str = ""  # sbatch --time, e.g. 04:00:00
-    signal_before_s: int = 300  # SIGUSR1 this long before the time limit: the ranks save, the job requeues
-    requeue: bool = True
-    exclusive: bool = True
-    extra: List[str] = field(default_factory=list)  # more sbatch options, e.g. ["--qos=high", "--constraint=h100"]
-
-    def __post_init__(self) -> None:
-        _positive("topo.slurm.signal_before_s", self.signal_before_s, allow_zero=True)
-        for line in self.extra:
-            if not str(line).startswith("-"):
-                raise LauncherError("topo.slurm.extra", line, "give sbatch options such as --qos=high")
-
-
-@dataclass
-class TopoConfig:
-    """Where the job runs: hosts, processes per host, memory and network.
-
-    gpus_per_host=None means: detect on this host (local topology). On a machine without GPUs the ranks are CPU
-    processes, `cpu_procs_per_host` of them.
-    """
-
-    name: str = "local"
-    description: str = "this machine: its GPUs, or CPU processes when it has none"
-    backend: str = "local"  # local | hostfile | slurm
-    hosts: List[str] = field(default_factory=list)
-    gpus_per_host: Optional[int] = None
-    gpus_per_node: Optional[int] = None  # Slurm's word for gpus_per_host; when set it wins
-    cpu_procs_per_host: int = 2
-    accelerator: str = "auto"  # auto | cuda | cpu
-    gpu_memory_gb: Optional[float] = None
-    unified_memory: bool = False
-    host_memory_gb: Optional[float] = None
-    gpu_arch: str = ""
-    master_addr: str = ""
-    master_port: int = 0
-    nodes: int = 1  # backend=slurm: nodes to allocate
-    socket_ifname: str = ""  # the interface ranks talk over: GLOO_SOCKET_IFNAME (and NCCL's unless nccl says)
-    mtu: int = 0  # expected MTU of that link, checked on every host before a launch; 0 = not checked
-    link: str = ""  # what joins the GPUs (nvlink, pcie, cx7_200g, ib_400g, eth_10g...): preflight's expected bandwidth
-    nccl: NcclConfig = field(default_factory=NcclConfig)
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
-    env: Dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _choice("topo.backend", self.backend, ("local", "hostfile", "slurm"))
-        _choice("topo.accelerator", self.accelerator, ("auto", "cuda", "cpu"))
-        if self.link and self.link not in EXPECTED_BUSBW_GBPS:
-            raise LauncherError("topo.link", self.link, f"use one of: {', '.join(EXPECTED_BUSBW_GBPS)}, or leave it "
-                                "empty (no bandwidth expectation)")
-        if self.gpus_per_node is not None:
-            _positive("topo.gpus_per_node", self.gpus_per_node)
-            self.gpus_per_host = self.gpus_per_node
-        if self.gpus_per_host is not None:
-            _positive("topo.gpus_per_host", self.gpus_per_host)
-        _positive("topo.cpu_procs_per_host", self.cpu_procs_per_host)
-        _positive("topo.nodes", self.nodes)
-        if len(set(self.hosts)) != len(self.hosts):
-            dup = sorted({h for h in self.hosts if self.hosts.count(h) > 1})
-            raise LauncherError("topo.hosts", self.hosts, f"host {dup[0]} is listed twice: list each host once")
+from launcher.errors import LauncherError, choice, positive
+from launcher.topo_config import TopoConfig
 
 
 @dataclass
@@ -129,16 +40,16 @@ class PlanConfig:
     deepspeed: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _choice("plan.zero_stage", str(self.zero_stage), ("0", "1", "2", "3"))
-        _choice("plan.compile", self.compile, ("off", "torch", "deepcompile"))
-        _choice("plan.stage3_fetch", self.stage3_fetch, ("layer", "module"))
+        choice("plan.zero_stage", str(self.zero_stage), ("0", "1", "2", "3"))
+        choice("plan.compile", self.compile, ("off", "torch", "deepcompile"))
+        choice("plan.stage3_fetch", self.stage3_fetch, ("layer", "module"))
         for name in ("reduce_bucket_mb", "allgather_bucket_mb", "stage3_prefetch_mb"):
             if getattr(self, name) < 0:
                 raise LauncherError(f"plan.{name}", getattr(self, name), "use 0 to have it chosen from the model "
                                     "(launcher/tuning.py), or a positive size in units of 2**20 elements")
-        _positive("plan.stage3_param_persistence_kb", self.stage3_param_persistence_kb, allow_zero=True)
-        _positive("plan.tp", self.tp)
-        _positive("plan.pp", self.pp)
+        positive("plan.stage3_param_persistence_kb", self.stage3_param_persistence_kb, allow_zero=True)
+        positive("plan.tp", self.tp)
+        positive("plan.pp", self.pp)
         if self.offload_params and self.zero_stage != 3:
             raise LauncherError("plan.offload_params", True, "parameter offload needs ZeRO-3: use +plan=zero3_offload")
         if self.offload_optimizer and self.zero_stage == 0:
@@ -186,7 +97,7 @@ class DataConfig:
     max_samples: int = 0
 
     def __post_init__(self) -> None:
-        _choice("data.format", self.format, ("alpaca", "sharegpt"))
+        choice("data.format", self.format, ("alpaca", "sharegpt"))
 
 
 @dataclass
@@ -202,7 +113,7 @@ class MethodConfig:
     )
 
     def __post_init__(self) -> None:
-        _choice("method.name", self.name, ("full", "lora", "qlora"))
+        choice("method.name", self.name, ("full", "lora", "qlora"))
 
 
 @dataclass
@@ -232,12 +143,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("global_batch_size", "micro_batch_size", "seq_len", "log_every"):
-            _positive(f"train.{name}", getattr(self, name))
+            positive(f"train.{name}", getattr(self, name))
         for name in ("max_steps", "epochs", "save_every", "warmup_steps", "keep_last"):
-            _positive(f"train.{name}", getattr(self, name), allow_zero=True)
+            positive(f"train.{name}", getattr(self, name), allow_zero=True)
         if self.max_steps == 0 and self.epochs == 0:
             raise LauncherError("train.max_steps", 0, "set train.max_steps to a positive number or train.epochs")
-        _choice("train.precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
+        choice("train.precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
         self.profile_steps = str(self.profile_steps).strip()
         span = re.fullmatch(r"(\d+)(?:-(\d+))?", self.profile_steps)
         if self.profile_steps and not (span and 0 < int(span[1]) <= int(span[2] or span[1])):
@@ -264,8 +175,8 @@ class RunConfig:
     debug: bool = False
 
     def __post_init__(self) -> None:
-        _choice("run.launcher", self.launcher, ("torchrun", "deepspeed"))
-        _positive("run.max_restarts", self.max_restarts, allow_zero=True)
+        choice("run.launcher", self.launcher, ("torchrun", "deepspeed"))
+        positive("run.max_restarts", self.max_restarts, allow_zero=True)
 
 
 @dataclass
@@ -277,7 +188,7 @@ class WandbConfig:
     entity: str = ""
 
     def __post_init__(self) -> None:
-        _choice("logging.wandb.mode", self.mode, ("auto", "online", "offline", "disabled"))
+        choice("logging.wandb.mode", self.mode, ("auto", "online", "offline", "disabled"))
 
 
 @dataclass

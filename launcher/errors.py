@@ -37,3 +37,15 @@ def report(err: LauncherError, debug: bool = False, how: str = "run.debug=true o
     if not debug:
         print(f"(run with {how} for a traceback)", file=sys.stderr)
     return USER_ERROR_EXIT
+
+
+def choice(field_name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """A config field's value must be one of `allowed`: the error lists them."""
+    if value not in allowed:
+        raise LauncherError(field_name, value, f"use one of: {', '.join(allowed)}")
+
+
+def positive(field_name: str, value: int | float, allow_zero: bool = False) -> None:
+    """A config field's number must be positive (or zero, when that means something)."""
+    if value < 0 or (value == 0 and not allow_zero):
+        raise LauncherError(field_name, value, "it must be a positive number" if not allow_zero else "it must be >= 0")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from launcher.config import SlurmConfig
+from launcher.topo_config import SlurmConfig
 from launcher.errors import LauncherError
 from launcher.plan import Plan
 from launcher.render.env import is_secret

@@ -13,7 +13,7 @@ import json
 import shlex
 from dataclasses import dataclass
 
-from launcher.config import SlurmConfig
+from launcher.topo_config import SlurmConfig
 from launcher.errors import LauncherError
 from launcher.plan import Plan
 from launcher.render.env import is_secret
