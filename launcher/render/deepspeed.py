@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from launcher.memory import STAGE3_MAX_LIVE_PARAMS
 from launcher.plan import Plan
 
@@ -32,15 +34,10 @@ def render_ds_config(plan: Plan) -> dict[str, Any]:
         ds["pipeline"] = _pipeline(plan)
     if plan.compile == "deepcompile":
         ds["compile"] = {"deepcompile": True}  # the worker then calls engine.compile()
-    return merge(ds, plan.deepspeed)
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """plan.deepspeed over the rendered config, key by key at every depth (a nested dict replaces nothing else)."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+    if not plan.deepspeed:
+        return ds
+    # plan.deepspeed over the rendered config, key by key at every depth (plan_checks refused the plan's own keys)
+    return OmegaConf.to_container(OmegaConf.merge(ds, plan.deepspeed))  # type: ignore[return-value]
 
 
 def _pipeline(plan: Plan) -> dict[str, Any]:
