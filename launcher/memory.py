@@ -203,6 +203,10 @@ def estimate(job: MemoryJob, capacity_gb: float, host_memory_gb: float = 0.0, un
     if job.offload_optimizer:
         cpu += optim + step
         optim = step = 0.0
+        if zero >= 3:  # stage3.py puts the gradient partitions on the optimizer's device, the CPU
+            cpu += grads
+        if zero >= 2:  # stage 2 copies each reduced gradient straight into the CPU fp32 gradient (`step`)
+            grads = 0.0
     if job.offload_params:
         cpu += params
         params = 0.0  # the gathered layers are in buffers
@@ -247,13 +251,16 @@ def estimate(job: MemoryJob, capacity_gb: float, host_memory_gb: float = 0.0, un
 
 def _buffers(job: MemoryJob, params_here: float, b: int) -> float:
     """GPU buffers besides the model states: ZeRO's gradient buckets (torch.empty of reduce_bucket_size elements,
-    two with overlap_comm), the parameters ZeRO-3 keeps gathered, and QLoRA's dequantized weight of one projection."""
+    two with overlap_comm; with offload also a staging buffer), the parameters ZeRO-3 keeps gathered, and QLoRA's dequantized weight of one projection."""
     if job.accelerator != "cuda":
         return 0.0  # untouched pages of a CPU torch.empty cost no memory
     bucket = job.reduce_bucket_mb * 1024**2 * b
     out = 0.0
     if job.zero_stage in (1, 2):
         out += bucket * (2 if job.overlap_comm else 1)
+        if job.offload_optimizer:  # temp_grad_buffer_for_gpu_offload: the largest parameter, staged for the copy out
+            arch = job.arch
+            out += max(_vocab(arch) * arch.hidden_size, arch.hidden_size * arch.intermediate_size) * b
     if job.zero_stage == 3:
         out += bucket + min(STAGE3_MAX_LIVE_PARAMS, params_here) * b
     if job.method == "qlora":

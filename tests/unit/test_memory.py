@@ -114,6 +114,18 @@ def test_offload_comes_last_and_counts_against_unified_memory():
     assert h200.need_gb == h200.total_gb and h200.host_ram_gb > h200.cpu_offload_gb * 8
 
 
+def test_offloaded_optimizer_takes_the_gradient_partitions_off_the_gpu():
+    """DeepSpeed keeps ZeRO-3's gradient partitions on the optimizer's device, and stage 2 copies each reduced
+    gradient into the CPU fp32 gradient: neither holds a 16-bit gradient partition on the GPU."""
+    z3 = plan_for("+topo=multi_gpu", "+plan=zero3", "model=llama3_2_3b", *JOB, hw=H200x8).memory
+    off = plan_for("+topo=multi_gpu", "+plan=zero3_offload", "model=llama3_2_3b", *JOB, hw=H200x8).memory
+    assert off.grads_gb == 0 and z3.grads_gb > 0.5
+    assert off.cpu_offload_gb == pytest.approx(z3.params_gb + z3.grads_gb + z3.optimizer_gb + z3.step_gb, abs=0.01)
+    z2 = plan_for("+topo=multi_gpu", "+plan=zero2", "plan.offload_optimizer=true", "model=llama3_2_3b", *JOB,
+                  hw=H200x8).memory
+    assert z2.grads_gb == 0 and z2.params_gb > 5
+
+
 def test_zero_stages_shard_what_they_promise():
     def m(preset: str):
         return plan_for("+topo=multi_gpu", f"+plan={preset}", "model=llama3_1_8b", *JOB, hw=H200x8).memory
