@@ -31,6 +31,7 @@ from launcher.supervisor import USER_ERROR_FILE
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
 TAIL_LINES = 15
 PR_SET_PDEATHSIG = 1
+SCRIPT_SITE = Path(__file__).parent / "script_site"
 
 
 def resume_args(api: str, script_args: list[str], resume: Checkpoint | None) -> list[str]:
@@ -48,6 +49,12 @@ def failure_report(script: str, rank: int, host: str, code: int, log: Path, tail
             "paragraph": f"{err.paragraph()}\nThe last lines of {log}:\n{shown}"}
 
 
+def script_path(env: dict[str, str]) -> str:
+    """The script's PYTHONPATH: script_site/ first (its sitecustomize closes a gloo group at exit), then, as under
+    `python -m` and accelerate launch, the working directory, so that its modules are importable by the script."""
+    return os.pathsep.join(p for p in (str(SCRIPT_SITE), os.getcwd(), env.get("PYTHONPATH", "")) if p)
+
+
 def run_rank(run_dir: Path, api: str, command: list[str], env: dict[str, str]) -> int:
     rank = int(env.get("RANK", "0"))
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else (lambda _m: None)
@@ -58,9 +65,7 @@ def run_rank(run_dir: Path, api: str, command: list[str], env: dict[str, str]) -
         say(f"launcher: the script resumes from {resume.path} (LAUNCHER_RESUME_FROM)")
     log = run_dir / "logs" / f"rank{rank}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    # as under `python -m` and accelerate launch, the working directory's modules are importable by the script
-    path = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
-    child_env = {**env, "LAUNCHER_RESUME_FROM": str(resume.path) if resume else "", "PYTHONPATH": path}
+    child_env = {**env, "LAUNCHER_RESUME_FROM": str(resume.path) if resume else "", "PYTHONPATH": script_path(env)}
     code, tail, signalled = _run_logged(argv, child_env, log, echo=rank == 0)
     if code != 0 and not signalled:
         name = USER_ERROR_FILE if rank == 0 else USER_ERROR_FILE.replace(".json", f".rank{rank}.json")
@@ -131,6 +136,7 @@ def run_node(run_dir: Path, command: list[str], env: dict[str, str]) -> None:
     at = command.index("--config_file") + 2
     argv = [*command[:at], "--machine_rank", env.get("RANK", "0"), *command[at:]]
     child = {k: v for k, v in env.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "CROSS_RANK", "CROSS_SIZE")}
+    child["PYTHONPATH"] = script_path(env)
     child["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(plan["procs_per_host"]))) if plan["accelerator"] == "cuda" \
         else ""
     os.execve(argv[0], argv, child)

@@ -254,6 +254,27 @@ def test_a_rank_resumes_reports_its_failure_and_passes_the_environment(tmp_path)
     assert sys.executable  # the script ran under this interpreter
 
 
+def test_a_script_that_leaves_its_gloo_group_alive_gets_it_destroyed_at_exit(tmp_path):
+    """Gloo can abort a rank that exits with its group alive (SIGABRT in interpreter shutdown, seen in this suite with
+    a Trainer script). The entry's sitecustomize destroys the group in an exit hook, and still imports the user's own
+    sitecustomize that it shadows."""
+    run, script, user_site = tmp_path / "run", tmp_path / "train.py", tmp_path / "site"
+    user_site.mkdir()
+    (user_site / "sitecustomize.py").write_text("print('user sitecustomize ran', flush=True)\n")
+    script.write_text(
+        "import torch.distributed as dist\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path}/store', rank=0, world_size=1)\n"
+        "original = dist.destroy_process_group\n"
+        "def destroy(*a):\n    print('destroyed', dist.get_backend(), flush=True)\n    original(*a)\n"
+        "dist.destroy_process_group = destroy\n"
+        "dist.all_reduce(__import__('torch').ones(1))\n"
+        "print('script done', flush=True)\n")
+    env = {"RANK": "0", "PATH": os.environ["PATH"], "PYTHONPATH": str(user_site)}
+    assert run_rank(run, "plain", [str(script)], env) == 0
+    lines = (run / "logs" / "rank0.log").read_text().splitlines()
+    assert lines[0] == "user sitecustomize ran" and lines[-2:] == ["script done", "destroyed gloo"]
+
+
 def test_a_script_gets_a_signal_its_launcher_ignores_with_the_default_action(tmp_path):
     """job.sbatch's step ignores SIGUSR1 for DeepSpeed's launcher, and children inherit that. The entry starts the
     script with the default action, so a script that does not catch Slurm's pre-timeout signal stops (the job is then

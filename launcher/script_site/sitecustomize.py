@@ -1,0 +1,42 @@
+"""Imported by Python at start-up in every process of a user's script: launcher.script_entry puts this directory
+first on the script's PYTHONPATH. It registers one exit hook and then imports the sitecustomize it shadows (the
+user's or the distribution's), as Python would have.
+
+Why: a rank that exits with a gloo process group still alive can abort while the interpreter shuts down (SIGABRT,
+"terminate called without an active exception": gloo's worker threads outlive the interpreter; pytorch issue 190489,
+and pull request 179291 that would have fixed it in torch was abandoned). Trainer and many plain scripts never call
+destroy_process_group, so a script that finished could be reported as failed with exit code 134.
+"""
+import atexit
+import importlib
+import os
+import sys
+
+
+def _close_gloo_group() -> None:
+    """Destroy a gloo default group while the interpreter is whole. Registered first, so it runs after the script's
+    own exit hooks (wandb's, accelerate's). NCCL groups are left to the script: their teardown may wait on peers."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+            dist.destroy_process_group()
+    except Exception:  # the process is exiting anyway: never turn a clean exit into a traceback
+        pass
+
+
+def _import_shadowed() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    saved, mine = sys.path[:], sys.modules.pop("sitecustomize", None)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    try:
+        importlib.import_module("sitecustomize")
+    except ModuleNotFoundError as err:
+        if err.name != "sitecustomize":
+            raise
+        sys.modules["sitecustomize"] = mine
+    finally:
+        sys.path[:] = saved
+
+
+atexit.register(_close_gloo_group)
+_import_shadowed()
