@@ -176,6 +176,25 @@ def pipeline_inputs(batch: dict[str, torch.Tensor]) -> tuple[Activations, torch.
     return (ids, mask, positions), batch["labels"]
 
 
+def probe_logits(engine: Any, ids: torch.Tensor) -> torch.Tensor | None:
+    """Logits of `ids` through the whole pipeline (every rank calls it): DeepSpeed's inference schedule, then the
+    last stage of the first data-parallel pipeline holds them and broadcasts them; rank 0 returns them, the others
+    None."""
+    import torch.distributed as dist
+
+    batch = pipeline_inputs({"input_ids": ids, "labels": ids})  # the last stage loads labels, unused here
+    was_training, step_loss = engine.module.training, engine.total_loss
+    engine.total_loss = None  # eval_batch adds its outputs to the last step's summed loss; train_batch resets it
+    _, logits = engine.eval_batch(iter([batch]), return_logits=True, compute_loss=False, reduce_output=None,
+                                  num_micro_batches=1)
+    engine.module.train(was_training)
+    engine.total_loss = step_loss
+    src = engine.grid.stage_to_global(engine.num_stages - 1, data=0)
+    sent = [logits.float().cpu() if dist.get_rank() == src else None]
+    dist.broadcast_object_list(sent, src=src)  # a few vocab-wide rows, once per save
+    return sent[0] if dist.get_rank() == 0 else None
+
+
 def train_step(engine: Any, examples: Sequence[Any], plan: Plan, info: Any, pad_id: int, step: int
                ) -> tuple[float, int, float | None]:
     """One optimizer step through engine.train_batch over the plan's grad_accum micro batches: this stage's

@@ -63,8 +63,15 @@ def check_free_disk(root: Path, plan: Plan, rank: int, device: torch.device) -> 
         )
 
 
-def probe(engine: Any, example_ids: list[int], device: torch.device) -> dict[str, torch.Tensor]:
-    """Logits of a fixed prompt, taken by the engine itself: export checks its weights against them."""
+def probe(engine: Any, example_ids: list[int], device: torch.device, pp: int = 1) -> dict[str, torch.Tensor] | None:
+    """Logits of a fixed prompt, taken by the engine itself: export checks its weights against them. Every rank
+    calls it; under a pipeline only rank 0 gets them."""
+    if pp > 1:
+        from launcher.train.pipeline import probe_logits
+
+        cpu_ids = torch.tensor([example_ids[:PROBE_TOKENS]])
+        logits = probe_logits(engine, cpu_ids)
+        return None if logits is None else {"input_ids": cpu_ids, "logits": logits}
     ids = torch.tensor([example_ids[:PROBE_TOKENS]], device=device)
     was_training = engine.module.training
     engine.module.eval()
@@ -96,7 +103,7 @@ def make_saver(engine: Any, plan: Plan, rank: int, device: torch.device, root: P
         engine.save_checkpoint(str(root), tag=tmp_tag, client_state={"global_step": step}, save_latest=False)
         (root / tmp_tag).mkdir(parents=True, exist_ok=True)
         torch.save(rng_state(), root / tmp_tag / f"rng_state_rank{rank}.pt")
-        probe_out = probe(engine, probe_ids, device) if plan.pp == 1 else None
+        probe_out = probe(engine, probe_ids, device, plan.pp)
         if rank == 0 and probe_out is not None:
             torch.save(probe_out, root / tmp_tag / "probe.pt")
         if save_delay_s:

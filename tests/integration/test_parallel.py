@@ -109,9 +109,10 @@ def test_parallel_checkpoint_exports_the_weights_ddp_trained(trained, name):
     hf_model(trained(name), weights)  # loads strictly into the Hugging Face model
 
 
-@pytest.mark.parametrize("name", ["tp_zero1", "tp_zero2_dp2"])
-def test_tensor_parallel_export_reproduces_the_engine_logits(trained, name):
-    """probe.pt holds logits the AutoTP engine itself computed at save time; the rebuilt model must give them."""
+@pytest.mark.parametrize("name", PARALLEL)
+def test_model_parallel_export_reproduces_the_engine_logits(trained, name):
+    """probe.pt holds logits the AutoTP engine or the pipeline (DeepSpeed's inference schedule over both stages)
+    computed at save time; the rebuilt model must give them."""
     probe = torch.load(trained(name) / "checkpoints" / "global_step20" / "probe.pt", weights_only=False)
     model = hf_model(trained(name), full_weights(trained(name)))
     with torch.no_grad():
