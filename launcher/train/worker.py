@@ -107,7 +107,18 @@ def main(argv: list[str]) -> int:
     except LauncherError as err:
         log.error(err.paragraph())
         _write_user_error(run_dir, info, err)
+        _close_gloo_group()
         return 1 if isinstance(err, CollectiveFailure) else 2
+
+
+def _close_gloo_group() -> None:
+    """A rank leaving with its gloo group alive can abort in interpreter shutdown (exit 134 instead of this error's
+    code; see launcher/script_site/sitecustomize.py). Destroying a gloo group is local; an NCCL one may wait on peers
+    that are gone, so it is left."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_backend() == "gloo":
+        dist.destroy_process_group()
 
 
 def _write_user_error(run_dir: Path, info: RankInfo, err: LauncherError) -> None:
