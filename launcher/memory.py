@@ -251,7 +251,8 @@ def estimate(job: MemoryJob, capacity_gb: float, host_memory_gb: float = 0.0, un
 
 def _buffers(job: MemoryJob, params_here: float, b: int) -> float:
     """GPU buffers besides the model states: ZeRO's gradient buckets (torch.empty of reduce_bucket_size elements,
-    two with overlap_comm; with offload also a staging buffer), the parameters ZeRO-3 keeps gathered, and QLoRA's dequantized weight of one projection."""
+    two with overlap_comm; with offload also a staging buffer), the parameters ZeRO-3 keeps gathered, and QLoRA's
+    dequantized weight of one projection."""
     if job.accelerator != "cuda":
         return 0.0  # untouched pages of a CPU torch.empty cost no memory
     bucket = job.reduce_bucket_mb * 1024**2 * b
