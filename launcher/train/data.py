@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # transformers costs seconds to import; the launcher entry on
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+TOKENIZE_BATCH = 1024  # conversations per tokenizer call: all cores busy, the rendered text of one batch in memory
 FORMATS = ("alpaca", "sharegpt")
 ALPACA_SHAPE = (
     'each alpaca row needs {"instruction": "...", "input": "..." (may be empty or absent), "output": "..."}, '
@@ -224,11 +225,15 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, messages: Messages, add_generation_prompt: bool) -> list[int]:
-    """Token ids of the chat template; control tokens typed inside the data are encoded as plain text."""
+def _render(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], add_generation_prompt: bool
+            ) -> list[list[int]]:
+    """Token ids of the chat template for a batch of conversations; control tokens typed inside the data are
+    encoded as plain text. One call for the batch: the fast tokenizer encodes a batch on every core."""
+    if not conversations:
+        return []
     try:
         return tokenizer.apply_chat_template(
-            messages, tokenize=True, add_generation_prompt=add_generation_prompt,
+            conversations, tokenize=True, add_generation_prompt=add_generation_prompt,
             return_dict=False, sanitize_control_tokens=True,
         )
     except TemplateError as err:
@@ -239,10 +244,8 @@ def _render(tokenizer: PreTrainedTokenizerBase, messages: Messages, add_generati
         ) from err
 
 
-def _prefix_length(tokenizer: PreTrainedTokenizerBase, messages: Messages, k: int, full: list[int],
-                   add_generation_prompt: bool) -> int:
-    """Length of the rendering of messages[:k], checked to be a token prefix of the whole conversation."""
-    prefix = full if k == len(messages) else _render(tokenizer, messages[:k], add_generation_prompt)
+def _check_prefix(tokenizer: PreTrainedTokenizerBase, prefix: list[int], full: list[int], k: int) -> int:
+    """Length of the rendering of a conversation's first k messages, checked to be a token prefix of the whole."""
     if full[: len(prefix)] != prefix:
         raise LauncherError(
             "model.tokenizer", tokenizer.name_or_path,
@@ -254,21 +257,39 @@ def _prefix_length(tokenizer: PreTrainedTokenizerBase, messages: Messages, k: in
     return len(prefix)
 
 
-def tokenize_example(tokenizer: PreTrainedTokenizerBase, messages: Messages, seq_len: int) -> Example:
+def tokenize_examples(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], seq_len: int
+                      ) -> list[Example]:
     """Render with the chat template and label each assistant turn (its closing marker included), cut to seq_len.
 
     Each answer's span is found by rendering the conversation up to it (with the generation prompt) and up to its
     end: the difference is exactly what the model must produce, whatever the template's markers look like.
     """
-    full = _render(tokenizer, messages, add_generation_prompt=False)
-    labels = [IGNORE_INDEX] * len(full)
-    for k, message in enumerate(messages):
-        if message["role"] != "assistant" or k == 0:
-            continue
-        start = _prefix_length(tokenizer, messages, k, full, add_generation_prompt=True)
-        end = _prefix_length(tokenizer, messages, k + 1, full, add_generation_prompt=False)
-        labels[start:end] = full[start:end]
-    return Example(input_ids=full[:seq_len], labels=labels[:seq_len])
+    examples: list[Example] = []
+    for i in range(0, len(conversations), TOKENIZE_BATCH):
+        examples += _tokenize_batch(tokenizer, conversations[i:i + TOKENIZE_BATCH], seq_len)
+    return examples
+
+
+def _tokenize_batch(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], seq_len: int
+                    ) -> list[Example]:
+    fulls = _render(tokenizer, conversations, add_generation_prompt=False)
+    turns = [(c, k) for c, messages in enumerate(conversations) for k, message in enumerate(messages)
+             if message["role"] == "assistant" and k > 0]
+    starts = iter(_render(tokenizer, [conversations[c][:k] for c, k in turns], add_generation_prompt=True))
+    inner = [(c, k) for c, k in turns if k + 1 < len(conversations[c])]  # the last turn ends where the whole does
+    inner_ends = dict(zip(inner, _render(tokenizer, [conversations[c][:k + 1] for c, k in inner], False)))
+    labels = [[IGNORE_INDEX] * len(full) for full in fulls]
+    for c, k in turns:
+        full = fulls[c]
+        start = _check_prefix(tokenizer, next(starts), full, k)
+        end = _check_prefix(tokenizer, inner_ends.get((c, k), full), full, k + 1)
+        labels[c][start:end] = full[start:end]
+    return [Example(input_ids=full[:seq_len], labels=label[:seq_len]) for full, label in zip(fulls, labels)]
+
+
+def tokenize_example(tokenizer: PreTrainedTokenizerBase, messages: Messages, seq_len: int) -> Example:
+    """One conversation (see tokenize_examples)."""
+    return tokenize_examples(tokenizer, [messages], seq_len)[0]
 
 
 def build_examples(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], seq_len: int,
@@ -276,14 +297,17 @@ def build_examples(tokenizer: PreTrainedTokenizerBase, conversations: list[Messa
     """Tokenize the first `max_samples` conversations (0: all), dropping those cut before any answer token."""
     if max_samples:
         conversations = conversations[:max_samples]
-    examples = [tokenize_example(tokenizer, messages, seq_len) for messages in conversations]
+    examples = tokenize_examples(tokenizer, conversations, seq_len)
     kept = [example for example in examples if example.num_targets > 0]
     if not kept:
         raise LauncherError(
             "train.seq_len", seq_len, "raise train.seq_len so at least the first answer fits",
             problem=f"all {len(examples)} examples lose every answer token when cut to {seq_len} tokens",
         )
-    if len(kept) < len(examples):
-        log.warning("dropped %d of %d examples: no answer token within train.seq_len=%d",
-                    len(examples) - len(kept), len(examples), seq_len)
+    warn_dropped(len(examples) - len(kept), len(examples), seq_len)
     return kept
+
+
+def warn_dropped(dropped: int, total: int, seq_len: int) -> None:
+    if dropped:
+        log.warning("dropped %d of %d examples: no answer token within train.seq_len=%d", dropped, total, seq_len)
