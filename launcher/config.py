@@ -93,6 +93,7 @@ class DataConfig:
     format: str = "alpaca"  # alpaca | sharegpt
     packing: bool = False
     max_samples: int = 0
+    cache: bool = True  # keep the tokenized set in $LAUNCHER_CACHE_DIR (~/.cache/launcher): relaunches skip tokenizing
 
     def __post_init__(self) -> None:
         choice("data.format", self.format, ("alpaca", "sharegpt"))

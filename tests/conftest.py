@@ -1,16 +1,22 @@
 """Shared fixtures: a place for runs, and a helper that runs the launcher as a user would (a real subprocess)."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "golden"
+# The launches of one test process share a tokenized-data cache of their own, not the user's ~/.cache/launcher.
+DATA_CACHE = tempfile.mkdtemp(prefix="launcher-test-cache-")
+atexit.register(shutil.rmtree, DATA_CACHE, True)
 
 
 def check_golden(name: str, text: str) -> None:
@@ -28,6 +34,7 @@ def launcher_env() -> dict[str, str]:
     env.pop("LAUNCHER_DEBUG", None)
     env["WANDB_MODE"] = "disabled"  # the wandb test turns it on with logging.wandb.mode=offline
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("LAUNCHER_CACHE_DIR", DATA_CACHE)
     return env
 
 

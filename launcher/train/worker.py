@@ -62,13 +62,21 @@ def disable_shm_comm_op() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def load_examples(plan: Plan, tokenizer: Any) -> list[Any]:
+def load_examples(plan: Plan, tokenizer: Any, local_rank: int, env: dict[str, str]) -> list[Any]:
+    """The tokenized data set, from the cache when an earlier launch left it there (one rank per host writes it)."""
     from launcher.train.batching import pack_examples
     from launcher.train.data import build_examples, load_conversations
+    from launcher.train.data_cache import cache_path, cached_examples
 
-    conversations = load_conversations(plan.data.path, plan.data.format)
-    examples = build_examples(tokenizer, conversations, plan.train.seq_len, plan.data.max_samples)
-    return pack_examples(examples, plan.train.seq_len) if plan.data.packing else examples
+    d, seq_len = plan.data, plan.train.seq_len
+
+    def build() -> tuple[list[Any], int]:
+        conversations = load_conversations(d.path, d.format)[: d.max_samples or None]
+        return build_examples(tokenizer, conversations, seq_len), len(conversations)
+
+    path = cache_path(env, d.path, d.format, seq_len, d.max_samples, tokenizer) if d.cache else None
+    examples = cached_examples(path, build, write=local_rank == 0, seq_len=seq_len)
+    return pack_examples(examples, seq_len) if d.packing else examples
 
 
 def rank_info(plan: Plan, env: dict[str, str]) -> RankInfo:
@@ -160,7 +168,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str]) -> in
 
     marks = {"imports and process group": time.time()}
     tokenizer = load_tokenizer(plan.model.tokenizer or plan.model.path)
-    examples = load_examples(plan, tokenizer)
+    examples = load_examples(plan, tokenizer, info.local_rank, env)
     marks["data"] = time.time()
     hf_ds = _zero3_init_context(plan, ds_config)
     model = build_model(plan, tokenizer, info.local_rank)

@@ -83,6 +83,7 @@ def test_max_restarts_restarts_a_crashed_job_from_its_latest_checkpoint(tmp_path
     assert proc.wait(timeout=300) == 0
     text = log.read_text()
     assert "restart 1/2 in 1 s: the job exited with code 1; it resumes from global step" in text
+    assert "tokenized examples from the cache" in text.split("restart 1/2")[1]  # the restart skips tokenizing
     assert losses(run_dir) == uninterrupted
 
 
