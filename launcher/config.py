@@ -32,7 +32,7 @@ class PlanConfig:
     stage3_prefetch_mb: int = 0
     stage3_param_persistence_kb: int = 100
     stage3_fetch: str = "layer"  # layer: gather a decoder layer's weights in one fetch | module: each submodule's own
-    compile: str = "off"  # off | torch (engine.compile) | deepcompile (DeepSpeed's compiler passes, ZeRO-1/3, CUDA)
+    compile: str = "off"  # off | torch (engine.compile); deepcompile is known and refused (plan_checks.py says why)
     # DeepSpeed keys the plan has no field for, merged into ds_config.json over what the plan renders:
     # +plan.deepspeed.zero_optimization.use_multi_rank_bucket_allreduce=false
     deepspeed: Dict[str, Any] = field(default_factory=dict)

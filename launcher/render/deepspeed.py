@@ -32,8 +32,6 @@ def render_ds_config(plan: Plan) -> dict[str, Any]:
         ds["tensor_parallel"] = {"autotp_size": plan.tp}
     if plan.pp > 1:
         ds["pipeline"] = _pipeline(plan)
-    if plan.compile == "deepcompile":
-        ds["compile"] = {"deepcompile": True}  # the worker then calls engine.compile()
     if not plan.deepspeed:
         return ds
     # plan.deepspeed over the rendered config, key by key at every depth (plan_checks refused the plan's own keys)

@@ -184,7 +184,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str]) -> in
     )
     info = parallel.with_engine_coords(info, engine, plan)
     del hf_ds
-    if plan.compile != "off":  # deepcompile: DeepSpeed's passes, set in ds_config.json
+    if plan.compile == "torch":
         log.info(f"plan.compile={plan.compile}: the model compiles during its first steps, which take longer")
         engine.compile()
     marks["engine"] = time.time()

@@ -78,9 +78,10 @@ def test_liger_kernels_train_like_transformers_kernels(plan, tmp_path):
 
 
 @pytest.mark.skipif(gpus() < 1, reason="needs a GPU")
-@pytest.mark.parametrize("plan,compile_mode", [("zero2", "torch"), ("zero3", "deepcompile")])
+@pytest.mark.parametrize("plan,compile_mode", [("zero2", "torch"), ("zero3", "torch")])
 def test_compiled_plans_train_like_eager_and_resume(plan, compile_mode, tmp_path):
-    """plan.compile: torch.compile through engine.compile(), DeepCompile under ZeRO-3; same losses as eager."""
+    """plan.compile=torch: torch.compile through engine.compile(); same losses as eager. (DeepCompile is refused:
+    plan_checks.py.)"""
     losses = {}
     for mode in (compile_mode, "off"):
         run_dir = tmp_path / mode

@@ -79,16 +79,15 @@ def test_fp16_on_cpu_is_refused():
         plan_for("train.precision=fp16")
 
 
-def test_deepcompile_is_for_zero1_or_zero3_on_gpus_and_torch_compile_not_for_pipelines():
-    with pytest.raises(LauncherError, match="plan.compile=torch or off") as err:
-        plan_for("+plan=zero2", "plan.compile=deepcompile", hw=H200x2)
-    assert "ZeRO-2 on cuda" in err.value.paragraph()
-    with pytest.raises(LauncherError, match="ZeRO-3 on cpu"):
-        plan_for("+plan=zero3", "plan.compile=deepcompile")
+def test_deepcompile_is_refused_with_what_was_measured_and_torch_compile_not_for_pipelines():
+    for plan in ("+plan=zero1", "+plan=zero3"):
+        with pytest.raises(LauncherError, match="use plan.compile=torch") as err:
+            plan_for(plan, "plan.compile=deepcompile", hw=H200x2)
+        assert err.value.field == "plan.compile" and "'weight' must be 2-D" in err.value.paragraph()
     with pytest.raises(LauncherError, match="pipeline engine") as err:
         plan_for("+plan=pp", "plan.compile=torch")
     assert err.value.field == "plan.compile"
-    assert plan_for("+plan=zero3", "plan.compile=deepcompile", hw=H200x2).compile == "deepcompile"
+    assert plan_for("+plan=zero3", "plan.compile=torch", hw=H200x2).compile == "torch"
     with pytest.raises(LauncherError, match="off, torch, deepcompile"):
         plan_for("plan.compile=yes")
 

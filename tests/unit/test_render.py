@@ -73,13 +73,7 @@ def test_arch_list_suffixes_are_stripped_for_deepspeed(given, expected):
     assert sanitize_arch_list(given) == expected
 
 
-def test_deepcompile_is_rendered_for_deepspeed_and_accepted_by_it():
-    from deepspeed.runtime.config import DeepSpeedConfig
-
-    cfg, _ = compose(["+topo=single_pgx", "+plan=zero3", "plan.compile=deepcompile"])
-    ds = render_ds_config(resolve(cfg, H200x2, run_dir="/runs/x", run_name="x"))
-    assert ds["compile"] == {"deepcompile": True}
-    assert DeepSpeedConfig(ds).compile_config.deepcompile
+def test_torch_compile_is_the_engine_s_not_a_deepspeed_config_key():
     cfg, _ = compose(["+topo=single_pgx", "+plan=zero3", "plan.compile=torch"])
     assert "compile" not in render_ds_config(resolve(cfg, H200x2, run_dir="/runs/x", run_name="x"))
 
