@@ -43,7 +43,10 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def cache_path(environ: dict[str, str], data_path: str, fmt: str, seq_len: int, max_samples: int, tokenizer: Any
-               ) -> Path:
+               ) -> Path | None:
+    """None when the data file cannot be read here: loading it then fails with the error that names data.path."""
+    if not os.path.isfile(data_path):
+        return None
     return cache_root(environ) / "tokenized" / f"{cache_key(data_path, fmt, seq_len, max_samples, tokenizer)}.pt"
 
 

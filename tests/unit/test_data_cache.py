@@ -99,6 +99,10 @@ def test_examples_dropped_for_seq_len_are_reported_again_from_the_cache(tokenize
     assert "from the cache" in caplog.text and "dropped 1 of 2 examples" in caplog.text
 
 
+def test_a_data_file_missing_on_this_host_is_left_to_the_loader_s_error(tokenizer, tmp_path):
+    assert cache_path({}, str(tmp_path / "gone.jsonl"), "alpaca", 256, 0, tokenizer) is None
+
+
 def test_the_cache_lives_where_the_environment_says():
     assert cache_root({"LAUNCHER_CACHE_DIR": "/data/c"}) == Path("/data/c")
     assert cache_root({"XDG_CACHE_HOME": "/x"}) == Path("/x/launcher")
