@@ -3,6 +3,7 @@ changes the file it reads."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -59,7 +60,9 @@ def test_what_changes_the_tokens_changes_the_key(tokenizer, data):
     other = load_tokenizer("")
     other.chat_template = other.chat_template + " "
     assert cache_key(data, "alpaca", 256, 0, other) != base
-    Path(data).write_text(Path(data).read_text().replace("a", "b", 1))  # same size, new mtime
+    before = os.stat(data).st_mtime_ns
+    Path(data).write_text(Path(data).read_text().replace("a", "b", 1))  # an edit: same size, a later mtime
+    os.utime(data, ns=(before + 10**9, before + 10**9))  # a second later, whatever the clock's tick
     assert cache_key(data, "alpaca", 256, 0, tokenizer) != base
 
 
