@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from launcher import inputs
+from launcher import inputs, report
 from launcher.autoplan import memory_error
 from launcher.backends.hostfile import hostfile_spec
 from launcher.backends.hostfile import check_hosts_memory
@@ -79,9 +79,13 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
     run_before_launch(plan, cfg, environ)
     from launcher.supervisor import run_supervised
 
+    submits = plan.backend == "slurm" and "sbatch" in spec.argv  # returns at once: the job trains later
+    preload = None if submits else report.preload()
     code = run_supervised(spec, environ, run_dir, cfg.run.max_restarts, cfg.run.restart_backoff_s)
+    if preload:
+        preload.join()
     _plots(run_dir)
-    if plan.backend == "slurm" and "sbatch" in spec.argv and code == 0:
+    if submits and code == 0:
         print(f"run {name} submitted to Slurm (see the job id above); its log and checkpoints go to {run_dir}")
     else:
         print(f"run {name} finished with exit code {code}; run dir {run_dir}", file=sys.stderr if code else sys.stdout)
@@ -91,8 +95,6 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
 def _plots(run_dir: Path) -> None:
     """loss.png and throughput.png at the end of every run that trained (python -m launcher.report redraws them)."""
     if (run_dir / "metrics.jsonl").exists():
-        from launcher import report
-
         report.plot(run_dir, report.read_metrics(run_dir))
 
 
