@@ -81,9 +81,11 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
 
     submits = plan.backend == "slurm" and "sbatch" in spec.argv  # returns at once: the job trains later
     preload = None if submits else report.preload()
-    code = run_supervised(spec, environ, run_dir, cfg.run.max_restarts, cfg.run.restart_backoff_s)
-    if preload:
-        preload.join()
+    try:
+        code = run_supervised(spec, environ, run_dir, cfg.run.max_restarts, cfg.run.restart_backoff_s)
+    finally:  # also on an error or Ctrl-C: an import cut off by the interpreter's exit can crash it
+        if preload:
+            preload.join()
     _plots(run_dir)
     if submits and code == 0:
         print(f"run {name} submitted to Slurm (see the job id above); its log and checkpoints go to {run_dir}")
