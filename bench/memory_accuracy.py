@@ -82,7 +82,7 @@ def make_model_dir(preset: str, out: Path) -> None:
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from launcher.compose import compose
-from launcher.train.data import load_tokenizer
+from launcher.train.tokenization import load_tokenizer
 a = compose(["model={preset}"])[0].model.arch
 config = AutoConfig.for_model(a.model_type, hidden_size=a.hidden_size, intermediate_size=a.intermediate_size,
     num_hidden_layers=a.num_layers, num_attention_heads=a.num_heads, num_key_value_heads=a.num_kv_heads,

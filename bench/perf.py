@@ -285,7 +285,8 @@ class Bench:
     def write_data(self, rows: int = 64) -> None:
         """Alpaca rows whose answers run past seq_len: every row is cut to exactly seq_len tokens, like the random
         full rows of the baselines (the shipped tokenizer's ids; the model's vocabulary is the spec's)."""
-        from launcher.train.data import build_examples, load_tokenizer, to_messages
+        from launcher.train.data import to_messages
+        from launcher.train.tokenization import build_examples, load_tokenizer
 
         rng = random.Random(self.spec.seed)
         letters = "etaoinshrdlucmfwypvbgkjqxz"

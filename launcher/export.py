@@ -84,7 +84,7 @@ def export(run_dir: Path, out: Path | None, adapter: bool, step: str = "auto") -
     if adapter and plan.method.name == "full":
         raise LauncherError("--adapter", True, "a full fine-tune has no adapter: export without --adapter")
     out = out or run_dir / "export" / (f"{ckpt.tag}-adapter" if adapter else ckpt.tag)
-    from launcher.train.data import load_tokenizer
+    from launcher.train.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(plan.model.tokenizer or plan.model.path)
     model = trained_module(plan, tokenizer, consolidated_state_dict(ckpt, plan))

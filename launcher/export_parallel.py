@@ -107,7 +107,7 @@ def empty_model(plan: Plan) -> torch.nn.Module:
         config = AutoConfig.from_pretrained(plan.model.path, trust_remote_code=plan.model.trust_remote_code,
                                             **({"revision": plan.model.revision} if plan.model.revision else {}))
     else:
-        from launcher.train.data import load_tokenizer
+        from launcher.train.tokenization import load_tokenizer
 
         config = tiny_config(plan, load_tokenizer(plan.model.tokenizer))
     with torch.device("meta"):

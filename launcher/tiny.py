@@ -17,7 +17,7 @@ IGNORE_INDEX = -100
 
 def tokenizer() -> Any:
     """The shipped tokenizer (launcher/assets/tokenizer), with a pad token and a chat template."""
-    from launcher.train.data import load_tokenizer
+    from launcher.train.tokenization import load_tokenizer
 
     return load_tokenizer("")
 
@@ -41,7 +41,8 @@ def model(tok: Any, seed: int = 1234, arch: ArchConfig | None = None) -> torch.n
 def dataset(tok: Any, seq_len: int = 256, path: str = "", fmt: str = "alpaca") -> list[dict[str, list[int]]]:
     """The shipped alpaca rows (or `path`) as {"input_ids", "labels"}: labels train only the answers."""
     from launcher.assets import default_data_path
-    from launcher.train.data import build_examples, load_conversations
+    from launcher.train.data import load_conversations
+    from launcher.train.tokenization import build_examples
 
     examples = build_examples(tok, load_conversations(path or default_data_path(fmt), fmt), seq_len)
     return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]

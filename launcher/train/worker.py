@@ -65,7 +65,8 @@ def disable_shm_comm_op() -> None:
 def load_examples(plan: Plan, tokenizer: Any, local_rank: int, env: dict[str, str]) -> list[Any]:
     """The tokenized data set, from the cache when an earlier launch left it there (one rank per host writes it)."""
     from launcher.train.batching import pack_examples
-    from launcher.train.data import build_examples, load_conversations
+    from launcher.train.data import load_conversations
+    from launcher.train.tokenization import build_examples
     from launcher.train.data_cache import cache_path, cached_examples
 
     d, seq_len = plan.data, plan.train.seq_len
@@ -162,7 +163,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str]) -> in
     if use_universal:
         ds_config = {**ds_config, "checkpoint": {"load_universal": True}}
 
-    from launcher.train.data import load_tokenizer
+    from launcher.train.tokenization import load_tokenizer
     from launcher.train.model import build_model
     from launcher.train.pipeline import build_pipeline_module
 

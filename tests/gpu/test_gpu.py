@@ -105,7 +105,7 @@ def test_lora_and_qlora_train_a_local_model(method, plan, tmp_path):
     from launcher.compose import compose
     from launcher.hardware import detect
     from launcher.plan import resolve
-    from launcher.train.data import load_tokenizer
+    from launcher.train.tokenization import load_tokenizer
     from launcher.train.model import tiny_config
 
     cfg, _ = compose(["model.arch.hidden_size=256", "model.arch.num_layers=4"])

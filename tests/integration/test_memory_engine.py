@@ -55,7 +55,7 @@ def _rank(rank: int, port: int, out_dir: str) -> None:
     from launcher.hardware import CPU_ONLY
     from launcher.plan import resolve
     from launcher.render.deepspeed import render_ds_config
-    from launcher.train.data import load_tokenizer
+    from launcher.train.tokenization import load_tokenizer
     from launcher.train.model import build_model
     from launcher.train.worker import disable_shm_comm_op
 

@@ -88,7 +88,7 @@ def full_weights(run_dir: Path, step: int = 20) -> dict[str, torch.Tensor]:
 
 
 def hf_model(run_dir: Path, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
-    from launcher.train.data import load_tokenizer
+    from launcher.train.tokenization import load_tokenizer
     from launcher.train.model import build_model
 
     plan = Plan.from_dict(json.loads((run_dir / "plan.json").read_text()))

@@ -18,16 +18,8 @@ from launcher.train.batching import (
     pack_examples,
     sample_stream_indices,
 )
-from launcher.train.data import (
-    IGNORE_INDEX,
-    Example,
-    build_examples,
-    load_conversations,
-    load_rows,
-    load_tokenizer,
-    tokenize_example,
-    to_messages,
-)
+from launcher.train.data import IGNORE_INDEX, Example, load_conversations, load_rows, to_messages
+from launcher.train.tokenization import build_examples, load_tokenizer, tokenize_example
 
 REPO = Path(__file__).resolve().parents[2]
 

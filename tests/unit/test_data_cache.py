@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from launcher.assets import default_data_path
-from launcher.train.data import build_examples, load_conversations, load_tokenizer
+from launcher.train.data import load_conversations
+from launcher.train.tokenization import build_examples, load_tokenizer
 from launcher.train.data_cache import cache_key, cache_path, cache_root, cached_examples, read
 
 

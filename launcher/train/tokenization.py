@@ -1,0 +1,156 @@
+"""Conversations -> token ids with labels that train only the answers: the tokenizer (shipped, local or hub) with a
+default chat template and pad token, and the masking of each assistant turn through the template itself."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from jinja2.exceptions import TemplateError
+
+from launcher.assets import DEFAULT_TOKENIZER_DIR
+from launcher.errors import LauncherError
+from launcher.train.data import IGNORE_INDEX, Example, Messages
+
+if TYPE_CHECKING:  # transformers costs seconds to import: load_tokenizer imports it when called
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+TOKENIZE_BATCH = 1024  # conversations per tokenizer call: all cores busy, the rendered text of one batch in memory
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+# For tokenizers that ship without a template (base models). Turns are separated before, not after, so an answer's
+# trained tokens end with eos; the generation prompt stops before the space so it stays a token prefix of the answer.
+GENERIC_CHAT_TEMPLATE = (
+    "{{- bos_token if bos_token else '' -}}"
+    "{%- for message in messages -%}"
+    "{%- if not loop.first -%}{{- '\\n\\n' -}}{%- endif -%}"
+    "{%- if message['role'] == 'system' -%}{{- 'System: ' + message['content'] -}}"
+    "{%- elif message['role'] == 'user' -%}{{- 'User: ' + message['content'] -}}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- 'Assistant: ' + message['content'] + (eos_token if eos_token else '') -}}"
+    "{%- else -%}{{- raise_exception('unknown role: ' + message['role']) -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '\\n\\nAssistant:' -}}{%- endif -%}"
+)
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or name.endswith("/") or name.count("/") > 1 or "\\" in name
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """A tokenizer ready for chat fine-tuning: "" is the shipped one; a missing pad or chat template gets a default."""
+    source = os.path.expanduser(name_or_path) if name_or_path else DEFAULT_TOKENIZER_DIR
+    hint = ("give a folder with tokenizer files, a hub id such as Qwen/Qwen2.5-0.5B, "
+            "or leave it empty for the shipped tokenizer")
+    if _looks_local(source) and not os.path.isdir(source):
+        raise LauncherError("model.tokenizer", name_or_path, hint, problem="the folder does not exist")
+    if os.path.isdir(source) and not any(os.path.isfile(os.path.join(source, f)) for f in TOKENIZER_FILES):
+        raise LauncherError("model.tokenizer", name_or_path, hint,
+                            problem=f"the folder holds none of {', '.join(TOKENIZER_FILES)}")
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as err:
+        raise LauncherError("model.tokenizer", name_or_path, hint, problem=str(err).splitlines()[0]) from err
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise LauncherError("model.tokenizer", name_or_path, "use a tokenizer that defines a pad or eos token",
+                                problem="the tokenizer has neither a pad token nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        log.info("tokenizer %s has no chat template; using the generic System/User/Assistant one", source)
+        tokenizer.chat_template = GENERIC_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], add_generation_prompt: bool
+            ) -> list[list[int]]:
+    """Token ids of the chat template for a batch of conversations; control tokens typed inside the data are
+    encoded as plain text. One call for the batch: the fast tokenizer encodes a batch on every core."""
+    if not conversations:
+        return []
+    try:
+        return tokenizer.apply_chat_template(
+            conversations, tokenize=True, add_generation_prompt=add_generation_prompt,
+            return_dict=False, sanitize_control_tokens=True,
+        )
+    except TemplateError as err:
+        raise LauncherError(
+            "model.tokenizer", tokenizer.name_or_path,
+            "use data without the turns it rejects, or a tokenizer whose template accepts them",
+            problem=f"its chat template rejected a conversation: {err}",
+        ) from err
+
+
+def _check_prefix(tokenizer: PreTrainedTokenizerBase, prefix: list[int], full: list[int], k: int) -> int:
+    """Length of the rendering of a conversation's first k messages, checked to be a token prefix of the whole."""
+    if full[: len(prefix)] != prefix:
+        raise LauncherError(
+            "model.tokenizer", tokenizer.name_or_path,
+            "use a tokenizer whose chat template renders earlier turns unchanged when a turn is added "
+            "(templates that rewrite or drop earlier assistant turns cannot be masked this way)",
+            problem=f"its chat template does not render the first {k} messages as a token prefix of the whole "
+                    "conversation, so the answer tokens cannot be located",
+        )
+    return len(prefix)
+
+
+def tokenize_examples(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], seq_len: int
+                      ) -> list[Example]:
+    """Render with the chat template and label each assistant turn (its closing marker included), cut to seq_len.
+
+    Each answer's span is found by rendering the conversation up to it (with the generation prompt) and up to its
+    end: the difference is exactly what the model must produce, whatever the template's markers look like.
+    """
+    examples: list[Example] = []
+    for i in range(0, len(conversations), TOKENIZE_BATCH):
+        examples += _tokenize_batch(tokenizer, conversations[i:i + TOKENIZE_BATCH], seq_len)
+    return examples
+
+
+def _tokenize_batch(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], seq_len: int
+                    ) -> list[Example]:
+    fulls = _render(tokenizer, conversations, add_generation_prompt=False)
+    turns = [(c, k) for c, messages in enumerate(conversations) for k, message in enumerate(messages)
+             if message["role"] == "assistant" and k > 0]
+    starts = iter(_render(tokenizer, [conversations[c][:k] for c, k in turns], add_generation_prompt=True))
+    inner = [(c, k) for c, k in turns if k + 1 < len(conversations[c])]  # the last turn ends where the whole does
+    inner_ends = dict(zip(inner, _render(tokenizer, [conversations[c][:k + 1] for c, k in inner], False)))
+    labels = [[IGNORE_INDEX] * len(full) for full in fulls]
+    for c, k in turns:
+        full = fulls[c]
+        start = _check_prefix(tokenizer, next(starts), full, k)
+        end = _check_prefix(tokenizer, inner_ends.get((c, k), full), full, k + 1)
+        labels[c][start:end] = full[start:end]
+    return [Example(input_ids=full[:seq_len], labels=label[:seq_len]) for full, label in zip(fulls, labels)]
+
+
+def tokenize_example(tokenizer: PreTrainedTokenizerBase, messages: Messages, seq_len: int) -> Example:
+    """One conversation (see tokenize_examples)."""
+    return tokenize_examples(tokenizer, [messages], seq_len)[0]
+
+
+def build_examples(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], seq_len: int,
+                   max_samples: int = 0) -> list[Example]:
+    """Tokenize the first `max_samples` conversations (0: all), dropping those cut before any answer token."""
+    if max_samples:
+        conversations = conversations[:max_samples]
+    examples = tokenize_examples(tokenizer, conversations, seq_len)
+    kept = [example for example in examples if example.num_targets > 0]
+    if not kept:
+        raise LauncherError(
+            "train.seq_len", seq_len, "raise train.seq_len so at least the first answer fits",
+            problem=f"all {len(examples)} examples lose every answer token when cut to {seq_len} tokens",
+        )
+    warn_dropped(len(examples) - len(kept), len(examples), seq_len)
+    return kept
+
+
+def warn_dropped(dropped: int, total: int, seq_len: int) -> None:
+    if dropped:
+        log.warning("dropped %d of %d examples: no answer token within train.seq_len=%d", dropped, total, seq_len)
