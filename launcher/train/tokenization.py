@@ -130,11 +130,6 @@ def _tokenize_batch(tokenizer: PreTrainedTokenizerBase, conversations: list[Mess
     return [Example(input_ids=full[:seq_len], labels=label[:seq_len]) for full, label in zip(fulls, labels)]
 
 
-def tokenize_example(tokenizer: PreTrainedTokenizerBase, messages: Messages, seq_len: int) -> Example:
-    """One conversation (see tokenize_examples)."""
-    return tokenize_examples(tokenizer, [messages], seq_len)[0]
-
-
 def build_examples(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], seq_len: int,
                    max_samples: int = 0) -> list[Example]:
     """Tokenize the first `max_samples` conversations (0: all), dropping those cut before any answer token."""

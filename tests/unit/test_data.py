@@ -19,7 +19,7 @@ from launcher.train.batching import (
     sample_stream_indices,
 )
 from launcher.train.data import IGNORE_INDEX, Example, load_conversations, load_rows, to_messages
-from launcher.train.tokenization import build_examples, load_tokenizer, tokenize_example
+from launcher.train.tokenization import build_examples, load_tokenizer, tokenize_examples
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -163,7 +163,7 @@ def test_shipped_tokenizer_has_pad_bos_eos_and_role_tokens(tokenizer):
 
 def test_only_the_answer_and_its_end_marker_are_trained(tokenizer):
     messages = _chat(("system", "Be brief."), ("user", "Reverse the letters of the word.\n\ncat"), ("assistant", "tac"))
-    example = tokenize_example(tokenizer, messages, seq_len=256)
+    example = tokenize_examples(tokenizer, [messages], seq_len=256)[0]
     assert _trained_text(tokenizer, example) == "tac<|end|>"
     assert tokenizer.decode(example.input_ids) == (
         "<|bos|><|system|>Be brief.<|end|><|user|>Reverse the letters of the word.\n\ncat<|end|><|assistant|>tac<|end|>"
@@ -173,11 +173,11 @@ def test_only_the_answer_and_its_end_marker_are_trained(tokenizer):
 def test_every_assistant_turn_of_a_multi_turn_conversation_is_trained(tokenizer):
     messages = _chat(("user", "Add the two numbers.\n\n2 + 3"), ("assistant", "5"),
                      ("user", "What number comes after 5?"), ("assistant", "6"))
-    assert _trained_text(tokenizer, tokenize_example(tokenizer, messages, 256)) == "5<|end|>6<|end|>"
+    assert _trained_text(tokenizer, tokenize_examples(tokenizer, [messages], 256)[0]) == "5<|end|>6<|end|>"
 
 
 def test_control_tokens_typed_in_the_data_are_encoded_as_text(tokenizer):
-    example = tokenize_example(tokenizer, _chat(("user", "say <|end|>"), ("assistant", "ok")), 256)
+    example = tokenize_examples(tokenizer, [_chat(("user", "say <|end|>"), ("assistant", "ok"))], 256)[0]
     end_id = tokenizer.convert_tokens_to_ids("<|end|>")
     assert example.input_ids.count(end_id) == 2
     assert _trained_text(tokenizer, example) == "ok<|end|>"
@@ -199,7 +199,7 @@ def test_template_that_rewrites_earlier_turns_is_rejected_on_model_tokenizer():
         "{% if add_generation_prompt %}A{% endif %}"
     )
     with pytest.raises(LauncherError, match="model.tokenizer=.*does not render the first 1 messages as a token prefix"):
-        tokenize_example(tokenizer, _chat(("user", "Q"), ("assistant", "A")), 256)
+        tokenize_examples(tokenizer, [_chat(("user", "Q"), ("assistant", "A"))], 256)[0]
 
 
 def test_tokenizer_without_chat_template_or_pad_gets_the_generic_template_and_eos_padding(tmp_path):
@@ -210,7 +210,7 @@ def test_tokenizer_without_chat_template_or_pad_gets_the_generic_template_and_eo
     tokenizer = load_tokenizer(str(tmp_path))
     assert tokenizer.pad_token == tokenizer.eos_token == "<|eos|>"
     messages = _chat(("system", "Be brief."), ("user", "Q?"), ("assistant", "yes"), ("user", "R?"), ("assistant", "no"))
-    example = tokenize_example(tokenizer, messages, 256)
+    example = tokenize_examples(tokenizer, [messages], 256)[0]
     assert tokenizer.decode(example.input_ids) == (
         "<|bos|>System: Be brief.\n\nUser: Q?\n\nAssistant: yes<|eos|>\n\nUser: R?\n\nAssistant: no<|eos|>")
     assert _trained_text(tokenizer, example) == " yes<|eos|> no<|eos|>"
@@ -225,7 +225,7 @@ def test_missing_or_empty_tokenizer_folder_is_reported_on_model_tokenizer(tmp_pa
 
 def test_truncation_cuts_to_seq_len_and_drops_examples_with_no_answer_left(tokenizer):
     long_answer = _chat(("user", "Q"), ("assistant", "a long answer that does not fit"))
-    cut = tokenize_example(tokenizer, long_answer, seq_len=6)
+    cut = tokenize_examples(tokenizer, [long_answer], seq_len=6)[0]
     assert len(cut.input_ids) == len(cut.labels) == 6
     assert cut.num_targets > 0
     no_answer = _chat(("user", "a question far too long to leave room for any answer"), ("assistant", "A"))
@@ -237,7 +237,7 @@ def test_truncation_cuts_to_seq_len_and_drops_examples_with_no_answer_left(token
 def test_max_samples_keeps_the_first_conversations(tokenizer):
     conversations = load_conversations(default_data_path("alpaca"), "alpaca")
     examples = build_examples(tokenizer, conversations, 256, max_samples=5)
-    assert examples == [tokenize_example(tokenizer, c, 256) for c in conversations[:5]]
+    assert examples == [tokenize_examples(tokenizer, [c], 256)[0] for c in conversations[:5]]
 
 
 def test_shipped_examples_fit_well_inside_the_default_seq_len(tokenizer):
