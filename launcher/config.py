@@ -139,11 +139,12 @@ class TrainConfig:
     log_every: int = 1
     keep_last: int = 3
     profile_steps: str = ""  # "8-10": torch.profiler over these global steps, trace and top operators in profile/
+    gc_interval: int = 50  # Python's collector runs every N global steps on every rank at once; 0: when it likes
 
     def __post_init__(self) -> None:
         for name in ("global_batch_size", "micro_batch_size", "seq_len", "log_every"):
             positive(f"train.{name}", getattr(self, name))
-        for name in ("max_steps", "epochs", "save_every", "warmup_steps", "keep_last"):
+        for name in ("max_steps", "epochs", "save_every", "warmup_steps", "keep_last", "gc_interval"):
             positive(f"train.{name}", getattr(self, name), allow_zero=True)
         if self.max_steps == 0 and self.epochs == 0:
             raise LauncherError("train.max_steps", 0, "set train.max_steps to a positive number or train.epochs")

@@ -5,9 +5,11 @@ so the same job gives the same optimization on any number of ranks.
 """
 from __future__ import annotations
 
+import gc
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -46,31 +48,49 @@ def train(
     step_fn = train_step
     if plan.pp > 1:
         from launcher.train.pipeline import train_step as step_fn  # engine.train_batch over the pipeline
-    while step < plan.max_steps:
-        t0 = time.perf_counter()
-        lr = float(engine.get_lr()[0])
-        loss_sum, tokens, grad_norm = step_fn(engine, examples, plan, info, pad_id, step)
-        step += 1
-        loss_total, tokens_total, stops = step_totals(loss_sum, tokens, stop_requested(), info)
-        elapsed = time.perf_counter() - t0
-        on_step(
-            StepMetrics(
-                step=step,
-                loss=loss_total / (info.dp_size * plan.grad_accum),
-                lr=lr,
-                grad_norm=float(grad_norm) if grad_norm is not None else None,
-                tokens=int(tokens_total),
-                tokens_per_s=tokens_total / elapsed,
-                step_time_s=elapsed,
-                time=time.time(),
+    with step_aligned_gc(plan.train.gc_interval) as collect:
+        while step < plan.max_steps:
+            t0 = time.perf_counter()
+            lr = float(engine.get_lr()[0])
+            loss_sum, tokens, grad_norm = step_fn(engine, examples, plan, info, pad_id, step)
+            step += 1
+            collect(step)  # while the GPU finishes the step, before the sync below
+            loss_total, tokens_total, stops = step_totals(loss_sum, tokens, stop_requested(), info)
+            elapsed = time.perf_counter() - t0
+            on_step(
+                StepMetrics(
+                    step=step,
+                    loss=loss_total / (info.dp_size * plan.grad_accum),
+                    lr=lr,
+                    grad_norm=float(grad_norm) if grad_norm is not None else None,
+                    tokens=int(tokens_total),
+                    tokens_per_s=tokens_total / elapsed,
+                    step_time_s=elapsed,
+                    time=time.time(),
+                )
             )
-        )
-        preempted = stops > 0
-        if should_save(step) or step == plan.max_steps or preempted:
-            save(step)
-        if preempted:
-            break
+            preempted = stops > 0
+            if should_save(step) or step == plan.max_steps or preempted:
+                save(step)
+            if preempted:
+                break
     return step
+
+
+@contextmanager
+def step_aligned_gc(interval: int) -> Iterator[Callable[[int], None]]:
+    """train.gc_interval=N: Python's automatic collector is off while training and a young-generation collection
+    runs after every N-th global step instead, on every rank at the same step. An automatic collection starts on
+    whichever rank crosses its allocation threshold, and the other ranks then wait for it in the next collective
+    (torchtitan and OLMo-core train the same way). 0 leaves Python's collector as it is."""
+    if interval <= 0 or not gc.isenabled():
+        yield lambda step: None
+        return
+    gc.disable()
+    try:
+        yield lambda step: gc.collect(1) if step % interval == 0 else None
+    finally:
+        gc.enable()
 
 
 def step_totals(loss_sum: torch.Tensor | float, tokens: int, stop: bool, info: RankInfo) -> list[float]:
