@@ -230,7 +230,7 @@ class Bench:
 
     def _drop(self, run_dir: Path, name: str) -> None:
         """The run dir goes (a checkpoint of the 1.1B model is 16 GB); its rank logs stay in the work dir."""
-        for log in sorted([*(run_dir / "logs").glob("*"), *(run_dir / "profile").glob("*.txt")]):
+        for log in sorted([*(run_dir / "logs").glob("*"), *(run_dir / "profile").glob("*")]):
             if log.is_file():
                 shutil.copy(log, self.work / f"{name}-{log.name}")
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -531,7 +531,8 @@ def main() -> int:
     if args.logs:
         logs = Path(args.logs)
         logs.mkdir(parents=True, exist_ok=True)
-        for path in [*work.glob("*.log"), *work.glob("*.out"), *work.glob("*.json"), *work.glob("*.txt")]:
+        for path in [*work.glob("*.log"), *work.glob("*.out"), *work.glob("*.json"), *work.glob("*.txt"),
+                     *work.glob("*.json.gz")]:  # profile traces of train.profile_steps variants
             shutil.copy(path, logs / path.name)
         (logs / "perf.md").write_text(body)
     if complete:

@@ -19,6 +19,8 @@ from launcher.train.batching import collate, global_batch_target_tokens, micro_b
 from launcher.train.metrics import StepMetrics
 from launcher.train.parallel import replicated_grad_norm
 
+FULL_GC_EVERY = 20  # train.gc_interval collections
+
 
 @dataclass(frozen=True)
 class RankInfo:
@@ -82,13 +84,20 @@ def step_aligned_gc(interval: int) -> Iterator[Callable[[int], None]]:
     """train.gc_interval=N: Python's automatic collector is off while training and a young-generation collection
     runs after every N-th global step instead, on every rank at the same step. An automatic collection starts on
     whichever rank crosses its allocation threshold, and the other ranks then wait for it in the next collective
-    (torchtitan and OLMo-core train the same way). 0 leaves Python's collector as it is."""
+    (torchtitan and OLMo-core train the same way). Every FULL_GC_EVERY-th of them is a full collection (~0.2 s),
+    so that cycles which outlived a young collection are not kept for the whole run. 0 leaves Python's collector
+    as it is."""
     if interval <= 0 or not gc.isenabled():
         yield lambda step: None
         return
+
+    def collect(step: int) -> None:
+        if step % interval == 0:
+            gc.collect(2 if step % (FULL_GC_EVERY * interval) == 0 else 1)
+
     gc.disable()
     try:
-        yield lambda step: gc.collect(1) if step % interval == 0 else None
+        yield collect
     finally:
         gc.enable()
 

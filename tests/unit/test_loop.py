@@ -5,11 +5,15 @@ import gc
 
 import pytest
 
-from launcher.train.loop import step_aligned_gc
+from launcher.train.loop import FULL_GC_EVERY, step_aligned_gc
 
 
 def young_collections() -> int:
     return gc.get_stats()[1]["collections"]
+
+
+def full_collections() -> int:
+    return gc.get_stats()[2]["collections"]
 
 
 def test_collector_is_off_while_training_and_runs_every_nth_step():
@@ -23,6 +27,16 @@ def test_collector_is_off_while_training_and_runs_every_nth_step():
             ran.append(young_collections() > before)
     assert ran == [False, False, True, False, False, True, False]
     assert gc.isenabled()
+
+
+def test_every_so_often_the_collection_is_a_full_one():
+    with step_aligned_gc(2) as collect:
+        before = full_collections()
+        for step in range(1, 2 * FULL_GC_EVERY):
+            collect(step)
+        assert full_collections() == before
+        collect(2 * FULL_GC_EVERY)
+        assert full_collections() == before + 1
 
 
 def test_collector_comes_back_when_training_raises():
