@@ -139,7 +139,7 @@ class TrainConfig:
     log_every: int = 1
     keep_last: int = 3
     profile_steps: str = ""  # "8-10": torch.profiler over these global steps, trace and top operators in profile/
-    gc_interval: int = 50  # Python's collector runs every N global steps on every rank at once; 0: when it likes
+    gc_interval: int = 50  # Python's collector runs every N global steps on every rank at once; 0: its own thresholds
 
     def __post_init__(self) -> None:
         for name in ("global_batch_size", "micro_batch_size", "seq_len", "log_every"):
