@@ -319,6 +319,16 @@ def test_stream_slices_compose_across_epoch_boundaries_and_repeat_for_the_same_s
     assert sample_stream_indices(50, 8, 0, 50) != whole[:50]
 
 
+def test_epoch_order_is_torchs_randperm_of_seed_plus_epoch_however_often_it_is_asked():
+    """The order resumed runs rely on, and the per-epoch cache must not change it: each epoch's draw, asked for
+    again after a caller mutated an earlier answer, is still torch.randperm(n) seeded with seed + epoch."""
+    first = sample_stream_indices(50, 7, 0, 100)
+    first.clear()
+    for epoch in range(2):
+        expected = torch.randperm(50, generator=torch.Generator().manual_seed(7 + epoch)).tolist()
+        assert sample_stream_indices(50, 7, epoch * 50, 50) == expected
+
+
 @pytest.mark.parametrize("dp_size, micro_batch_size, grad_accum", [(1, 8, 1), (2, 2, 2), (4, 1, 2)])
 def test_global_batch_holds_the_same_samples_on_any_topology(examples, dp_size, micro_batch_size, grad_accum):
     global_batch_size = dp_size * micro_batch_size * grad_accum
