@@ -67,11 +67,12 @@ def pack_examples(examples: Sequence[Example], seq_len: int) -> list[PackedExamp
 
 
 @lru_cache(maxsize=2)
-def epoch_permutation(num_samples: int, seed: int) -> tuple[int, ...]:
-    """torch.randperm(num_samples) under this seed, drawn once per epoch: for a 52k-example set the draw costs ~8 ms
-    of host time, and every step asks for it once per micro batch while its GPU waits. Two kept: a global batch can
-    straddle two epochs."""
-    return tuple(torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed)).tolist())
+def epoch_permutation(num_samples: int, seed: int) -> torch.Tensor:
+    """torch.randperm(num_samples) under this seed, drawn once per epoch: for a 52k-example set the draw and its
+    conversion to a list cost ~8 ms of host time, and every step asks once per micro batch while its GPU waits. Kept
+    as a tensor (8 bytes a sample; Python ints would take ~36), two of them: a global batch can straddle two
+    epochs. Callers only slice it."""
+    return torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
 
 
 def sample_stream_indices(num_samples: int, seed: int, start: int, count: int) -> list[int]:
@@ -82,7 +83,7 @@ def sample_stream_indices(num_samples: int, seed: int, start: int, count: int) -
     position = start
     while len(out) < count:
         epoch, offset = divmod(position, num_samples)
-        take = epoch_permutation(num_samples, seed + epoch)[offset: offset + count - len(out)]
+        take = epoch_permutation(num_samples, seed + epoch)[offset: offset + count - len(out)].tolist()
         out += take
         position += len(take)
     return out
