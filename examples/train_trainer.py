@@ -5,7 +5,8 @@
 The launcher adds --deepspeed <run>/ds_config.json, --output_dir <run>/checkpoints, the plan's
 --per_device_train_batch_size and --gradient_accumulation_steps (and --use_cpu on CPU), and, when a complete
 checkpoint-N exists, --resume_from_checkpoint: pass it to trainer.train() as below. The learning rate, schedule and
-steps are the script's (--learning_rate, --lr_scheduler_type, --max_steps ...).
+steps are the script's (--learning_rate, --lr_scheduler_type, --max_steps ...). `SaveOnSignal` makes a Ctrl-C in
+the launcher's terminal (or Slurm's pre-timeout signal) save a checkpoint-N before the script stops.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
 from launcher import tiny
+from launcher.trainer_callback import SaveOnSignal
 
 
 @dataclass
@@ -44,6 +46,7 @@ def main() -> None:
     trainer = Trainer(model=tiny.model(tok, seed=args.seed), args=args, train_dataset=tiny.dataset(tok, data.seq_len),
                       data_collator=lambda rows: tiny.collate(rows, tok.pad_token_id))
     trainer.add_callback(ShowEngine(trainer))
+    trainer.add_callback(SaveOnSignal())
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
 
 

@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         return report(err, debug)
+    except KeyboardInterrupt:  # before the job started (planning, preflight) or after it (plots): nothing to save
+        print("\nstopped (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

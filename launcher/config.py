@@ -172,11 +172,18 @@ class RunConfig:
     max_restarts: int = 0
     restart_backoff_s: float = 5.0
     collective_timeout_s: int = 600  # a collective that waits longer names the ranks and points at preflight
+    # ranks on other hosts than the launcher's stop when its lease has not been renewed for this long (launcher.lease)
+    lease_timeout_s: float = 8.0
     debug: bool = False
 
     def __post_init__(self) -> None:
         choice("run.launcher", self.launcher, ("torchrun", "deepspeed"))
         positive("run.max_restarts", self.max_restarts, allow_zero=True)
+        if self.lease_timeout_s < 3:
+            from launcher.errors import LauncherError
+
+            raise LauncherError("run.lease_timeout_s", self.lease_timeout_s, "use 3 seconds or more (the launcher "
+                                "renews its lease every second; on a slow shared filesystem raise it)")
 
 
 @dataclass

@@ -1,14 +1,18 @@
 """One launch: checked inputs -> Plan -> artifacts in the run dir -> the engine's command, spawned (or printed)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
+import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from launcher import inputs, report
+from launcher import inputs, lease, report
 from launcher.autoplan import memory_error
 from launcher.backends.hostfile import hostfile_spec
 from launcher.backends.hostfile import check_hosts_memory
@@ -28,7 +32,7 @@ from launcher.render.env import rank_env
 from launcher.render.launch import LaunchSpec, render_launch_sh
 from launcher.render.slurm import AllocationCheck
 from launcher.script import ScriptLaunch
-from launcher.rundir import default_run_name, write_artifacts
+from launcher.rundir import default_run_name, dry_run_dir, write_artifacts
 from launcher.summary import plan_table, print_summary
 
 
@@ -39,9 +43,12 @@ def plan_job(cfg: LauncherConfig, cwd: str, environ: dict[str, str]) -> tuple[La
     hw = detect()
     cfg = inputs.check_model(cfg, cwd)
     cfg = inputs.check_tokenizer(cfg, cwd)
-    cfg, num_rows = inputs.check_data(cfg, cwd)
     name = cfg.run.name or default_run_name(cfg.model.name, cfg.method.name, cfg.plan.name)
     run_dir = Path(inputs.absolute(cfg.run.dir or str(Path(cfg.run.output_dir) / name), cwd))
+    field, value = ("run.dir", cfg.run.dir) if cfg.run.dir else ("run.output_dir", cfg.run.output_dir)
+    inputs.check_run_dir(run_dir, field, value)
+    inputs.check_resume(cfg.run.resume, run_dir, cwd, script=bool(cfg.script or cfg.script_module))
+    cfg, num_rows = inputs.check_data(cfg, cwd)
     wandb_env = (environ.get("WANDB_MODE", ""), bool(environ.get("WANDB_API_KEY")),
                  importlib.util.find_spec("wandb") is not None)
     plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, num_samples=num_rows, wandb_env=wandb_env)
@@ -50,13 +57,14 @@ def plan_job(cfg: LauncherConfig, cwd: str, environ: dict[str, str]) -> tuple[La
 
 def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[str, str],
             script_args: list[str] | tuple[str, ...] = ()) -> int:
+    """Every check first (inputs, plan, hosts), then the lease on the run dir, then the first write into it."""
     cfg, plan, hw = plan_job(cfg, cwd, environ)
     name, run_dir = plan.run_name, Path(plan.run_dir)
     if not cfg.run.dry_run:
         check_host_fits(plan, hw)
         check_memory_fits(plan, cfg.run.check_memory)
     script = script_launch(cfg, plan, script_args, cwd)
-    spec = _launch_spec(cfg, plan, hw, environ, cwd, script)
+    spec, files = _launch_spec(cfg, plan, hw, environ, cwd, script)
     find = latest_complete_any if script else latest_complete  # a script may save Trainer checkpoint-N dirs
     resume = find(run_dir / "checkpoints") if cfg.run.resume == "auto" else None
     print_summary(plan, spec, resume, script.script if script else None)
@@ -66,38 +74,106 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
         print(f"run {name} is already complete at global step {resume.global_step} ({resume.path}); nothing to do. "
               f"Use run.name=<new> for a new run or train.max_steps=<more> to continue it.")
         return 0
-    _write(run_dir, cfg, composed, plan, spec, script)
     if cfg.run.dry_run:
-        dry_run_report(plan, cfg, environ)
-        if script and plan.backend != "local":  # the local command is the one above
-            from launcher.render.launch import node_commands
-
-            print("\n".join(["per node:", *node_commands(plan, script.program, sys.executable, cfg.topo.master_addr,
-                                                          cfg.topo.master_port)]))
-        print(f"dry run: artifacts written to {run_dir}; nothing launched")
-        return 0
-    run_before_launch(plan, cfg, environ)
-    from launcher.supervisor import run_supervised
-
+        return dry_run(cfg, composed, plan, spec, files, environ, script)
     submits = plan.backend == "slurm" and "sbatch" in spec.argv  # returns at once: the job trains later
-    preload = None if submits else report.preload()
+    with holding(run_dir, plan, submits, cfg.run.lease_timeout_s) as held:
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        _write(run_dir, cfg, composed, plan, spec, files, script)
+        run_before_launch(plan, cfg, environ)
+        held.launched = True
+        return _launch(plan, spec, environ, cfg, held.lease, submits)
+
+
+def _launch(plan: Plan, spec: LaunchSpec, environ: dict[str, str], cfg: LauncherConfig, held: lease.Lease,
+            submits: bool) -> int:
+    """Start the job under the supervisor; the lease carries Ctrl-C to ranks on every host."""
+    from launcher.spawn import StopControl
+    from launcher.supervisor import run_supervised, submit
+
+    name, run_dir = plan.run_name, Path(plan.run_dir)
+    if submits:
+        code, job_id = submit(spec, environ, run_dir)
+        if code == 0 and job_id:
+            held.hand_to_slurm(job_id)
+            print(f"run {name} submitted to Slurm as job {job_id}; its log and checkpoints go to {run_dir}")
+        return code
+    preload = report.preload()
+    control = StopControl(request=lambda: held.set_state("stop"), abort=lambda: held.set_state("abort"))
     try:
-        code = run_supervised(spec, environ, run_dir, cfg.run.max_restarts, cfg.run.restart_backoff_s)
+        code = run_supervised(spec, environ, run_dir, cfg.run.max_restarts, cfg.run.restart_backoff_s,
+                              control=control)
     finally:  # also on an error or Ctrl-C: an import cut off by the interpreter's exit can crash it
-        if preload:
-            preload.join()
+        preload.join()
     _plots(run_dir)
-    if submits and code == 0:
-        print(f"run {name} submitted to Slurm (see the job id above); its log and checkpoints go to {run_dir}")
-    else:
-        print(f"run {name} finished with exit code {code}; run dir {run_dir}", file=sys.stderr if code else sys.stdout)
+    print(f"run {name} finished with exit code {code}; run dir {run_dir}", file=sys.stderr if code else sys.stdout)
     return code
+
+
+class _Held:
+    """What `holding` yields: the lease, and whether any rank was started (a refused launch before that leaves a
+    fresh run dir uncreated)."""
+
+    def __init__(self, held: lease.Lease) -> None:
+        self.lease, self.launched = held, False
+
+
+@contextmanager
+def holding(run_dir: Path, plan: Plan, submits: bool, timeout_s: float) -> Iterator[_Held]:
+    """The run dir's lease for the life of the job (launcher.lease): a second launch on it is refused."""
+    fresh = not run_dir.exists()
+    holder = lease.this_process("python -m launcher " + shlex.join(sys.argv[1:]),
+                                hosts=tuple(h.rpartition("@")[2] for h in plan.hosts), gone_after_s=timeout_s)
+    if submits:
+        holder = dataclasses.replace(holder, slurm_job_id=lease.SUBMITTING)
+    try:
+        taken = lease.acquire(run_dir, holder, say=lambda m: print(m, file=sys.stderr, flush=True))
+    except lease.LeaseTaken as err:
+        raise _taken_error(run_dir, plan, err) from None
+    held = _Held(taken)
+    taken.lost = lambda why: print(f"warning: {why}; this launch no longer holds the run dir", file=sys.stderr)
+    taken.start_renewing()
+    try:
+        yield held
+    except BaseException:
+        taken.release()
+        if fresh and not held.launched:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a refused launch leaves no trace
+        raise
+    if not submits:
+        taken.release()
+
+
+def _taken_error(run_dir: Path, plan: Plan, err: lease.LeaseTaken) -> LauncherError:
+    who = err.holder
+    stop = f"Stop it ({who.how_to_stop()}) or wait for it to finish, " if who else "Wait for it to finish, "
+    return LauncherError("run.name", plan.run_name, f"{stop}or choose another run.name=... (or run.dir=...) for a new "
+                         "run", problem=f"another job is using the run dir {run_dir}: {err.why}")
+
+
+def dry_run(cfg: LauncherConfig, composed: DictConfig, plan: Plan, spec: LaunchSpec, files: dict[str, str],
+            environ: dict[str, str], script: ScriptLaunch | None) -> int:
+    """Render everything, launch nothing. Into the run dir when it holds no run yet; otherwise into its dry_run/
+    folder, so that a running or finished run's files are never touched."""
+    out = dry_run_dir(Path(plan.run_dir))
+    _write(out, cfg, composed, plan, spec, files, script)
+    dry_run_report(plan, cfg, environ)
+    if script and plan.backend != "local":  # the local command is the one above
+        from launcher.render.launch import node_commands
+
+        print("\n".join(["per node:", *node_commands(plan, script.program, sys.executable, cfg.topo.master_addr,
+                                                      cfg.topo.master_port)]))
+    print(f"dry run: artifacts written to {out}; nothing launched")
+    return 0
 
 
 def _plots(run_dir: Path) -> None:
     """loss.png and throughput.png at the end of every run that trained (python -m launcher.report redraws them)."""
     if (run_dir / "metrics.jsonl").exists():
-        report.plot(run_dir, report.read_metrics(run_dir))
+        try:
+            report.plot(run_dir, report.read_metrics(run_dir))
+        except KeyboardInterrupt:
+            print(f"plots skipped (Ctrl-C); python -m launcher.report {run_dir} draws them", file=sys.stderr)
 
 
 def check_host_fits(plan: Plan, hw: Hardware) -> None:
@@ -157,9 +233,9 @@ def script_launch(cfg: LauncherConfig, plan: Plan, script_args: list[str] | tupl
 
 
 def _launch_spec(cfg: LauncherConfig, plan: Plan, hw: Hardware, environ: dict[str, str], cwd: str,
-                 script: ScriptLaunch | None = None) -> LaunchSpec:
-    """The backend's command. Multi-host backends first check the hosts or the cluster (not on a dry run), then
-    write the files their engine reads (hostfile + deepspeed_env, or job.sbatch) into the run dir."""
+                 script: ScriptLaunch | None = None) -> tuple[LaunchSpec, dict[str, str]]:
+    """The backend's command and the files its engine reads (hostfile + deepspeed_env, or job.sbatch). Multi-host
+    backends first check the hosts or the cluster (not on a dry run). Nothing is written here."""
     env = rank_env(plan, environ, hw.cpu_count, plan.run_dir)
     env.update({k: str(v) for k, v in cfg.topo.env.items()})
     topo, live = cfg.topo, not cfg.run.dry_run
@@ -180,10 +256,8 @@ def _launch_spec(cfg: LauncherConfig, plan: Plan, hw: Hardware, environ: dict[st
         if live:
             slurm_preflight(plan, topo.slurm, files["job.sbatch"], environ)
     else:
-        return local_spec(plan, sys.executable, topo.master_port, env, cwd, cfg.run.launcher, program)
-    (Path(plan.run_dir) / "logs").mkdir(parents=True, exist_ok=True)
-    write_artifacts(Path(plan.run_dir), files, executable=("job.sbatch",))
-    return spec
+        return local_spec(plan, sys.executable, topo.master_port, env, cwd, cfg.run.launcher, program), {}
+    return spec, files
 
 
 def allocation_check(cfg: LauncherConfig, plan: Plan, environ: dict[str, str]) -> AllocationCheck | None:
@@ -195,15 +269,16 @@ def allocation_check(cfg: LauncherConfig, plan: Plan, environ: dict[str, str]) -
 
 
 def _write(run_dir: Path, cfg: LauncherConfig, composed: DictConfig, plan: Plan, spec: LaunchSpec,
-           script: ScriptLaunch | None = None) -> None:
+           backend_files: dict[str, str], script: ScriptLaunch | None = None) -> None:
     ds = script.ds_config(render_ds_config(plan)) if script else render_ds_config(plan)
     files = {
+        **backend_files,
         "resolved.yaml": OmegaConf.to_yaml(composed),
         "plan.json": plan.to_json(),
         "ds_config.json": json.dumps(ds, indent=2) + "\n",
         "launch.sh": render_launch_sh(spec, plan.run_name),
         **(script.files if script else {}),
     }
-    moved = write_artifacts(run_dir, files, executable=("launch.sh",))
+    moved = write_artifacts(run_dir, files, executable=("launch.sh", "job.sbatch"))
     if moved:
         print(f"note: {', '.join(moved)} changed since the last launch; the old versions are under {run_dir}/history/")

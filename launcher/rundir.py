@@ -27,6 +27,19 @@ def write_artifacts(run_dir: Path, files: dict[str, str], executable: tuple[str,
     return moved
 
 
+RUN_MARKS = ("lease.json", "metrics.jsonl", "checkpoints", "logs")  # what a launch leaves: this dir holds a run
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    return any((run_dir / mark).exists() for mark in RUN_MARKS)
+
+
+def dry_run_dir(run_dir: Path) -> Path:
+    """Where a dry run writes: the run dir while no launch has used it, else its dry_run/ folder (a running or
+    finished run's files are never overwritten by a dry run)."""
+    return run_dir / "dry_run" if holds_a_run(run_dir) else run_dir
+
+
 def default_run_name(model: str, method: str, plan: str) -> str:
     """Deterministic, so that rerunning the same command resumes the same run."""
     return f"{model}-{method}-{plan}"

@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 
 from launcher.errors import LauncherError, report
+from launcher.rundir import dry_run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         return report(err, debug, how="LAUNCHER_DEBUG=1")
+    except KeyboardInterrupt:
+        print("\nstopped (Ctrl-C)", file=sys.stderr)
+        return 130
     print_table(rows)
-    path = write_json(run_dir, rows, extra)
+    path = write_json(dry_run_dir(run_dir), rows, extra)  # never over a running or finished run's preflight.json
     print(summary_line(rows, mode) + f"; {path}")
     return 1 if failed(rows) else 0
 

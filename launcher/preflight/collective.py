@@ -102,6 +102,9 @@ def run_collective(argv: tuple[str, ...], env: dict[str, str], log_path: Path, r
         except subprocess.TimeoutExpired:
             _stop(proc, stop_remote, env)
             code = None
+        except KeyboardInterrupt:  # Ctrl-C during the check: its ranks run in a session of their own
+            _stop(proc, stop_remote, env)
+            raise
     text = log_path.read_text(errors="replace")
     joined = {int(m.group(1)) for m in JOINING.finditer(text)}
     done = {int(m.group(1)) for m in DONE.finditer(text)}

@@ -6,6 +6,10 @@ Why: a rank that exits with a gloo process group still alive can abort while the
 "terminate called without an active exception": gloo's worker threads outlive the interpreter; pytorch issue 190489,
 and pull request 179291 that would have fixed it in torch was abandoned). Trainer and many plain scripts never call
 destroy_process_group, so a script that finished could be reported as failed with exit code 134.
+
+In a rank (LOCAL_RANK set, its parent not a rank) it also follows the launcher's lease (launcher.lease): a stop asked
+in the launcher's terminal on another host reaches the script as SIGTERM, the signal the README documents for
+scripts; a launcher that is gone, or a second Ctrl-C, ends the rank at once.
 """
 import atexit
 import importlib
@@ -38,5 +42,32 @@ def _import_shadowed() -> None:
         sys.path[:] = saved
 
 
+def _is_rank() -> bool:
+    if "LOCAL_RANK" not in os.environ or not os.environ.get("LAUNCHER_RUN_DIR"):
+        return False
+    try:
+        with open(f"/proc/{os.getppid()}/environ", "rb") as f:
+            return b"\0LOCAL_RANK=" not in b"\0" + f.read()
+    except OSError:
+        return True
+
+
+def _follow_launcher() -> None:
+    try:
+        from launcher import lease
+    except ImportError:
+        return
+    import signal
+
+    def gone(why: str) -> None:
+        print(f"{why}: stopping this rank", file=sys.stderr, flush=True)
+        os._exit(lease.LAUNCHER_GONE_EXIT)
+
+    lease.watch_launcher(__import__("pathlib").Path(os.environ["LAUNCHER_RUN_DIR"]),
+                         lambda: os.kill(os.getpid(), signal.SIGTERM), gone, lambda: os._exit(lease.ABORT_EXIT))
+
+
 atexit.register(_close_gloo_group)
+if _is_rank():
+    _follow_launcher()
 _import_shadowed()

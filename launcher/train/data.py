@@ -5,6 +5,7 @@ label masking, truncation: `tokenization.py`) is shared. Batching, packing and s
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from dataclasses import dataclass
@@ -25,6 +26,12 @@ SHAREGPT_SHAPE = (
     '("messages" with "role"/"content" and roles user/assistant also work)'
 )
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+# A byte order mark names the encoding; without one the file must be UTF-8. UTF-32-LE's mark starts with UTF-16-LE's.
+ENCODINGS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"), (b"", "utf-8"),
+)
 
 Messages = list[dict[str, str]]
 Fail = Callable[[str], LauncherError]
@@ -51,12 +58,49 @@ def _bad_file(path: str, problem: str) -> LauncherError:
     )
 
 
+def decode_text(raw: bytes, path: str) -> str:
+    """A data file's text: UTF-8 (with or without a byte order mark), or UTF-16/UTF-32 with one. Anything else is
+    refused naming the first byte that is not text; the entry's check and every rank read files through this."""
+    bom, encoding = next((bom, enc) for bom, enc in ENCODINGS if raw.startswith(bom))
+    try:
+        text = raw[len(bom):].decode(encoding)
+    except UnicodeDecodeError as err:
+        raise _not_text(path, raw, len(bom), len(bom) + err.start, encoding, "cannot be decoded") from err
+    if "\0" in text:  # valid UTF-8 but not text: a binary file, or UTF-16 without its byte order mark
+        offset = len(bom) + len(text[: text.index("\0")].encode(encoding))
+        raise _not_text(path, raw, len(bom), offset, encoding, "is a NUL, which text never holds")
+    return text
+
+
+def _not_text(path: str, raw: bytes, start: int, offset: int, encoding: str, why: str) -> LauncherError:
+    line = raw[start:offset].decode(encoding, errors="replace").count("\n") + 1
+    stem, ext = os.path.splitext(path)
+    return LauncherError(
+        "data.path", path, f"convert it to UTF-8, e.g. iconv -f {_guess_encoding(raw)} -t utf-8 {path} > "
+        f"{stem}.utf8{ext}, and give that file (UTF-16 and UTF-32 are read too when the file starts with a byte "
+        "order mark)", problem=f"it is not {encoding.upper()} text: byte {offset} (0x{raw[offset]:02x}, on line "
+        f"{line}) {why}",
+    )
+
+
+def _guess_encoding(raw: bytes) -> str:
+    """What iconv should read the file as: UTF-16 when every other byte is NUL (ASCII text with no byte order mark)."""
+    head = raw[:4096]
+    if head[1::2].count(0) > len(head) // 4:
+        return "utf-16le"
+    if head[0::2].count(0) > len(head) // 4:
+        return "utf-16be"
+    return "<its encoding, e.g. latin1 or cp1252>"
+
+
 def load_rows(path: str) -> list[dict[str, Any]]:
     """Read a JSON list or JSON Lines file (told apart by the first character, not the file name)."""
     if not os.path.isfile(path):
         raise _bad_file(path, "the file does not exist")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    with open(path, "rb") as f:
+        text = decode_text(f.read(), path)
+    if not text.strip():
+        raise _bad_file(path, "the file is empty")
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -64,7 +108,7 @@ def load_rows(path: str) -> list[dict[str, Any]]:
             raise _bad_file(path, f"invalid JSON at line {err.lineno}: {err.msg}") from err
     else:
         rows = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit in a string
             if not line.strip():
                 continue
             try:

@@ -1,4 +1,5 @@
-"""Preemption: SIGTERM or SIGUSR1 asks for a save at the next step boundary; a second signal exits at once."""
+"""Preemption: SIGTERM or SIGUSR1 (or a stop request through the launcher's lease) asks for a save at the next step
+boundary; a second signal exits at once."""
 from __future__ import annotations
 
 import os
@@ -29,6 +30,13 @@ class PreemptionFlag:
         self.requested = True
         self.first_at = time.monotonic()
         print(f"received {signal.Signals(signum).name}: saving at the next step boundary", file=sys.stderr, flush=True)
+
+    def request(self, why: str) -> None:
+        """A stop asked for through the lease (a Ctrl-C in the launcher's terminal on another host): idempotent."""
+        if not self.requested:
+            self.requested = True
+            self.first_at = time.monotonic()
+            print(f"{why}: saving at the next step boundary", file=sys.stderr, flush=True)
 
     def __call__(self) -> bool:
         return self.requested

@@ -15,7 +15,7 @@ STARTED = time.time()  # before the heavy imports: the start-up log line counts 
 
 import torch
 
-from launcher import checkpoint, universal
+from launcher import checkpoint, lease, universal
 from launcher.errors import LauncherError
 from launcher.plan import Plan
 from launcher.supervisor import USER_ERROR_FILE
@@ -111,13 +111,32 @@ def main(argv: list[str]) -> int:
     plan = Plan.from_dict(json.loads((run_dir / "plan.json").read_text()))
     info = rank_info(plan, env)
     setup_logging(run_dir, info.rank)
+    preempt = PreemptionFlag()
+    follow_launcher(run_dir, preempt)
     try:
-        return _train(run_dir, plan, info, env)
+        return _train(run_dir, plan, info, env, preempt)
     except LauncherError as err:
         log.error(err.paragraph())
         _write_user_error(run_dir, info, err)
         _close_gloo_group()
         return 1 if isinstance(err, CollectiveFailure) else 2
+
+
+def follow_launcher(run_dir: Path, preempt: PreemptionFlag) -> None:
+    """The job lives as long as its launcher (launcher.lease): a stop asked there (a Ctrl-C) is a save request here;
+    a launcher that is gone, or an abort, ends this rank at once."""
+
+    def gone(why: str) -> None:
+        log.error(f"{why}: stopping this rank")
+        logging.shutdown()
+        os._exit(lease.LAUNCHER_GONE_EXIT)
+
+    def abort() -> None:
+        log.info("stopped at once on the launcher's request (a second Ctrl-C)")
+        logging.shutdown()
+        os._exit(lease.ABORT_EXIT)
+
+    lease.watch_launcher(run_dir, lambda: preempt.request("stop requested by the launcher"), gone, abort)
 
 
 def _close_gloo_group() -> None:
@@ -146,9 +165,8 @@ def _die(run_dir: Path, info: RankInfo, err: LauncherError) -> None:
     os._exit(1)
 
 
-def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str]) -> int:
+def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preempt: PreemptionFlag) -> int:
     ds_config = json.loads((run_dir / "ds_config.json").read_text())
-    preempt = PreemptionFlag()
     import deepspeed
     import torch.distributed as dist
 

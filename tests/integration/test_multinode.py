@@ -125,9 +125,15 @@ def test_two_hosts_train_zero3_over_gloo_save_when_stopped_and_resume_from_the_l
     saved = [int(p.name.removeprefix("global_step")) for p in (run_dir / "checkpoints").glob("global_step*")]
     assert len(saved) == 1 and 2 <= saved[0] < steps, output[-4000:]
     assert (run_dir / "checkpoints" / f"global_step{saved[0]}" / "complete.json").exists()
-    assert f"received SIG{'USR1' if stop == 'usr1' else 'TERM'}: saving at the next step boundary" in output
-    if stop == "ctrl-c":  # the launcher itself was stopped: it says the job is resumable, as on one host
+    # the ranks' stderr: rank 0's relayed by pdsh into engine.log, the others' in rank<N>.out
+    engine_log = "".join(p.read_text() for p in [run_dir / "logs" / "engine.log", *(run_dir / "logs").glob("rank*.out")])
+    if stop == "usr1":
+        assert "received SIGUSR1: saving at the next step boundary" in engine_log
+    else:  # the launcher itself was stopped: the request reached both hosts through the lease; resumable, exit 75
+        assert "stopping (Ctrl-C): saving at the next step" in output
+        assert "stop requested by the launcher: saving at the next step boundary" in engine_log  # the first to see it
         assert first.returncode == 75 and f"saved at global step {saved[0]}" in output, output[-3000:]
+        assert "Traceback" not in output
     for h in hosts.hosts:  # pdsh prefixes each host's output: both ran ranks
         assert f"{h.addr}: " in output
     assert all((run_dir / "logs" / f"rank{r}.log").exists() for r in range(2 * slots))
@@ -149,6 +155,32 @@ def test_two_hosts_train_zero3_over_gloo_save_when_stopped_and_resume_from_the_l
     assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.3
     assert (run_dir / "checkpoints" / "latest").read_text() == f"global_step{end}"
     assert_no_secret_written(run_dir, output, again.stdout, again.stderr)
+
+
+def test_launcher_killed_alone_stops_the_ranks_on_every_host_and_the_rerun_resumes(hosts, tmp_path):
+    """SIGKILL to the launcher only: the ranks were started over ssh (no terminal, so no SIGHUP reaches them); they
+    see the lease's counter stop and end, with DeepSpeed's per-host launchers, on both hosts."""
+    run_dir, hostfile = tmp_path / "run", write_hostfile(hosts, tmp_path / "hosts", 1)
+    command = launcher_argv(hosts, hostfile, f"run.dir={run_dir}", "train.max_steps=200", "train.save_every=2",
+                            "preflight=quick")
+    with open(tmp_path / "first.out", "w") as out:
+        first = subprocess.Popen(command, cwd=REPO, env=launch_env(hosts), stdout=out, stderr=subprocess.STDOUT)
+    metrics = run_dir / "metrics.jsonl"
+    try:
+        wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, 300, "3 trained steps")
+    finally:
+        first.kill()
+    first.wait()
+    wait_until(lambda: not hosts.processes_left(), 15, "every rank and launcher on every host to end")
+    size = metrics.stat().st_size
+    time.sleep(2)
+    assert metrics.stat().st_size == size, "metrics still growing after the launcher died"
+
+    latest = int((run_dir / "checkpoints" / "latest").read_text().removeprefix("global_step"))
+    again = launch_on(hosts, hostfile, f"run.dir={run_dir}", f"train.max_steps={latest + 2}", "train.save_every=2",
+                      "preflight=quick")
+    assert_ok(again)
+    assert "warning: taking over run dir" in again.stderr and f"resumed from global step {latest}" in again.stdout
 
 
 def another_deepspeed_launch(root: Path) -> subprocess.Popen:

@@ -139,25 +139,3 @@ def test_save_that_would_not_fit_fails_early_and_keeps_the_previous_checkpoint(s
 
     assert latest_complete(run_dir / "checkpoints").global_step == 2
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))
-
-
-def test_second_signal_exits_at_once_without_waiting_for_the_save(tmp_path):
-    import time
-
-    from launcher.train.signals import SAME_EVENT_S
-
-    run_dir, log = tmp_path / "run", tmp_path / "run.log"
-    env = {**launcher_env(), "LAUNCHER_TEST_SAVE_DELAY": "60"}
-    proc = start_launcher(f"run.dir={run_dir}", *JOB, "train.save_every=100", env=env, log=log)
-    wait_for(lambda: last_step(run_dir) >= 3, proc)
-    proc.send_signal(signal.SIGUSR1)
-    wait_for(lambda: any((run_dir / "checkpoints").glob(".tmp-global_step*")), proc)
-    time.sleep(SAME_EVENT_S + 0.5)  # a repeat within SAME_EVENT_S is the same event delivered twice, not a second one
-    proc.send_signal(signal.SIGUSR1)
-    assert proc.wait(timeout=30) == 128 + signal.SIGUSR1
-    text = log.read_text()
-    assert "received SIGUSR1: saving at the next step boundary" in text
-    assert "second signal SIGUSR1: exiting now without saving" in text
-    from launcher.checkpoint import latest_complete
-
-    assert latest_complete(run_dir / "checkpoints") is None
