@@ -38,6 +38,14 @@ def launcher_env() -> dict[str, str]:
     return env
 
 
+def console_script() -> str:
+    """The `launcher` entry point of the environment the tests run in (.venv/bin/launcher after scripts/setup.sh),
+    whether or not that environment's bin is on PATH."""
+    exe = Path(sys.executable).parent / "launcher"
+    assert exe.exists(), f"the console script {exe} is missing: install with scripts/setup.sh"
+    return str(exe)
+
+
 def run_launcher(*overrides: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None
                  ) -> subprocess.CompletedProcess[str]:
     """`python -m launcher <overrides>` in a child process, output captured."""

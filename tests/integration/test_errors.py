@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_launcher
+from tests.conftest import console_script, run_launcher
 
 pytestmark = pytest.mark.integration
 
@@ -92,13 +92,11 @@ def test_changed_artifacts_are_kept_in_history(tmp_path):
 
 
 def test_console_script_does_what_python_m_launcher_does(tmp_path):
-    import shutil
     import subprocess
 
     from tests.conftest import launcher_env
 
-    exe = shutil.which("launcher")
-    assert exe, "the console script `launcher` is missing: install with `pip install -e .` (scripts/setup.sh)"
+    exe = console_script()
     via_script = subprocess.run([exe, "run.dry_run=true", f"run.dir={tmp_path}/a"], capture_output=True, text=True,
                                 env=launcher_env(), cwd=tmp_path)
     via_module = run_launcher("run.dry_run=true", f"run.dir={tmp_path}/b")

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, kill_tree, last_step, launcher_env, run_launcher, start_launcher, wait_for
+from tests.conftest import REPO, console_script, kill_tree, last_step, launcher_env, run_launcher, start_launcher, wait_for
 
 pytestmark = pytest.mark.integration
 SHORT = ("train.max_steps=6", "train.save_every=3")
@@ -115,12 +115,9 @@ def test_a_frozen_rank_is_reported_with_ranks_and_hosts_instead_of_hanging(tmp_p
 
 
 def test_shell_completion_is_hydras_and_completes_presets():
-    import shutil
-
     script = run_launcher("--shell-completion", "install=bash")
     assert script.returncode == 0 and "hydra_bash_completion" in script.stdout
-    exe = shutil.which("launcher")
-    assert exe, "the console script `launcher` is missing: install with scripts/setup.sh"
+    exe = console_script()
     env = {**launcher_env(), "COMP_LINE": "launcher plan=ze"}
     done = subprocess.run([exe, "-sc", "query=bash"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0 and "plan=zero3_offload" in done.stdout.split()
