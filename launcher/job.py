@@ -181,12 +181,18 @@ def check_host_fits(plan: Plan, hw: Hardware) -> None:
     if plan.backend != "local" or plan.accelerator != "cuda":
         return
     if plan.procs_per_host > hw.gpu_count:
-        raise LauncherError(
-            "topo.gpus_per_host", plan.procs_per_host,
-            f"use topo.gpus_per_host={hw.gpu_count} (or +topo=local to use what is here)" if hw.gpu_count
-            else "use +topo=local to train on this machine's CPU, or run.dry_run=true to only render the job",
-            problem=f"the plan needs {plan.procs_per_host} GPUs on this host, which has {hw.gpu_count}",
-        )
+        raise LauncherError("topo.gpus_per_host", plan.procs_per_host, _fewer_gpus_hint(plan, hw),
+                            problem=f"the plan needs {plan.procs_per_host} GPUs on this host, which has {hw.gpu_count}")
+
+
+def _fewer_gpus_hint(plan: Plan, hw: Hardware) -> str:
+    if hw.gpu_count:
+        return f"use topo.gpus_per_host={hw.gpu_count} (or +topo=local to use what is here)"
+    cpu = ("this machine has no GPU, so it trains on its CPU: choose the number of processes with "
+           "topo.cpu_procs_per_host=N (default 2) instead of topo.gpus_per_host")
+    if plan.topo_name != "local":
+        cpu = f"{cpu}, on +topo=local"
+    return f"{cpu}; run.dry_run=true renders the GPU job without launching it"
 
 
 def check_memory_fits(plan: Plan, check: bool) -> None:

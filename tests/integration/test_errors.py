@@ -36,7 +36,15 @@ def test_indivisible_global_batch(tmp_path):
 
 def test_more_gpus_than_the_host_has(tmp_path):
     assert_user_error(run_launcher("+topo=multi_gpu", "train.global_batch_size=16", f"run.dir={tmp_path}/r"),
-                      "topo.gpus_per_host=8", "needs 8 GPUs on this host, which has 0", "run.dry_run=true")
+                      "topo.gpus_per_host=8", "needs 8 GPUs on this host, which has 0", "run.dry_run=true",
+                      "topo.cpu_procs_per_host=N", "on +topo=local")
+
+
+def test_gpus_per_host_on_a_machine_without_gpus_points_at_cpu_procs_per_host(tmp_path):
+    result = run_launcher("topo.gpus_per_host=4", f"run.dir={tmp_path}/r")
+    assert_user_error(result, "topo.gpus_per_host=4", "this machine has no GPU",
+                      "topo.cpu_procs_per_host=N (default 2) instead of topo.gpus_per_host")
+    assert "+topo=local" not in result.stderr  # the topology it already has
 
 
 def test_missing_model_path(tmp_path):
