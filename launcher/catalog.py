@@ -15,6 +15,9 @@ COMMON = """common overrides:
   train.global_batch_size=N train.micro_batch_size=N train.seq_len=N train.max_steps=N train.save_every=N train.lr=X
   model.path=HUB_ID_OR_DIR data.path=FILE topo.gpus_per_host=N topo.hosts=[a,b] plan.zero_stage=N
   logging.wandb.mode=auto|online|offline|disabled   (the full schema: launcher/config.py)"""
+PROCESSES = """how many processes on this machine (the default +topo=local):
+  GPUs: all it has, one process each; topo.gpus_per_host=N uses N of them (CUDA_VISIBLE_DEVICES=0,1 picks which)
+  no GPU: topo.cpu_procs_per_host=N CPU processes (default 2); topo.accelerator=cpu runs on CPU even with GPUs"""
 
 
 def help_text() -> str:
@@ -22,7 +25,7 @@ def help_text() -> str:
     for group in GROUPS:
         lines.append(f"  {group}:")
         lines += [f"    {name:<16} {preset_description(group, name)}" for name in presets(group)]
-    return "\n".join(lines + ["", COMMON])
+    return "\n".join(lines + ["", COMMON, "", PROCESSES])
 
 
 def _needs_topo(name: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from launcher.config import DataConfig, LauncherConfig, MethodConfig, ModelConfig, TrainConfig
 from launcher import autoplan
+from launcher.secrets import mask_secrets
 from launcher.errors import LauncherError
 from launcher import placement as where
 from launcher.hardware import Hardware
@@ -85,10 +86,11 @@ class Plan:
         return len(self.hosts)
 
     def to_dict(self) -> dict[str, Any]:
+        """What plan.json and wandb's config hold: a secret-named value, should one ever get here, is masked."""
         d = dataclasses.asdict(self)
         d["hosts"] = list(self.hosts)
         d["world_size"] = self.world_size
-        return d
+        return mask_secrets(d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -181,7 +183,7 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num
         precision=precision,
         run_dir=run_dir,
         run_name=run_name,
-        model=cfg.model,
+        model=_what_runs(cfg.model, liger),
         data=cfg.data,
         method=cfg.method,
         train=cfg.train,
@@ -201,6 +203,12 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num
         compile=cfg.plan.compile,
         deepspeed=dict(cfg.plan.deepspeed),
     )
+
+
+def _what_runs(model: ModelConfig, liger: bool) -> ModelConfig:
+    """The model as the ranks run it: model.liger_kernel and model.liger_fused_loss say whether liger-kernel's kernels
+    apply on this accelerator and plan (memory.liger_applies), not only whether they were asked for."""
+    return dataclasses.replace(model, liger_kernel=liger, liger_fused_loss=liger and model.liger_fused_loss)
 
 
 def _shape_known(cfg: LauncherConfig) -> bool:

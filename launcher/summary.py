@@ -14,8 +14,8 @@ def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None, scrip
     m = plan.memory
     hosts = ", ".join(plan.hosts)
     fit = "fits" if m.fits else "DOES NOT FIT"
-    model = (f"{plan.model.name} ({plan.model.path or 'built from config'}), method {plan.method.name}, "
-             f"{m.params / 1e6:.1f}M params, {m.trainable_params / 1e6:.2f}M trainable")
+    model = (f"{model_name(plan)}, method {plan.method.name}, {m.params / 1e6:.1f}M params, "
+             f"{m.trainable_params / 1e6:.2f}M trainable{_kernels(plan)}")
     seq = f"seq {plan.train.seq_len}"
     if script is not None:  # the script loads its own model and data; the launcher's config only sizes the estimate
         model = f"the script's own (the memory estimate is for the launcher's model config: {model})"
@@ -36,6 +36,17 @@ def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None, scrip
         f"resume     {f'from global step {resume.global_step} ({resume.path})' if resume else 'none (fresh start)'}",
         f"command    {shlex.join(spec.argv)}",
     ]
+
+
+def model_name(plan: Plan) -> str:
+    """What is loaded: the model.path (hub id or folder) when there is one, else the preset built from its config."""
+    return plan.model.path or f"{plan.model.name} (built from config)"
+
+
+def _kernels(plan: Plan) -> str:
+    if not plan.model.liger_kernel:
+        return ""
+    return ", liger-kernel kernels" + (" and fused loss" if plan.model.liger_fused_loss else "") + " if installed"
 
 
 def steps(plan: Plan, script: Script | None) -> str:
@@ -68,7 +79,7 @@ def plan_table(plan: Plan) -> list[str]:
         f"offload {offload}; {plan.precision}",
         f"  batch              global {plan.global_batch_size} = micro {plan.micro_batch_size} x dp {plan.dp} x accum "
         f"{plan.grad_accum}; seq {t.seq_len} = {plan.micro_batch_size * t.seq_len:,} tokens per micro batch",
-        f"  model              {plan.model.name}: {m.params / 1e9:.2f}B parameters; {_method(plan)}",
+        f"  model              {model_name(plan)}: {m.params / 1e9:.2f}B parameters; {_method(plan)}",
         row("parameters", m.params_gb, f"{_share(plan, 3)}, {m.base_bytes_per_param:.2f} bytes each"
             + (" (nf4 projections)" if plan.method.name == "qlora" else "")),
         row("gradients", m.grads_gb, f"16-bit, of the trained weights, {_share(plan, 2)}"),

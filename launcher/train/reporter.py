@@ -17,8 +17,8 @@ class Reporter:
         self.device = device
         truncate_after(run_dir / "metrics.jsonl", start_step)
         self.writer = MetricsWriter(run_dir / "metrics.jsonl", plan.max_steps)
+        self.tracker = Tracker(plan, run_dir)  # first: the bar's clock and ETA start with training, not wandb's start
         self.progress = Progress(plan.max_steps, start_step, plan.train.log_every, self.writer.line)
-        self.tracker = Tracker(plan, run_dir)
         peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
         per_token = flops_per_token(plan.model.arch, plan.memory.params, plan.train.seq_len)
         self.flops_per_s_to_mfu = per_token / (peak * world_size) if peak else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from jinja2.exceptions import TemplateError
@@ -18,6 +19,7 @@ if TYPE_CHECKING:  # transformers costs seconds to import: load_tokenizer import
 log = logging.getLogger(__name__)
 
 TOKENIZE_BATCH = 1024  # conversations per tokenizer call: all cores busy, the rendered text of one batch in memory
+TOO_LONG_WARNING = "sequence-length-is-longer-than-the-specified-maximum"  # transformers' key for it
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 # For tokenizers that ship without a template (base models). Turns are separated before, not after, so an answer's
@@ -107,14 +109,25 @@ def tokenize_examples(tokenizer: PreTrainedTokenizerBase, conversations: list[Me
     Each answer's span is found by rendering the conversation up to it (with the generation prompt) and up to its
     end: the difference is exactly what the model must produce, whatever the template's markers look like.
     """
+    return _tokenize(tokenizer, conversations, seq_len)[0]
+
+
+def _tokenize(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], seq_len: int
+              ) -> tuple[list[Example], int]:
+    """The examples cut to seq_len, and how many were longer. The tokenizer's own warning about texts longer than
+    its model_max_length is turned off: the launcher cuts every example to seq_len and counts what it cut."""
+    tokenizer.deprecation_warnings[TOO_LONG_WARNING] = True  # what transformers sets once it has warned
     examples: list[Example] = []
+    too_long = 0
     for i in range(0, len(conversations), TOKENIZE_BATCH):
-        examples += _tokenize_batch(tokenizer, conversations[i:i + TOKENIZE_BATCH], seq_len)
-    return examples
+        batch, longer = _tokenize_batch(tokenizer, conversations[i:i + TOKENIZE_BATCH], seq_len)
+        examples += batch
+        too_long += longer
+    return examples, too_long
 
 
 def _tokenize_batch(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], seq_len: int
-                    ) -> list[Example]:
+                    ) -> tuple[list[Example], int]:
     fulls = _render(tokenizer, conversations, add_generation_prompt=False)
     turns = [(c, k) for c, messages in enumerate(conversations) for k, message in enumerate(messages)
              if message["role"] == "assistant" and k > 0]
@@ -127,25 +140,54 @@ def _tokenize_batch(tokenizer: PreTrainedTokenizerBase, conversations: list[Mess
         start = _check_prefix(tokenizer, next(starts), full, k)
         end = _check_prefix(tokenizer, inner_ends.get((c, k), full), full, k + 1)
         labels[c][start:end] = full[start:end]
-    return [Example(input_ids=full[:seq_len], labels=label[:seq_len]) for full, label in zip(fulls, labels)]
+    examples = [Example(input_ids=full[:seq_len], labels=label[:seq_len]) for full, label in zip(fulls, labels)]
+    return examples, sum(len(full) > seq_len for full in fulls)
+
+
+@dataclass(frozen=True)
+class LengthCut:
+    """What train.seq_len did to the data: examples longer than it keep their first seq_len tokens (truncated), or
+    are dropped when no answer token is left (every uncut example has one: data.py requires an answer turn)."""
+
+    total: int
+    too_long: int
+    dropped: int
+    seq_len: int
+
+    @property
+    def truncated(self) -> int:
+        return self.too_long - self.dropped
+
+    def message(self) -> str:
+        return (f"{self.too_long} of {self.total} examples were longer than train.seq_len={self.seq_len}: "
+                f"{self.truncated} truncated, {self.dropped} dropped (no answer token left)")
 
 
 def build_examples(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], seq_len: int,
                    max_samples: int = 0) -> list[Example]:
-    """Tokenize the first `max_samples` conversations (0: all), dropping those cut before any answer token."""
+    """Tokenize the first `max_samples` conversations (0: all), dropping those cut before any answer token; logs how
+    many train.seq_len cut."""
     if max_samples:
         conversations = conversations[:max_samples]
-    examples = tokenize_examples(tokenizer, conversations, seq_len)
+    examples, too_long = _tokenize(tokenizer, conversations, seq_len)
     kept = [example for example in examples if example.num_targets > 0]
     if not kept:
         raise LauncherError(
             "train.seq_len", seq_len, "raise train.seq_len so at least the first answer fits",
             problem=f"all {len(examples)} examples lose every answer token when cut to {seq_len} tokens",
         )
-    warn_dropped(len(examples) - len(kept), len(examples), seq_len)
+    log_cut(LengthCut(len(examples), too_long, len(examples) - len(kept), seq_len))
     return kept
 
 
+def log_cut(cut: LengthCut) -> None:
+    if cut.dropped:
+        log.warning(cut.message())
+    elif cut.too_long:
+        log.info(cut.message())
+
+
 def warn_dropped(dropped: int, total: int, seq_len: int) -> None:
+    """For examples read back from the cache, which keeps how many were dropped but not how many were truncated."""
     if dropped:
         log.warning("dropped %d of %d examples: no answer token within train.seq_len=%d", dropped, total, seq_len)
