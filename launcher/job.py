@@ -29,6 +29,7 @@ from launcher.preflight import (CPU_TIMEOUT_S, GPU_TIMEOUT_S, TIMEOUT_VAR, expec
                                 run_before_launch)
 from launcher.render.deepspeed import render_ds_config
 from launcher.render.env import rank_env
+from launcher.secrets import mask_override, mask_secrets
 from launcher.render.launch import LaunchSpec, render_launch_sh
 from launcher.render.slurm import AllocationCheck
 from launcher.script import ScriptLaunch
@@ -122,7 +123,7 @@ class _Held:
 def holding(run_dir: Path, plan: Plan, submits: bool, timeout_s: float) -> Iterator[_Held]:
     """The run dir's lease for the life of the job (launcher.lease): a second launch on it is refused."""
     fresh = not run_dir.exists()
-    holder = lease.this_process("python -m launcher " + shlex.join(sys.argv[1:]),
+    holder = lease.this_process("python -m launcher " + shlex.join(mask_override(a) for a in sys.argv[1:]),
                                 hosts=tuple(h.rpartition("@")[2] for h in plan.hosts), gone_after_s=timeout_s)
     if submits:
         holder = dataclasses.replace(holder, slurm_job_id=lease.SUBMITTING)
@@ -279,7 +280,7 @@ def _write(run_dir: Path, cfg: LauncherConfig, composed: DictConfig, plan: Plan,
     ds = script.ds_config(render_ds_config(plan)) if script else render_ds_config(plan)
     files = {
         **backend_files,
-        "resolved.yaml": OmegaConf.to_yaml(composed),
+        "resolved.yaml": OmegaConf.to_yaml(mask_secrets(OmegaConf.to_container(composed))),
         "plan.json": plan.to_json(),
         "ds_config.json": json.dumps(ds, indent=2) + "\n",
         "launch.sh": render_launch_sh(spec, plan.run_name),

@@ -22,11 +22,12 @@ import time
 from collections import deque
 from pathlib import Path
 from types import FrameType
+from typing import Callable
 
-from launcher.checkpoint import Checkpoint, latest_complete_any, write_atomic
+from launcher.checkpoint import Checkpoint, latest_complete_any
 from launcher.errors import LauncherError
 from launcher.script import flag_values
-from launcher.supervisor import USER_ERROR_FILE
+from launcher.supervisor import EXCEPTION_LINE, is_consequence, write_error_record
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
 TAIL_LINES = 15
@@ -42,11 +43,24 @@ def resume_args(api: str, script_args: list[str], resume: Checkpoint | None) -> 
 
 
 def failure_report(script: str, rank: int, host: str, code: int, log: Path, tail: list[str]) -> dict:
+    """The rank's error for the console: its exception (type and message) when it raised one, else the last lines of
+    its output; the whole output is in its log."""
+    raised = last_exception(tail)
+    if EXCEPTION_LINE.match(raised):
+        problem, shown = f"rank {rank} (on {host}) failed with {raised} (exit code {code})", ""
+    else:
+        problem = f"rank {rank} (on {host}) exited with code {code}"
+        shown = "\nThe last lines of {}:\n{}".format(log, "\n".join(f"    {line}" for line in tail) or "    (no output)")
     err = LauncherError("script", script, f"read {log} for its whole output; rerun the same command to resume from "
-                        "the newest complete checkpoint", problem=f"rank {rank} (on {host}) exited with code {code}")
-    shown = "\n".join(f"    {line}" for line in tail) or "    (no output)"
+                        "the newest complete checkpoint", problem=problem)
     return {"rank": rank, "field": err.field, "value": script, "restartable": True, "time": time.time(),
-            "paragraph": f"{err.paragraph()}\nThe last lines of {log}:\n{shown}"}
+            "consequence": is_consequence(raised), "paragraph": err.paragraph() + shown}
+
+
+def last_exception(tail: list[str]) -> str:
+    """The exception line a Python traceback ends with (without torch's `[rankN]:` prefix), or the last line."""
+    found = [m.group(1) for line in tail if (m := EXCEPTION_LINE.match(line.strip()))]
+    return (found or tail or [""])[-1]
 
 
 def script_path(env: dict[str, str]) -> str:
@@ -66,11 +80,10 @@ def run_rank(run_dir: Path, api: str, command: list[str], env: dict[str, str]) -
     log = run_dir / "logs" / f"rank{rank}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     child_env = {**env, "LAUNCHER_RESUME_FROM": str(resume.path) if resume else "", "PYTHONPATH": script_path(env)}
-    code, tail, signalled = _run_logged(argv, child_env, log, echo=rank == 0)
+    code, tail, signalled = _run_logged(argv, child_env, log, echo=rank == 0, run_dir=run_dir)
     if code != 0 and not signalled:
-        name = USER_ERROR_FILE if rank == 0 else USER_ERROR_FILE.replace(".json", f".rank{rank}.json")
-        report = failure_report(" ".join(command[:target_len]), rank, socket.gethostname(), code, log, tail)
-        write_atomic(run_dir / name, json.dumps(report))
+        write_error_record(run_dir, failure_report(" ".join(command[:target_len]), rank, socket.gethostname(), code,
+                                                   log, tail))
     return code
 
 
@@ -84,9 +97,11 @@ def _start_as_if_alone() -> None:
         signal.signal(s, signal.SIG_DFL)
 
 
-def _run_logged(argv: list[str], env: dict[str, str], log: Path, echo: bool) -> tuple[int, list[str], bool]:
+def _run_logged(argv: list[str], env: dict[str, str], log: Path, echo: bool, run_dir: Path | None = None
+                ) -> tuple[int, list[str], bool]:
     """Run argv with stdout and stderr appended to log (and echoed); returns (exit code, last lines, whether a signal
-    from outside stopped it)."""
+    from outside stopped it). With run_dir, this rank follows the launcher's lease: a stop asked there reaches the
+    script as SIGTERM (the signal the README documents for scripts), a launcher that is gone or an abort ends it."""
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             preexec_fn=_start_as_if_alone)
     received: list[int] = []
@@ -99,6 +114,8 @@ def _run_logged(argv: list[str], env: dict[str, str], log: Path, echo: bool) -> 
             pass
 
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    if run_dir is not None:
+        _follow_launcher(run_dir, proc, lambda: forward(signal.SIGTERM, None))
     try:
         tail = _copy_output(proc, log, echo)
         code = proc.wait()
@@ -109,17 +126,56 @@ def _run_logged(argv: list[str], env: dict[str, str], log: Path, echo: bool) -> 
     return (128 - code if code < 0 else code), shown, bool(received)
 
 
+def _follow_launcher(run_dir: Path, proc: subprocess.Popen[bytes], stop: Callable[[], None]) -> None:
+    from launcher import lease
+
+    def end(code: int, why: str) -> None:
+        print(f"{why}: stopping this rank", file=sys.stderr, flush=True)
+        proc.kill()
+        os._exit(code)
+
+    lease.watch_launcher(run_dir, stop, lambda why: end(lease.LAUNCHER_GONE_EXIT, why),
+                         lambda: end(lease.ABORT_EXIT, "stopped at once on the launcher's request"))
+
+
+class TracebackFilter:
+    """Rank 0's output as the console shows it: everything but Python tracebacks, which stay in the rank's log (a
+    rank that fails is reported by the supervisor with its exception; the others' tracebacks are consequences)."""
+
+    START = b"Traceback (most recent call last)"
+
+    def __init__(self, log: Path) -> None:
+        self.log, self.hiding = log, False
+
+    def feed(self, chunk: bytes) -> bytes:
+        shown = []
+        for piece in chunk.splitlines(keepends=True):
+            if not self.hiding and self.START in piece:
+                self.hiding = True
+                shown.append(f"(a traceback: see {self.log})\n".encode())
+                continue
+            if self.hiding:
+                text = piece.decode(errors="replace").strip()
+                text = text.split("]: ", 1)[1] if text.startswith("[rank") and "]: " in text else text
+                if EXCEPTION_LINE.match(text) and not text.startswith(("File ", "raise ", "return ")):
+                    self.hiding = False
+                continue
+            shown.append(piece)
+        return b"".join(shown)
+
+
 def _copy_output(proc: subprocess.Popen[bytes], log: Path, echo: bool) -> deque[bytes]:
     """Until the child closes its output: append it to log, echo it, and keep its last non-empty lines."""
     tail: deque[bytes] = deque(maxlen=TAIL_LINES)
     partial = b""
+    console = TracebackFilter(log)
     assert proc.stdout is not None
     with open(log, "ab") as out:
         while chunk := os.read(proc.stdout.fileno(), 65536):
             out.write(chunk)
             out.flush()
             if echo:
-                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.write(console.feed(chunk))
                 sys.stdout.flush()
             lines = (partial + chunk).replace(b"\r", b"\n").split(b"\n")
             partial = lines.pop()

@@ -30,6 +30,32 @@ CONSEQUENCES = ("Connection closed by peer", "Connection reset by peer", "Broken
 MAX_BACKOFF_S = 300.0
 
 
+def write_error_record(run_dir: Path, record: dict) -> None:
+    """A rank's error for the supervisor (user_error.json for rank 0, user_error.rank<N>.json for the others)."""
+    from launcher.checkpoint import write_atomic
+
+    rank = record["rank"]
+    name = USER_ERROR_FILE if rank == 0 else USER_ERROR_FILE.replace(".json", f".rank{rank}.json")
+    write_atomic(run_dir / name, json.dumps({"time": time.time(), **record}))
+
+
+def is_consequence(text: str) -> bool:
+    """A communication error that follows another rank's exit (a peer closed its socket, NCCL aborted)."""
+    return any(marker in text for marker in CONSEQUENCES)
+
+
+def by_cause(run_dir: Path) -> list[dict]:
+    """The ranks' error records, the cause first: an error that is not a consequence of another rank's exit, then
+    the lowest rank. Wall-clock order is not used: the clocks of two hosts are not comparable."""
+    records = []
+    for path in run_dir.glob(USER_ERROR_GLOB):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(records, key=lambda e: (bool(e.get("consequence")), e["rank"]))
+
+
 SUBMITTED = re.compile(r"Submitted batch job (\d+)")
 
 
@@ -58,9 +84,7 @@ def run_supervised(spec: LaunchSpec, environ: dict[str, str], run_dir: Path, max
         env = {**environ, "LAUNCHER_RESTART": str(attempt)}
         before = latest_complete_any(ckpt_root, warn=lambda _m: None)
         code, signals = spawn.run(spec, env, control, run_dir / ENGINE_LOG)
-        # the first failure in time is the cause (a user script's other ranks fail after it); then the lowest rank
-        errors = sorted((json.loads(p.read_text()) for p in run_dir.glob(USER_ERROR_GLOB)),
-                        key=lambda e: (e.get("time", 0.0), e["rank"]))
+        errors = by_cause(run_dir)
         if errors:
             say(errors[0]["paragraph"])
             if not errors[0].get("restartable"):

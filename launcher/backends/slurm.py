@@ -12,7 +12,7 @@ import subprocess
 from launcher.topo_config import SlurmConfig
 from launcher.errors import LauncherError
 from launcher.plan import Plan
-from launcher.render.env import is_secret
+from launcher.secrets import is_secret
 from launcher.render.launch import LaunchSpec, RankProgram
 from launcher.render.slurm import AllocationCheck, render_sbatch
 

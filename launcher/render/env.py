@@ -10,12 +10,6 @@ import re
 from launcher.plan import Plan
 
 ARCH_SUFFIX = re.compile(r"(\d+\.\d+)[a-zA-Z]+")
-SECRET_NAME = re.compile(r"(^|_)(KEY|APIKEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.IGNORECASE)
-
-
-def is_secret(name: str) -> bool:
-    """Names such as WANDB_API_KEY, HF_TOKEN or AWS_SECRET_ACCESS_KEY: never written to a file, never exported."""
-    return bool(SECRET_NAME.search(name))
 
 
 def sanitize_arch_list(value: str) -> str:

@@ -11,7 +11,7 @@ import re
 
 from launcher.errors import LauncherError
 from launcher.plan import Plan
-from launcher.render.env import is_secret
+from launcher.secrets import is_secret
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 UNSAFE_VALUE = re.compile(r'["`$\\\n\r]')  # DeepSpeed pastes values into a remote shell line in double quotes

@@ -51,9 +51,18 @@ def render_launch_sh(spec: LaunchSpec, run_name: str) -> str:
         "set -euo pipefail",
         f"cd {shlex.quote(spec.cwd)}",
     ]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(spec.env.items())]
+    lines += [_export(k, v) for k, v in sorted(spec.env.items())]
     lines.append("exec " + " \\\n  ".join(shlex.quote(a) for a in spec.argv))
     return "\n".join(lines) + "\n"
+
+
+def _export(name: str, value: str) -> str:
+    """A secret (topo.env.HF_TOKEN=...) is never written: the file asks for it from the environment instead."""
+    from launcher.secrets import is_secret
+
+    if is_secret(name):
+        return f'export {name}="${{{name}:?set {name} in the environment (its value is not written here)}}"'
+    return f"export {name}={shlex.quote(value)}"
 
 
 def node_commands(plan: Any, program: RankProgram, python: str, master_addr: str,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from launcher.topo_config import SlurmConfig
 from launcher.errors import LauncherError
 from launcher.plan import Plan
-from launcher.render.env import is_secret
+from launcher.secrets import is_secret
 from launcher.render.launch import RankProgram, worker_program
 
 DEFAULT_MASTER_PORT = 29500

@@ -16,7 +16,10 @@ PEER_LOST_MARKERS = ("Connection closed by peer", "Connection reset by peer", "B
 
 
 class CollectiveFailure(LauncherError):
-    """A rank lost its peers or waited too long: reported as one paragraph, but a restart may cure it."""
+    """A rank lost its peers or waited too long: reported as one paragraph, but a restart may cure it. A lost peer
+    is a consequence of another rank's exit: the supervisor reports that rank's error first."""
+
+    lost_peer = False
 
 
 def oom_error(plan: Plan, rank: int, step: int) -> LauncherError:
@@ -35,7 +38,7 @@ def collective_error(plan: Plan, rank: int, step: int, detail: str, lost_peer: b
     hosts = ", ".join(plan.hosts)
     what = ("lost the connection to another rank" if lost_peer
             else f"waited {plan.collective_timeout_s} s")
-    return CollectiveFailure(
+    failure = CollectiveFailure(
         "run.collective_timeout_s", plan.collective_timeout_s,
         "one or more ranks stopped answering (a crashed or frozen process, a host that went down, or a network "
         "NCCL/gloo cannot use): check the other ranks' logs in logs/, then run python -m launcher.preflight with the "
@@ -44,6 +47,8 @@ def collective_error(plan: Plan, rank: int, step: int, detail: str, lost_peer: b
         problem=f"rank {rank} on {socket.gethostname()} {what} in a collective in global step {step + 1} of a job on "
         f"hosts [{hosts}]: {detail.strip().splitlines()[0][:200]}",
     )
+    failure.lost_peer = lost_peer
+    return failure
 
 
 @contextmanager

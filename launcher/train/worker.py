@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 import time
 import warnings
@@ -18,7 +19,7 @@ import torch
 from launcher import checkpoint, lease, universal
 from launcher.errors import LauncherError
 from launcher.plan import Plan
-from launcher.supervisor import USER_ERROR_FILE
+from launcher.supervisor import is_consequence, write_error_record
 from launcher.train import parallel
 from launcher.train.loop import RankInfo, train
 from launcher.train.failures import CollectiveFailure, Watchdog, user_facing_failures
@@ -120,6 +121,10 @@ def main(argv: list[str]) -> int:
         _write_user_error(run_dir, info, err)
         _close_gloo_group()
         return 1 if isinstance(err, CollectiveFailure) else 2
+    except Exception as err:  # a crash: its traceback goes to this rank's log, the supervisor names it on the console
+        _write_crash(run_dir, info, err)
+        _close_gloo_group()
+        return 1
 
 
 def follow_launcher(run_dir: Path, preempt: PreemptionFlag) -> None:
@@ -151,10 +156,26 @@ def _close_gloo_group() -> None:
 
 def _write_user_error(run_dir: Path, info: RankInfo, err: LauncherError) -> None:
     """For the supervisor, which reports it as the job's error (exit 2) instead of restarting."""
-    name = USER_ERROR_FILE if info.rank == 0 else USER_ERROR_FILE.replace(".json", f".rank{info.rank}.json")
-    checkpoint.write_atomic(run_dir / name, json.dumps(
-        {"rank": info.rank, "field": err.field, "value": str(err.value), "paragraph": err.paragraph(),
-         "restartable": isinstance(err, CollectiveFailure)}))
+    lost_peer = isinstance(err, CollectiveFailure) and err.lost_peer
+    write_error_record(run_dir, {"rank": info.rank, "field": err.field, "value": str(err.value),
+                                 "paragraph": err.paragraph(), "restartable": isinstance(err, CollectiveFailure),
+                                 "consequence": lost_peer})
+
+
+def _write_crash(run_dir: Path, info: RankInfo, err: Exception) -> None:
+    """An exception the launcher has no paragraph for: its traceback into logs/rank<N>.log (not onto the console),
+    and a record naming it. A communication error after another rank's exit is marked as a consequence."""
+    import traceback
+
+    rank_log = run_dir / "logs" / f"rank{info.rank}.log"
+    with open(rank_log, "a") as f:
+        f.write(traceback.format_exc())
+    message = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}".rstrip(": ")
+    write_error_record(run_dir, {
+        "rank": info.rank, "field": "", "value": "", "restartable": True, "consequence": is_consequence(message),
+        "paragraph": f"error: rank {info.rank} on {socket.gethostname()} failed with {message}. Its traceback is in "
+                     f"{rank_log}; rerun the same command to resume from the newest complete checkpoint (or "
+                     "run.max_restarts=N to restart by itself)."})
 
 
 def _die(run_dir: Path, info: RankInfo, err: LauncherError) -> None:

@@ -183,6 +183,16 @@ def test_launcher_killed_alone_stops_the_ranks_on_every_host_and_the_rerun_resum
     assert "warning: taking over run dir" in again.stderr and f"resumed from global step {latest}" in again.stdout
 
 
+def test_a_rank_that_raises_on_the_second_host_is_named_with_its_exception(hosts, tmp_path):
+    run_dir, hostfile = tmp_path / "run", write_hostfile(hosts, tmp_path / "hosts", 1)
+    result = launch_on(hosts, hostfile, f"run.dir={run_dir}", "preflight=quick",
+                       "script=tests/integration/fail_at_step.py", "--", "--fail_rank", "1", "--fail_step", "2")
+    assert result.returncode != 0
+    err = result.stderr
+    assert f"rank 1 (on {hosts.hosts[1].name}) failed with ValueError: rank 1 fails at global step 2 on purpose" in err
+    assert "Connection closed by peer" not in err and "Traceback" not in err + result.stdout
+
+
 def another_deepspeed_launch(root: Path) -> subprocess.Popen:
     """A process whose command line is another job's DeepSpeed per-host launcher, `<python> -u -m
     deepspeed.launcher.launch ...` (a stand-in module that sleeps)."""

@@ -139,3 +139,23 @@ def test_processes_in_finds_a_job_by_its_run_dir_variable_only(tmp_path):
         assert lease.processes_in(tmp_path / "ru") == []
     finally:
         job.kill(), bystander.kill()
+
+
+def test_the_cause_is_the_error_that_is_not_a_consequence_then_the_lowest_rank(tmp_path):
+    from launcher.supervisor import by_cause, is_consequence, write_error_record
+
+    lost = "RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:40322"
+    assert is_consequence(lost) and not is_consequence("ValueError: bad row 7")
+    write_error_record(tmp_path, {"rank": 0, "paragraph": "rank 0 lost its peer", "consequence": True})
+    write_error_record(tmp_path, {"rank": 3, "paragraph": "rank 3 raised", "consequence": False})
+    write_error_record(tmp_path, {"rank": 2, "paragraph": "rank 2 raised", "consequence": False})
+    assert [e["rank"] for e in by_cause(tmp_path)] == [2, 3, 0]
+
+
+def test_rank_zeros_console_echo_hides_tracebacks_and_points_at_the_log(tmp_path):
+    from launcher.script_entry import TracebackFilter
+
+    f = TracebackFilter(tmp_path / "rank0.log")
+    out = f.feed(b"step 1 loss 2.0\n[rank0]: Traceback (most recent call last):\n[rank0]:   File \"x.py\", line 3\n")
+    out += f.feed(b"[rank0]:     raise ValueError('x')\n[rank0]: RuntimeError: Connection closed by peer\nstep 2\n")
+    assert out.decode() == f"step 1 loss 2.0\n(a traceback: see {tmp_path / 'rank0.log'})\nstep 2\n"
