@@ -12,7 +12,7 @@ from typing import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from launcher import inputs, lease, report
+from launcher import inputs, lease, report, services
 from launcher.autoplan import memory_error
 from launcher.backends.hostfile import hostfile_spec
 from launcher.backends.hostfile import check_hosts_memory
@@ -50,7 +50,7 @@ def plan_job(cfg: LauncherConfig, cwd: str, environ: dict[str, str]) -> tuple[La
     inputs.check_run_dir(run_dir, field, value)
     inputs.check_resume(cfg.run.resume, run_dir, cwd, script=bool(cfg.script or cfg.script_module))
     cfg, num_rows = inputs.check_data(cfg, cwd)
-    wandb_env = (environ.get("WANDB_MODE", ""), bool(environ.get("WANDB_API_KEY")),
+    wandb_env = (environ.get("WANDB_MODE", ""), bool(services.wandb_key(environ)),
                  importlib.util.find_spec("wandb") is not None)
     plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, num_samples=num_rows, wandb_env=wandb_env)
     return cfg, plan, hw
@@ -64,6 +64,8 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
     if not cfg.run.dry_run:
         check_host_fits(plan, hw)
         check_memory_fits(plan, cfg.run.check_memory)
+        services.check_hub(plan.model.path, plan.model.tokenizer, environ)
+        plan = wandb_decided(plan, environ)
     script = script_launch(cfg, plan, script_args, cwd)
     spec, files = _launch_spec(cfg, plan, hw, environ, cwd, script)
     find = latest_complete_any if script else latest_complete  # a script may save Trainer checkpoint-N dirs
@@ -84,6 +86,18 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
         run_before_launch(plan, cfg, environ)
         held.launched = True
         return _launch(plan, spec, environ, cfg, held.lease, submits)
+
+
+def wandb_decided(plan: Plan, environ: dict[str, str]) -> Plan:
+    """A run that would log online asks the W&B server first (seconds); if it cannot work online, it runs offline
+    and the plan says why, so the ranks never sit in wandb's 90-second start and fail."""
+    if plan.wandb_mode != "online":
+        return plan
+    why = services.wandb_offline_reason(environ, plan.wandb_entity)
+    if not why:
+        return plan
+    print(f"wandb: offline for this run: {why}; upload it later with `wandb sync {plan.run_dir}/wandb/offline-run-*`")
+    return dataclasses.replace(plan, wandb_mode="offline", wandb_note=why)
 
 
 def _launch(plan: Plan, spec: LaunchSpec, environ: dict[str, str], cfg: LauncherConfig, held: lease.Lease,

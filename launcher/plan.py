@@ -58,6 +58,7 @@ class Plan:
     collective_timeout_s: int = 600
     wandb_project: str = "launcher"
     wandb_entity: str = ""
+    wandb_note: str = ""  # why a run that would log online runs offline (the launching host's probe)
     overlap_comm: bool = True
     reduce_bucket_mb: int = 200
     allgather_bucket_mb: int = 200

@@ -48,7 +48,8 @@ def run_checks(plan: Plan, cfg: LauncherConfig, environ: dict[str, str], mode: s
     deep = mode == "full"
     master = (topo.master_addr or plan.hosts[0]) if multi else "localhost"
     peers = [h.rpartition("@")[2] for h in plan.hosts] if multi else []
-    base = {"run_dir": plan.run_dir, "package_dir": str(PACKAGE_DIR), "deep": deep, "targets": peers}
+    base = {"run_dir": plan.run_dir, "package_dir": str(PACKAGE_DIR), "deep": deep, "targets": peers,
+            "hub": hub_request(plan, environ)}
     local = c.gather_local({**base, "port": 0 if multi else topo.master_port})
     hosts = [local]
     marker = None
@@ -65,7 +66,7 @@ def run_checks(plan: Plan, cfg: LauncherConfig, environ: dict[str, str], mode: s
         rows += c.host_checks(f, plan.accelerator if (remote or not multi) else "cpu", plan.procs_per_host,
                               ifname if (remote or not multi) else "", topo.mtu, topo.nccl.ib_hca if remote or not multi
                               else "", [p for p in peers if p != f.host], shared_expected=remote,
-                              checkpoint_gb=checkpoint_gb(plan))
+                              checkpoint_gb=checkpoint_gb(plan), hub_offline=hub_offline(environ))
     arch = c.check_arch_list(environ.get("TORCH_CUDA_ARCH_LIST", ""))
     rows += [arch] if arch else []
     if len(hosts) > 1:
@@ -109,6 +110,22 @@ def _collective(plan: Plan, cfg: LauncherConfig, environ: dict[str, str], extra:
                          stop_remote)
     extra["collective"] = dataclasses.asdict(res)
     return judge(res, expects_rdma(cfg), cfg.topo.link)
+
+
+def hub_request(plan: Plan, environ: dict[str, str]) -> dict:
+    """What each host's probe asks its Hugging Face cache: the hub ids the ranks load, under the launch's cache
+    variables (a local model folder is checked by the ranks' own start)."""
+    from launcher.render.env import FORWARDED
+    from launcher.services import looks_like_hub_id
+
+    ids = [i for i in dict.fromkeys((plan.model.path, plan.model.tokenizer)) if looks_like_hub_id(i)]
+    return {"ids": ids, "env": {k: environ[k] for k in FORWARDED if k.startswith("HF_") and environ.get(k)}}
+
+
+def hub_offline(environ: dict[str, str]) -> bool:
+    from launcher.services import TRUE
+
+    return environ.get("HF_HUB_OFFLINE", "").lower() in TRUE
 
 
 def expects_rdma(cfg: LauncherConfig) -> bool:

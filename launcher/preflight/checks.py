@@ -231,9 +231,25 @@ def check_arch_list(value: str) -> Check | None:
     return Check("TORCH_CUDA_ARCH_LIST", "localhost", PASS, value)
 
 
+def check_model_cache(f: HostFacts, offline: bool) -> Check | None:
+    """Every host loads the model itself: from a shared cache, its own copy, or the Hub (not with HF_HUB_OFFLINE)."""
+    hub = {} if f.error else {k: v for k, v in (f.facts.get("hub") or {}).items() if v is not None}
+    if not hub:
+        return None
+    missing = [i for i, cached in hub.items() if not cached]
+    if not missing:
+        return Check("model cache", f.host, PASS, f"{', '.join(hub)} in this host's cache")
+    fix = (f"fill this host's cache (`hf download {missing[0]}`) or put HF_HOME on storage every host shares"
+           + ("" if offline else ", or let its ranks download it"))
+    return Check("model cache", f.host, FAIL if offline else WARN,
+                 f"{', '.join(missing)} not in this host's cache" + (" and HF_HUB_OFFLINE is set" if offline else
+                                                                     ": its ranks will download it from the Hub"), fix)
+
+
 def host_checks(f: HostFacts, accelerator: str, procs_per_host: int, ifname: str, mtu: int, ib_hca: str,
-                peers: list[str], shared_expected: bool, checkpoint_gb: float = 0.0) -> list[Check]:
+                peers: list[str], shared_expected: bool, checkpoint_gb: float = 0.0,
+                hub_offline: bool = False) -> list[Check]:
     rows = [reachable(f), describe(f), check_run_dir(f, shared_expected), check_disk(f, checkpoint_gb), check_port(f),
             check_gpus(f, accelerator, procs_per_host), check_iface(f, ifname, mtu, peers), check_rdma(f, ib_hca),
-            check_clock(f)]
+            check_clock(f), check_model_cache(f, hub_offline)]
     return [r for r in rows if r is not None and not (r.check == "ssh" and f.host == "localhost")]

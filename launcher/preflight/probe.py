@@ -145,6 +145,20 @@ def mem_total_gb() -> float:
     return 0.0
 
 
+def hub_facts(hub: dict) -> dict[str, object]:
+    """For each hub id the launch loads, whether this host's cache holds its config (None: huggingface_hub is not
+    installed). The launch's HF_HOME / HF_HUB_CACHE are applied first: the ranks here get the same."""
+    ids = list(hub.get("ids", []))
+    if not ids:
+        return {}
+    os.environ.update({str(k): str(v) for k, v in dict(hub.get("env", {})).items()})
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return {i: None for i in ids}
+    return {i: isinstance(try_to_load_from_cache(i, "config.json"), str) for i in ids}
+
+
 def gather(args: dict[str, object]) -> dict[str, object]:
     deep = bool(args.get("deep"))
     port = int(args.get("port") or 0)  # type: ignore[call-overload]
@@ -163,6 +177,7 @@ def gather(args: dict[str, object]) -> dict[str, object]:
         "route": {t: source_addr(t) for t in args.get("targets", [])},  # type: ignore[attr-defined]
         "rdma": rdma_facts(),
         "port": {"port": port, "error": port_free(port)} if port else {},
+        "hub": hub_facts(dict(args.get("hub") or {})),  # type: ignore[call-overload]
         "clock": time.time(),
     }
 

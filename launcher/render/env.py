@@ -9,6 +9,10 @@ import re
 
 from launcher.plan import Plan
 
+# Where models and tokenizers come from, and the W&B server: set on the launching host, they must reach every rank
+# on every host (DeepSpeed's runner forwards only PYTHON*, NCCL* and a few more over ssh). Secrets never travel here.
+FORWARDED = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT",
+             "WANDB_BASE_URL")
 ARCH_SUFFIX = re.compile(r"(\d+\.\d+)[a-zA-Z]+")
 
 
@@ -34,5 +38,6 @@ def rank_env(plan: Plan, inherited: dict[str, str], cpu_count: int, run_dir: str
     arch = inherited.get("TORCH_CUDA_ARCH_LIST", "")
     if arch and sanitize_arch_list(arch) != arch:
         env["TORCH_CUDA_ARCH_LIST"] = sanitize_arch_list(arch)
+    env.update({k: inherited[k] for k in FORWARDED if inherited.get(k)})
     env.update(plan.nccl_env)
     return env

@@ -18,28 +18,60 @@ from launcher.train.metrics import StepMetrics
 log = logging.getLogger(__name__)
 
 
+RANK_INIT_TIMEOUT_S = 30  # wandb's own default is 90 s; the launching host already checked the server
+
+
 class Tracker:
+    """Tracking never stops training: a wandb that cannot start online starts offline, one that cannot start at all
+    or fails later (its service died, its folder's disk is full) is reported once and tracking stops."""
+
     def __init__(self, plan: Plan, run_dir: Path) -> None:
         self.run: Any = None
         if plan.wandb_mode == "disabled":
             return
-        import wandb
-
-        run_id = f"{plan.run_name}-{hashlib.sha1(str(run_dir).encode()).hexdigest()[:8]}"
-        self.run = wandb.init(
-            project=plan.wandb_project, entity=plan.wandb_entity or None, name=plan.run_name, id=run_id,
-            resume="allow", dir=str(run_dir), mode=plan.wandb_mode, config={"plan": plan.to_dict()},
-            settings=wandb.Settings(silent=True),
-        )
-        log.info(_where(self.run.settings.sync_dir, self.run.url if plan.wandb_mode == "online" else None))
+        mode = plan.wandb_mode
+        self.run = _start(plan, run_dir, mode)
+        if self.run is None and mode == "online":
+            mode = "offline"
+            self.run = _start(plan, run_dir, mode)
+        if self.run is not None:
+            log.info(_where(self.run.settings.sync_dir, self.run.url if mode == "online" else None))
 
     def log(self, m: StepMetrics) -> None:
         if self.run is not None:
-            self.run.log({k: v for k, v in asdict(m).items() if k != "step" and v is not None}, step=m.step)
+            try:
+                self.run.log({k: v for k, v in asdict(m).items() if k != "step" and v is not None}, step=m.step)
+            except Exception as err:  # noqa: BLE001 - any failure of an outside service; training goes on
+                self._stop(f"logging step {m.step} failed: {type(err).__name__}: {err}")
 
     def finish(self) -> None:
         if self.run is not None:
-            self.run.finish()
+            try:
+                self.run.finish()
+            except Exception as err:  # noqa: BLE001
+                self._stop(f"finishing failed: {type(err).__name__}: {err}")
+
+    def _stop(self, why: str) -> None:
+        log.warning(f"Weights & Biases stopped tracking this run ({why}); training goes on, metrics.jsonl has every "
+                    "step")
+        self.run = None
+
+
+def _start(plan: Plan, run_dir: Path, mode: str) -> Any:
+    import wandb
+
+    run_id = f"{plan.run_name}-{hashlib.sha1(str(run_dir).encode()).hexdigest()[:8]}"
+    try:
+        return wandb.init(
+            project=plan.wandb_project, entity=plan.wandb_entity or None, name=plan.run_name, id=run_id,
+            resume="allow", dir=str(run_dir), mode=mode, config={"plan": plan.to_dict()},
+            settings=wandb.Settings(silent=True, init_timeout=RANK_INIT_TIMEOUT_S),
+        )
+    except Exception as err:  # noqa: BLE001 - wandb raises CommError, UsageError, timeouts, OSError...
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        then = "trying offline" if mode == "online" else "tracking is off for this run; metrics.jsonl has every step"
+        log.warning(f"Weights & Biases could not start {mode} ({type(err).__name__}: {first}); {then}")
+        return None
 
 
 def _where(sync_dir: str, url: str | None) -> str:

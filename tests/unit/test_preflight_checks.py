@@ -151,3 +151,26 @@ def test_allocation_rows_replace_the_submit_hosts_placeholder_for_the_all_reduce
     assert [(c["check"], c["status"]) for c in doc["checks"]] == [("master port", PASS), ("all-reduce", PASS),
                                                                  ("transport", PASS)]
     assert doc["mode"] == "full" and doc["allocation"]["job"] == "17" and doc["ok"]
+
+
+def test_each_host_is_asked_whether_its_cache_holds_the_hub_model(tmp_path, monkeypatch):
+    """probe.hub_facts on a real (empty, then filled) huggingface_hub cache; the check's verdict per host."""
+    from launcher.preflight.checks import FAIL, PASS, WARN, check_model_cache
+    from launcher.preflight.probe import hub_facts
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # hub_facts sets the launch's cache variables in its process
+    assert hub_facts({"ids": ["example-org/m"], "env": {"HF_HUB_CACHE": str(tmp_path)}}) == {"example-org/m": False}
+    snap = tmp_path / "models--example-org--m" / "snapshots" / "r1"
+    snap.mkdir(parents=True)
+    (tmp_path / "models--example-org--m" / "refs").mkdir()
+    (tmp_path / "models--example-org--m" / "refs" / "main").write_text("r1")
+    (snap / "config.json").write_text("{}")
+    assert hub_facts({"ids": ["example-org/m"], "env": {"HF_HUB_CACHE": str(tmp_path)}}) == {"example-org/m": True}
+    assert hub_facts({}) == {}
+    has = HostFacts("h1", {"hub": {"example-org/m": True}})
+    lacks = HostFacts("h2", {"hub": {"example-org/m": False}})
+    assert check_model_cache(has, offline=True).status == PASS
+    assert check_model_cache(lacks, offline=False).status == WARN
+    row = check_model_cache(lacks, offline=True)
+    assert row.status == FAIL and "HF_HUB_OFFLINE" in row.detail and "hf download example-org/m" in row.hint
+    assert check_model_cache(HostFacts("h3", {}), offline=True) is None
