@@ -78,7 +78,8 @@ def _cached(repo_id: str, files: tuple[str, ...], cache_dir: str | None) -> bool
 
 def hub_missing(repo_id: str, files: tuple[tuple[str, ...], ...], environ: dict[str, str]) -> str:
     """Why repo_id cannot be loaded here ("" when it can): every group of files is in the cache, or the Hub answers."""
-    cache_dir = environ.get("HF_HUB_CACHE") or None
+    cache_dir = environ.get("HF_HUB_CACHE") or (os.path.join(environ["HF_HOME"], "hub") if environ.get("HF_HOME")
+                                                  else None)
     if all(_cached(repo_id, group, cache_dir) for group in files):
         return ""
     where = cache_dir or os.path.join(environ.get("HF_HOME") or "~/.cache/huggingface", "hub")

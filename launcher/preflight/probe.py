@@ -151,12 +151,13 @@ def hub_facts(hub: dict) -> dict[str, object]:
     ids = list(hub.get("ids", []))
     if not ids:
         return {}
-    os.environ.update({str(k): str(v) for k, v in dict(hub.get("env", {})).items()})
+    env = {**os.environ, **{str(k): str(v) for k, v in dict(hub.get("env", {})).items()}}
+    cache = env.get("HF_HUB_CACHE") or (os.path.join(env["HF_HOME"], "hub") if env.get("HF_HOME") else None)
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return {i: None for i in ids}
-    return {i: isinstance(try_to_load_from_cache(i, "config.json"), str) for i in ids}
+    return {i: isinstance(try_to_load_from_cache(i, "config.json", cache_dir=cache), str) for i in ids}
 
 
 def gather(args: dict[str, object]) -> dict[str, object]:

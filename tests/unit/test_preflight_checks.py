@@ -153,12 +153,11 @@ def test_allocation_rows_replace_the_submit_hosts_placeholder_for_the_all_reduce
     assert doc["mode"] == "full" and doc["allocation"]["job"] == "17" and doc["ok"]
 
 
-def test_each_host_is_asked_whether_its_cache_holds_the_hub_model(tmp_path, monkeypatch):
+def test_each_host_is_asked_whether_its_cache_holds_the_hub_model(tmp_path):
     """probe.hub_facts on a real (empty, then filled) huggingface_hub cache; the check's verdict per host."""
     from launcher.preflight.checks import FAIL, PASS, WARN, check_model_cache
     from launcher.preflight.probe import hub_facts
 
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # hub_facts sets the launch's cache variables in its process
     assert hub_facts({"ids": ["example-org/m"], "env": {"HF_HUB_CACHE": str(tmp_path)}}) == {"example-org/m": False}
     snap = tmp_path / "models--example-org--m" / "snapshots" / "r1"
     snap.mkdir(parents=True)
