@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,34 @@ def test_inside_an_allocation_it_runs_there_with_srun_instead_of_submitting(slur
     assert (run_dir / "checkpoints" / "latest").read_text() == "global_step2"
     small = launch(slurm, "train.max_steps=2", f"run.dir={tmp_path}/small", prefix=("salloc", "--nodes=1"))
     assert_user_error(small, "topo.nodes=2", "has 1 node(s)", "use topo.nodes=1")
+
+
+def test_ctrl_c_inside_an_allocation_saves_on_every_node_and_exits_75(slurm, tmp_path):
+    """The launcher in the foreground of an allocation (srun starts the ranks): the first Ctrl-C reaches every node's
+    ranks through the run dir's lease; they save and the launcher exits 75 naming the checkpoint."""
+    from launcher.spawn import process_tree
+
+    run_dir = tmp_path / "run"
+    merged = {**launcher_env(), **slurm.env, "PYTHONPATH": launcher_env()["PYTHONPATH"], "WANDB_MODE": "disabled"}
+    env = {k: v for k, v in merged.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
+    argv = ["salloc", "--nodes=2", "--exclusive", sys.executable, "-m", "launcher", *CPU_SLURM, "+plan=zero3",
+            f"topo.master_port={free_ports(1)[0]}", "train.max_steps=200", "train.save_every=100", f"run.dir={run_dir}"]
+    with open(tmp_path / "out.log", "w") as out:
+        salloc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    metrics = run_dir / "metrics.jsonl"
+    try:
+        slurm.wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, 300, "2 trained steps")
+        launcher = [p for p in process_tree(salloc.pid)[1:]  # salloc names the command too
+                    if b"-m\0launcher\0" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        os.kill(launcher[0], signal.SIGINT)  # what the terminal sends to the foreground process
+        assert salloc.wait(timeout=180) == 75
+    finally:
+        if salloc.poll() is None:
+            salloc.kill()
+    text = (tmp_path / "out.log").read_text()
+    saved = sorted((run_dir / "checkpoints").glob("global_step*"))
+    assert len(saved) == 1 and f"stopped: saved at global step {saved[0].name[11:]}" in text, text[-3000:]
+    assert "Traceback" not in text
 
 
 def test_more_nodes_than_the_partition_has_is_refused_before_submitting(slurm, tmp_path):
