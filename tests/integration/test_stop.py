@@ -140,3 +140,16 @@ def test_trainer_script_with_save_on_signal_saves_its_checkpoint_on_ctrl_c(tmp_p
     assert len(saved) == 1 and (saved[0] / "trainer_state.json").exists()
     assert f"stopped: saved at global step {saved[0].name.split('-')[1]}" in text
     assert "Traceback" not in text
+
+
+def test_ctrl_c_during_preflight_is_one_line_and_leaves_nothing_behind(tmp_path):
+    """The full preflight runs an all-reduce through torchrun first: a Ctrl-C then stops the check's processes too,
+    and a run dir this launch created is removed (nothing had started)."""
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    proc = start_launcher(f"run.dir={run_dir}", *JOB, "preflight=full", log=log)
+    wait_for(lambda: (run_dir / "preflight" / "collective.log").exists(), proc)
+    ctrl_c(proc)
+    assert proc.wait(timeout=60) == 130
+    text = log.read_text()
+    assert text.rstrip().endswith("stopped (Ctrl-C)") and "Traceback" not in text
+    assert not job_processes(run_dir) and not run_dir.exists()
