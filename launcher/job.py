@@ -83,8 +83,8 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
     with holding(run_dir, plan, submits, cfg.run.lease_timeout_s) as held:
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         _write(run_dir, cfg, composed, plan, spec, files, script)
+        held.keep = True  # from here the run dir holds what the user reads: preflight.json, then the run
         run_before_launch(plan, cfg, environ)
-        held.launched = True
         return _launch(plan, spec, environ, cfg, held.lease, submits)
 
 
@@ -126,11 +126,11 @@ def _launch(plan: Plan, spec: LaunchSpec, environ: dict[str, str], cfg: Launcher
 
 
 class _Held:
-    """What `holding` yields: the lease, and whether any rank was started (a refused launch before that leaves a
-    fresh run dir uncreated)."""
+    """What `holding` yields: the lease, and whether the run dir is to be kept (a launch refused before its preflight
+    leaves a fresh run dir uncreated; a failed preflight's report stays)."""
 
     def __init__(self, held: lease.Lease) -> None:
-        self.lease, self.launched = held, False
+        self.lease, self.keep = held, False
 
 
 @contextmanager
@@ -152,7 +152,7 @@ def holding(run_dir: Path, plan: Plan, submits: bool, timeout_s: float) -> Itera
         yield held
     except BaseException:
         taken.release()
-        if fresh and not held.launched:
+        if fresh and not held.keep:
             shutil.rmtree(run_dir, ignore_errors=True)  # a refused launch leaves no trace
         raise
     if not submits:

@@ -71,7 +71,7 @@ def script_path(env: dict[str, str]) -> str:
 
 def run_rank(run_dir: Path, api: str, command: list[str], env: dict[str, str]) -> int:
     rank = int(env.get("RANK", "0"))
-    say = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else (lambda _m: None)
+    say = (lambda m: print(m, flush=True)) if rank == 0 else (lambda _m: None)  # rank 0's stdout is the console
     resume = latest_complete_any(run_dir / "checkpoints", warn=say)
     target_len = 2 if command[:1] == ["-m"] else 1
     argv = [sys.executable, *command, *resume_args(api, command[target_len:], resume)]

@@ -143,8 +143,8 @@ def test_trainer_script_with_save_on_signal_saves_its_checkpoint_on_ctrl_c(tmp_p
 
 
 def test_ctrl_c_during_preflight_is_one_line_and_leaves_nothing_behind(tmp_path):
-    """The full preflight runs an all-reduce through torchrun first: a Ctrl-C then stops the check's processes too,
-    and a run dir this launch created is removed (nothing had started)."""
+    """The full preflight runs an all-reduce through torchrun first: a Ctrl-C then stops the check's processes too
+    and releases the run dir."""
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
     proc = start_launcher(f"run.dir={run_dir}", *JOB, "preflight=full", log=log)
     wait_for(lambda: (run_dir / "preflight" / "collective.log").exists(), proc)
@@ -152,4 +152,4 @@ def test_ctrl_c_during_preflight_is_one_line_and_leaves_nothing_behind(tmp_path)
     assert proc.wait(timeout=60) == 130
     text = log.read_text()
     assert text.rstrip().endswith("stopped (Ctrl-C)") and "Traceback" not in text
-    assert not job_processes(run_dir) and not run_dir.exists()
+    assert not job_processes(run_dir) and not (run_dir / LEASE_FILE).exists()

@@ -101,7 +101,7 @@ def test_trainer_killed_mid_run_resumes_from_the_newest_complete_checkpoint_skip
     assert_ok(again)
     assert f"warning: skipping checkpoint {newest}: file model.safetensors is truncated" in again.stderr
     resumed = ckpts / f"checkpoint-{newest_step - 2}"
-    assert f"the script resumes from {resumed}" in again.stderr
+    assert f"the script resumes from {resumed}" in again.stdout
     assert f"training from global step {newest_step - 2}" in again.stdout
     assert json.loads((ckpts / "checkpoint-12" / "trainer_state.json").read_text())["global_step"] == 12
     assert_engine_ran_the_rendered_config(run_dir, stage=2)
