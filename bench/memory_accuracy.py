@@ -81,8 +81,8 @@ def make_model_dir(preset: str, out: Path) -> None:
     code = f"""
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
-from launcher.compose import compose
-from launcher.train.tokenization import load_tokenizer
+from launcher.config.compose import compose
+from launcher.data.tokenization import load_tokenizer
 a = compose(["model={preset}"])[0].model.arch
 config = AutoConfig.for_model(a.model_type, hidden_size=a.hidden_size, intermediate_size=a.intermediate_size,
     num_hidden_layers=a.num_layers, num_attention_heads=a.num_heads, num_key_value_heads=a.num_kv_heads,
@@ -151,7 +151,7 @@ def _wait_for_steps(proc: subprocess.Popen, path: Path, timeout_s: float) -> lis
 
 def _stop(proc: subprocess.Popen) -> None:
     """SIGKILL the launcher's session and every process under it (the ranks run in a session of their own)."""
-    from launcher.spawn import kill_tree
+    from launcher.launch.spawn import kill_tree
 
     kill_tree(proc.pid)
     proc.wait(timeout=60)

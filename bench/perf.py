@@ -84,7 +84,7 @@ def run_tree(argv: list[str], env: dict[str, str], log: Path, timeout: float,
              done: Callable[[], bool] = lambda: False) -> tuple[int | None, float]:
     """Run argv with its output in `log` until it exits, `timeout` passes or done() says enough: then SIGKILL it and
     every process it started. Returns (exit code, None when killed; wall time at the spawn)."""
-    from launcher.spawn import kill_tree
+    from launcher.launch.spawn import kill_tree
 
     spawned = time.time()
     with open(log, "w") as out:
@@ -285,8 +285,8 @@ class Bench:
     def write_data(self, rows: int = 64) -> None:
         """Alpaca rows whose answers run past seq_len: every row is cut to exactly seq_len tokens, like the random
         full rows of the baselines (the shipped tokenizer's ids; the model's vocabulary is the spec's)."""
-        from launcher.train.data import to_messages
-        from launcher.train.tokenization import build_examples, load_tokenizer
+        from launcher.data.formats import to_messages
+        from launcher.data.tokenization import build_examples, load_tokenizer
 
         rng = random.Random(self.spec.seed)
         letters = "etaoinshrdlucmfwypvbgkjqxz"
@@ -306,8 +306,8 @@ class Bench:
 
 # ---- the table ----------------------------------------------------------------------------------------------------
 def mfu_per_token(spec: Spec) -> tuple[float, int]:
-    from launcher.config import ArchConfig
-    from launcher.memory import count_params
+    from launcher.config.schema import ArchConfig
+    from launcher.plan.memory import count_params
     from launcher.train.metrics import flops_per_token
 
     arch = ArchConfig(hidden_size=spec.hidden_size, num_layers=spec.num_layers, num_heads=spec.num_heads,

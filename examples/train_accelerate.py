@@ -19,7 +19,8 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from launcher import checkpoint, tiny
+from launcher import tiny
+from launcher.checkpoint import store as checkpoint
 
 
 def parse() -> argparse.Namespace:

@@ -4,7 +4,7 @@ usual RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from the engine
 
     python -m launcher +plan=zero3 script=examples/train_deepspeed.py -- --max_steps 20 --save_every 10
 
-Checkpoints use the launcher's atomic protocol (launcher.checkpoint), so a crash mid-save leaves the previous one
+Checkpoints use the launcher's atomic protocol (launcher.checkpoint.store), so a crash mid-save leaves the previous one
 usable and a rerun continues from the newest complete one. SIGTERM or SIGUSR1 (Slurm's pre-timeout signal) makes every
 rank save at the next step boundary and stop; a requeued Slurm job or a rerun continues from that save.
 """
@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from launcher import checkpoint, tiny
+from launcher import tiny
+from launcher.checkpoint import store as checkpoint
 from launcher.train.signals import PreemptionFlag
 
 

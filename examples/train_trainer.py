@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
 from launcher import tiny
-from launcher.trainer_callback import SaveOnSignal
+from launcher.script.trainer_callback import SaveOnSignal
 
 
 @dataclass

@@ -22,19 +22,19 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     overrides, script_args = split_script_args(args)
     if overrides[:1] in (["--help"], ["-h"], ["list"]):
-        from launcher.catalog import help_text, list_text
+        from launcher.config.catalog import help_text, list_text
 
         print(help_text() if overrides[0] != "list" else list_text())
         return 0
     if any(a.split("=", 1)[0] in HYDRA_FLAGS for a in overrides):
-        from launcher.hydra_cli import passthrough
+        from launcher.config.hydra_cli import passthrough
 
         return passthrough(overrides)
     debug = os.environ.get("LAUNCHER_DEBUG") == "1" or any(o.lstrip("+") in ("run.debug=true", "run.debug=True") for o in overrides)
     try:
-        from launcher.compose import compose
-        from launcher.job import run_job
-        from launcher.script import join_module_word
+        from launcher.config.compose import compose
+        from launcher.launch.job import run_job
+        from launcher.script.launch import join_module_word
 
         cfg, composed = compose(join_module_word(overrides))
         return run_job(cfg, composed, cwd=os.getcwd(), environ=dict(os.environ), script_args=script_args)

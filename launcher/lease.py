@@ -16,7 +16,7 @@ stopped; for a Slurm holder, squeue no longer lists the job - and it is taken ov
 The ranks read the same file (`watch_launcher`): a stop or abort reaches every host through it, and a rank whose
 launcher is gone (SIGKILL, the OOM killer, a closed terminal) exits within seconds, on the launcher's host by its
 pid, elsewhere when the counter stops. Only the standard library is used: the ranks start the watch before they
-import torch, and a user script's ranks start it from launcher/script_site/sitecustomize.py.
+import torch, and a user script's ranks start it from launcher/script/site/sitecustomize.py.
 """
 from __future__ import annotations
 

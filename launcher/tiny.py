@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
-from launcher.config import ArchConfig
+from launcher.config.schema import ArchConfig
 
 IGNORE_INDEX = -100
 
 
 def tokenizer() -> Any:
     """The shipped tokenizer (launcher/assets/tokenizer), with a pad token and a chat template."""
-    from launcher.train.tokenization import load_tokenizer
+    from launcher.data.tokenization import load_tokenizer
 
     return load_tokenizer("")
 
@@ -41,8 +41,8 @@ def model(tok: Any, seed: int = 1234, arch: ArchConfig | None = None) -> torch.n
 def dataset(tok: Any, seq_len: int = 256, path: str = "", fmt: str = "alpaca") -> list[dict[str, list[int]]]:
     """The shipped alpaca rows (or `path`) as {"input_ids", "labels"}: labels train only the answers."""
     from launcher.assets import default_data_path
-    from launcher.train.data import load_conversations
-    from launcher.train.tokenization import build_examples
+    from launcher.data.formats import load_conversations
+    from launcher.data.tokenization import build_examples
 
     examples = build_examples(tok, load_conversations(path or default_data_path(fmt), fmt), seq_len)
     return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]

@@ -73,7 +73,7 @@ def start_launcher(*overrides: str, env: dict[str, str] | None = None, log: Path
 
 def kill_tree(proc: subprocess.Popen, signum: int = 9) -> None:
     """A crash as the machine sees it: every process of the job gets SIGKILL at once."""
-    from launcher.spawn import process_tree
+    from launcher.launch.spawn import process_tree
 
     for p in process_tree(proc.pid):
         try:

@@ -1,1 +1,1 @@
-"""Launch backends: each turns a Plan into one LaunchSpec; `launcher.spawn` is the one place that starts it."""
+"""Launch backends: each turns a Plan into one LaunchSpec; `launcher.launch.spawn` is the one place that starts it."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.errors import LauncherError
-from launcher.plan import Plan
+from launcher.plan.resolve import Plan
 from launcher.secrets import is_secret
 from launcher.render.hostfile import render_deepspeed_env, render_hostfile
 from launcher.render.launch import LaunchSpec, RankProgram, accelerate_argv, worker_program
@@ -27,7 +27,7 @@ CONNECT_TIMEOUT_S = 10
 PROBE_TIMEOUT_S = 60
 RUNNER_EXPORTS = ("PYTHON", "MLFLOW", "MV2", "UCX", "NCCL")  # what deepspeed.launcher.runner copies to remote hosts
 IFNAME_VARS = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
-# launcher.spawn sends a preemption signal to DeepSpeed's runner (signal_to="launcher"), whose handler stops every
+# launcher.launch.spawn sends a preemption signal to DeepSpeed's runner (signal_to="launcher"), whose handler stops every
 # host through pdsh (`pkill`: the remote ranks get SIGTERM and save). The local pdsh/ssh clients ignore TERM and USR1 so
 # that a signal sent to the whole process group cannot cut them off and leave the remote ranks running.
 IGNORE_PREEMPTION = ("bash", "-c", "trap '' TERM USR1; exec \"$@\"", "launcher-hostfile")
@@ -69,8 +69,8 @@ def runner_argv(plan: Plan, python: str, master_addr: str, master_port: int, fil
 
 
 def _module_argv(program: RankProgram, python: str, plan: Plan) -> tuple[str, ...]:
-    if program.accelerate_config:  # launcher.script_entry adds this host's --machine_rank (the runner's RANK)
-        return ("launcher.script_entry", "node", plan.run_dir, "--", *accelerate_argv(python, program))
+    if program.accelerate_config:  # launcher.script.entry adds this host's --machine_rank (the runner's RANK)
+        return ("launcher.script.entry", "node", plan.run_dir, "--", *accelerate_argv(python, program))
     return (program.module, *program.args)
 
 

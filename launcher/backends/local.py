@@ -1,12 +1,12 @@
 """One host, N processes, through torchrun (or DeepSpeed's launcher): the engine spawns and restarts ranks."""
 from __future__ import annotations
 
-from launcher.plan import Plan
+from launcher.plan.resolve import Plan
 from launcher.render.launch import LaunchSpec, RankProgram, accelerate_argv, worker_program
 
 
 def torchrun_argv(plan: Plan, python: str, master_port: int, program: RankProgram | None = None) -> tuple[str, ...]:
-    """torchrun never restarts by itself: launcher.supervisor does (run.max_restarts), with a back-off and a log line."""
+    """torchrun never restarts by itself: launcher.launch.supervisor does (run.max_restarts), with a back-off and a log line."""
     program = program or worker_program(plan.run_dir)
     return (
         python,

@@ -9,9 +9,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from launcher.topo_config import SlurmConfig
+from launcher.config.topology import SlurmConfig
 from launcher.errors import LauncherError
-from launcher.plan import Plan
+from launcher.plan.resolve import Plan
 from launcher.secrets import is_secret
 from launcher.render.launch import LaunchSpec, RankProgram
 from launcher.render.slurm import AllocationCheck, render_sbatch

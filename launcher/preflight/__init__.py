@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from launcher.errors import LauncherError
 
 if TYPE_CHECKING:  # the ranks of the collective import this package: keep their start light
-    from launcher.config import LauncherConfig
-    from launcher.plan import Plan
+    from launcher.config.schema import LauncherConfig
+    from launcher.plan.resolve import Plan
 
 MODES = ("auto", "quick", "full", "skip")
 TIMEOUT_VAR = "LAUNCHER_PREFLIGHT_TIMEOUT_S"  # the collective's hard timeout, seconds
@@ -116,14 +116,14 @@ def hub_request(plan: Plan, environ: dict[str, str]) -> dict:
     """What each host's probe asks its Hugging Face cache: the hub ids the ranks load, under the launch's cache
     variables (a local model folder is checked by the ranks' own start)."""
     from launcher.render.env import FORWARDED
-    from launcher.services import looks_like_hub_id
+    from launcher.config.services import looks_like_hub_id
 
     ids = [i for i in dict.fromkeys((plan.model.path, plan.model.tokenizer)) if looks_like_hub_id(i)]
     return {"ids": ids, "env": {k: environ[k] for k in FORWARDED if k.startswith("HF_") and environ.get(k)}}
 
 
 def hub_offline(environ: dict[str, str]) -> bool:
-    from launcher.services import TRUE
+    from launcher.config.services import TRUE
 
     return environ.get("HF_HUB_OFFLINE", "").lower() in TRUE
 

@@ -18,8 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     environ = dict(os.environ)
     debug = environ.get("LAUNCHER_DEBUG") == "1"
     try:
-        from launcher.compose import compose
-        from launcher.job import plan_job
+        from launcher.config.compose import compose
+        from launcher.launch.job import plan_job
         from launcher.preflight import mode_for, run_checks
         from launcher.preflight.report import failed, print_table, summary_line, write_json
 

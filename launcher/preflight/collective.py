@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.preflight.checks import FAIL, PASS, WARN, Check
-from launcher.preflight.links import EXPECTED_BUSBW_GBPS
+from launcher.plan.links import EXPECTED_BUSBW_GBPS
 
 CPU_SIZES_MB = (1, 4, 16, 64)
 GPU_SIZES_MB = (1, 16, 128, 1024)

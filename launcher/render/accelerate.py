@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import yaml
 
-from launcher.plan import Plan
+from launcher.plan.resolve import Plan
 
 DEFAULT_MASTER_PORT = 29500
 

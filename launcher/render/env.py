@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from launcher.plan import Plan
+from launcher.plan.resolve import Plan
 
 # Where models and tokenizers come from, and the W&B server: set on the launching host, they must reach every rank
 # on every host (DeepSpeed's runner forwards only PYTHON*, NCCL* and a few more over ssh). Secrets never travel here.

@@ -13,9 +13,9 @@ import json
 import shlex
 from dataclasses import dataclass
 
-from launcher.topo_config import SlurmConfig
+from launcher.config.topology import SlurmConfig
 from launcher.errors import LauncherError
-from launcher.plan import Plan
+from launcher.plan.resolve import Plan
 from launcher.secrets import is_secret
 from launcher.render.launch import RankProgram, worker_program
 

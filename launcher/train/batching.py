@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from launcher.errors import LauncherError
-from launcher.train.data import IGNORE_INDEX, Example
+from launcher.data.formats import IGNORE_INDEX, Example
 
 
 @dataclass(frozen=True)

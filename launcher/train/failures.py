@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import torch
 
 from launcher.errors import LauncherError
-from launcher.plan import Plan
+from launcher.plan.resolve import Plan
 
 TIMEOUT_MARKERS = ("timed out", "timeout", "Timeout")
 PEER_LOST_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")

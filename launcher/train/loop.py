@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
-from launcher.plan import Plan
+from launcher.plan.resolve import Plan
 from launcher.train.batching import collate, global_batch_target_tokens, micro_batch_indices, sample_stream_indices
 from launcher.train.metrics import StepMetrics
 from launcher.train.parallel import replicated_grad_norm

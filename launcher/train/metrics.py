@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from launcher.config import ArchConfig
+from launcher.config.schema import ArchConfig
 
 # Dense bf16 peak per GPU (TFLOP/s), by a substring of torch.cuda.get_device_name(). GB10: NVIDIA publishes 1 PFLOP
 # of sparse FP4; a quarter for dense FP8 and half again for bf16 gives 125 (an estimate, not a datasheet figure).

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from launcher.plan import Plan
+from launcher.plan.resolve import Plan
 
 
 def initialize_kwargs(plan: Plan) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def full_logits(engine: Any, logits: torch.Tensor) -> torch.Tensor:
 
 
 def hf_state_dict_from_checkpoint(ckpt_dir: Any, plan: Plan) -> dict[str, torch.Tensor]:
-    """Whole-model weights of a tp/pp checkpoint, for launcher.export (implemented in launcher.export_parallel)."""
-    from launcher.export_parallel import hf_state_dict_from_checkpoint as rebuild
+    """Whole-model weights of a tp/pp checkpoint, for launcher.export (implemented in launcher.checkpoint.export_parallel)."""
+    from launcher.checkpoint.export_parallel import hf_state_dict_from_checkpoint as rebuild
 
     return rebuild(ckpt_dir, plan)

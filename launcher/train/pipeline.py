@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from launcher.plan import Plan
+from launcher.plan.resolve import Plan
 from launcher.train.batching import collate, global_batch_target_tokens, micro_batch_indices, sample_stream_indices
 
 Activations = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

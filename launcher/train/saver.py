@@ -1,5 +1,5 @@
 """Saving from the ranks: free-disk check, DeepSpeed's save into the temporary dir, per-rank RNG, an export probe,
-then rank 0 commits (launcher.checkpoint). Every rank calls `save(step)` at the same global step."""
+then rank 0 commits (launcher.checkpoint.store). Every rank calls `save(step)` at the same global step."""
 from __future__ import annotations
 
 import logging
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from launcher import checkpoint
+from launcher.checkpoint import store as checkpoint
 from launcher.errors import LauncherError
-from launcher.plan import Plan
+from launcher.plan.resolve import Plan
 from launcher.train import parallel
 
 log = logging.getLogger("launcher")

@@ -16,10 +16,11 @@ STARTED = time.time()  # before the heavy imports: the start-up log line counts 
 
 import torch
 
-from launcher import checkpoint, lease, universal
+from launcher import lease
+from launcher.checkpoint import store as checkpoint, universal
 from launcher.errors import LauncherError
-from launcher.plan import Plan
-from launcher.supervisor import is_consequence, write_error_record
+from launcher.plan.resolve import Plan
+from launcher.launch.supervisor import is_consequence, write_error_record
 from launcher.train import parallel
 from launcher.train.loop import RankInfo, train
 from launcher.train.failures import CollectiveFailure, Watchdog, user_facing_failures
@@ -66,9 +67,9 @@ def disable_shm_comm_op() -> None:
 def load_examples(plan: Plan, tokenizer: Any, local_rank: int, env: dict[str, str]) -> list[Any]:
     """The tokenized data set, from the cache when an earlier launch left it there (one rank per host writes it)."""
     from launcher.train.batching import pack_examples
-    from launcher.train.data import load_conversations
-    from launcher.train.tokenization import build_examples
-    from launcher.train.data_cache import cache_path, cached_examples
+    from launcher.data.formats import load_conversations
+    from launcher.data.tokenization import build_examples
+    from launcher.data.cache import cache_path, cached_examples
 
     d, seq_len = plan.data, plan.train.seq_len
 
@@ -146,7 +147,7 @@ def follow_launcher(run_dir: Path, preempt: PreemptionFlag) -> None:
 
 def _close_gloo_group() -> None:
     """A rank leaving with its gloo group alive can abort in interpreter shutdown (exit 134 instead of this error's
-    code; see launcher/script_site/sitecustomize.py). Destroying a gloo group is local; an NCCL one may wait on peers
+    code; see launcher/script/site/sitecustomize.py). Destroying a gloo group is local; an NCCL one may wait on peers
     that are gone, so it is left."""
     import torch.distributed as dist
 
@@ -202,7 +203,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
     if use_universal:
         ds_config = {**ds_config, "checkpoint": {"load_universal": True}}
 
-    from launcher.train.tokenization import load_tokenizer
+    from launcher.data.tokenization import load_tokenizer
     from launcher.train.model import build_model
     from launcher.train.pipeline import build_pipeline_module
 

@@ -102,10 +102,10 @@ def test_lora_and_qlora_train_a_local_model(method, plan, tmp_path):
     ZeRO-3 loads the weights already partitioned, with whole-layer fetches and liger's fused loss when installed."""
     from transformers import AutoModelForCausalLM
 
-    from launcher.compose import compose
-    from launcher.hardware import detect
-    from launcher.plan import resolve
-    from launcher.train.tokenization import load_tokenizer
+    from launcher.config.compose import compose
+    from launcher.plan.hardware import detect
+    from launcher.plan.resolve import resolve
+    from launcher.data.tokenization import load_tokenizer
     from launcher.train.model import tiny_config
 
     cfg, _ = compose(["model.arch.hidden_size=256", "model.arch.num_layers=4"])

@@ -16,7 +16,7 @@ from typing import Callable
 import pytest
 
 from launcher.assets import default_data_path
-from launcher.checkpoint import commit_save, prepare_save
+from launcher.checkpoint.store import commit_save, prepare_save
 from tests.conftest import REPO, launcher_env, read_metrics, run_launcher
 from tests.integration.test_errors import assert_user_error
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from launcher.memory import GIB
+from launcher.plan.memory import GIB
 
 pytestmark = pytest.mark.integration
 WORLD = 2
@@ -51,11 +51,11 @@ def _rank(rank: int, port: int, out_dir: str) -> None:
                        "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD), "DS_ACCELERATOR": "cpu"})
     import deepspeed
 
-    from launcher.compose import compose
-    from launcher.hardware import CPU_ONLY
-    from launcher.plan import resolve
+    from launcher.config.compose import compose
+    from launcher.plan.hardware import CPU_ONLY
+    from launcher.plan.resolve import resolve
     from launcher.render.deepspeed import render_ds_config
-    from launcher.train.tokenization import load_tokenizer
+    from launcher.data.tokenization import load_tokenizer
     from launcher.train.model import build_model
     from launcher.train.worker import disable_shm_comm_op
 

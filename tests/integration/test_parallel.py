@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from launcher.plan import Plan
+from launcher.plan.resolve import Plan
 from tests.conftest import read_metrics, run_launcher
 
 pytestmark = pytest.mark.integration
@@ -81,14 +81,14 @@ def test_parallel_run_resumes_from_its_checkpoint_bit_for_bit(trained, tmp_path,
 
 
 def full_weights(run_dir: Path, step: int = 20) -> dict[str, torch.Tensor]:
-    from launcher.export_parallel import hf_state_dict_from_checkpoint
+    from launcher.checkpoint.export_parallel import hf_state_dict_from_checkpoint
 
     plan = Plan.from_dict(json.loads((run_dir / "plan.json").read_text()))
     return hf_state_dict_from_checkpoint(run_dir / "checkpoints" / f"global_step{step}", plan)
 
 
 def hf_model(run_dir: Path, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
-    from launcher.train.tokenization import load_tokenizer
+    from launcher.data.tokenization import load_tokenizer
     from launcher.train.model import build_model
 
     plan = Plan.from_dict(json.loads((run_dir / "plan.json").read_text()))

@@ -183,7 +183,7 @@ def test_autotp_checkpoint_rebuilds_the_engine_weights_and_logits(engines):
     rebuilt model's logits are the engine's (a tied head is vocab-parallel: full_logits gathers its slices)."""
     from transformers import AutoModelForCausalLM
 
-    from launcher.export_parallel import tensor_parallel_state_dict
+    from launcher.checkpoint.export_parallel import tensor_parallel_state_dict
 
     for case in engines["tp"]:
         saved = torch.load(engines["checkpoints"] / case / "engine.pt", weights_only=False)

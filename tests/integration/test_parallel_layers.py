@@ -9,9 +9,9 @@ import socket
 import pytest
 import torch
 
-from launcher.compose import compose
-from launcher.hardware import Hardware
-from launcher.plan import resolve
+from launcher.config.compose import compose
+from launcher.plan.hardware import Hardware
+from launcher.plan.resolve import resolve
 
 pytestmark = pytest.mark.integration
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral"]
@@ -141,7 +141,7 @@ def test_lora_model_on_a_pipeline_keeps_its_adapters(one_rank_group):
                                         "method=lora")], ids=["untied", "tied", "lora", "qwen3-tied-lora"])
 def test_export_names_cover_every_weight_of_the_model(overrides):
     """Each pipeline layer's keys map to the model's own names, and together they name every weight once or more."""
-    from launcher.export_parallel import empty_model, pipeline_layer_names
+    from launcher.checkpoint.export_parallel import empty_model, pipeline_layer_names
 
     cfg, _ = compose(["+plan=pp", *overrides])
     plan = resolve(cfg, Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64"), run_dir="/r", run_name="x")

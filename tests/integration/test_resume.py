@@ -76,7 +76,7 @@ def test_max_restarts_restarts_a_crashed_job_from_its_latest_checkpoint(tmp_path
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
     proc = start_launcher(f"run.dir={run_dir}", *JOB, "run.max_restarts=2", "run.restart_backoff_s=1", log=log)
     wait_for(lambda: last_step(run_dir) >= 7, proc)
-    from launcher.spawn import leaf_descendants
+    from launcher.launch.spawn import leaf_descendants
 
     rank = leaf_descendants(proc.pid)[-1]
     subprocess.run(["kill", "-9", str(rank)], check=True)  # one rank dies: torchrun tears the job down
@@ -135,7 +135,7 @@ def test_save_that_would_not_fit_fails_early_and_keeps_the_previous_checkpoint(s
     paragraph = " ".join(result.stderr.split())
     assert "error: run.dir=" in paragraph and "more free space than the filesystem has" in paragraph
     assert "lower train.keep_last" in paragraph
-    from launcher.checkpoint import latest_complete
+    from launcher.checkpoint.store import latest_complete
 
     assert latest_complete(run_dir / "checkpoints").global_step == 2
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))

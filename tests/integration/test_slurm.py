@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.checkpoint import latest_complete_any
+from launcher.checkpoint.store import latest_complete_any
 from tests.conftest import REPO, launcher_env, read_metrics
 from tests.integration.slurm_cluster import SlurmCluster, free_ports, missing_binaries
 from tests.integration.test_errors import assert_user_error
@@ -99,7 +99,7 @@ def test_inside_an_allocation_it_runs_there_with_srun_instead_of_submitting(slur
 def test_ctrl_c_inside_an_allocation_saves_on_every_node_and_exits_75(slurm, tmp_path):
     """The launcher in the foreground of an allocation (srun starts the ranks): the first Ctrl-C reaches every node's
     ranks through the run dir's lease; they save and the launcher exits 75 naming the checkpoint."""
-    from launcher.spawn import process_tree
+    from launcher.launch.spawn import process_tree
 
     run_dir = tmp_path / "run"
     merged = {**launcher_env(), **slurm.env, "PYTHONPATH": launcher_env()["PYTHONPATH"], "WANDB_MODE": "disabled"}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.checkpoint import latest_complete_any
+from launcher.checkpoint.store import latest_complete_any
 from tests.conftest import REPO, kill_tree, run_launcher, start_launcher, wait_for
 from tests.integration.test_errors import assert_user_error
 
@@ -64,7 +64,7 @@ def test_trainer_script_under_zero3_runs_the_rendered_config_and_saves_checkpoin
     assert [p.name for p in sorted((run_dir / "checkpoints").glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4"]
     assert json.loads((run_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
     launch = (run_dir / "launch.sh").read_text()
-    for fragment in ("launcher.script_entry", "examples/train_trainer.py", f"{run_dir}/ds_config.json", "--use_cpu"):
+    for fragment in ("launcher.script.entry", "examples/train_trainer.py", f"{run_dir}/ds_config.json", "--use_cpu"):
         assert fragment in launch
 
 

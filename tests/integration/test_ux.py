@@ -97,7 +97,7 @@ def test_help_and_list_describe_groups_and_what_each_needs():
 
 
 def test_a_frozen_rank_is_reported_with_ranks_and_hosts_instead_of_hanging(tmp_path):
-    from launcher.spawn import leaf_descendants
+    from launcher.launch.spawn import leaf_descendants
 
     run_dir = tmp_path / "run"
     proc = start_launcher(f"run.dir={run_dir}", "train.max_steps=1000", "train.save_every=0",

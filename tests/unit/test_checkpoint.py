@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.checkpoint import COMPLETE, commit_save, latest_complete, prepare_save, prune, resolve_resume
+from launcher.checkpoint.store import COMPLETE, commit_save, latest_complete, prepare_save, prune, resolve_resume
 from launcher.errors import LauncherError
 
 

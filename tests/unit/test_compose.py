@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.compose import compose, normalize_overrides, presets
+from launcher.config.compose import compose, normalize_overrides, presets
 from launcher.errors import LauncherError
 
 

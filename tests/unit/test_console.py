@@ -9,15 +9,15 @@ import re
 import pytest
 from rich.console import Console
 
-from launcher.catalog import help_text
-from launcher.compose import compose
-from launcher.hardware import Hardware
-from launcher.plan import Plan, resolve
+from launcher.config.catalog import help_text
+from launcher.config.compose import compose
+from launcher.plan.hardware import Hardware
+from launcher.plan.resolve import Plan, resolve
 from launcher.render.launch import LaunchSpec
-from launcher.summary import plan_table, summary_lines
+from launcher.launch.summary import plan_table, summary_lines
 from launcher.train.metrics import StepMetrics
 from launcher.train.progress import Progress
-from launcher.train.tokenization import build_examples, load_tokenizer
+from launcher.data.tokenization import build_examples, load_tokenizer
 
 CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
 H200x2 = Hardware("cuda", 2, "NVIDIA H200", 139.8, "9.0", True, 32, 256.0, "x86_64")

@@ -18,8 +18,8 @@ from launcher.train.batching import (
     pack_examples,
     sample_stream_indices,
 )
-from launcher.train.data import IGNORE_INDEX, Example, load_conversations, load_rows, to_messages
-from launcher.train.tokenization import build_examples, load_tokenizer, tokenize_examples
+from launcher.data.formats import IGNORE_INDEX, Example, load_conversations, load_rows, to_messages
+from launcher.data.tokenization import build_examples, load_tokenizer, tokenize_examples
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from launcher.assets import default_data_path
-from launcher.train.data import load_conversations
-from launcher.train.tokenization import build_examples, load_tokenizer
-from launcher.train.data_cache import cache_key, cache_path, cache_root, cached_examples, read
+from launcher.data.formats import load_conversations
+from launcher.data.tokenization import build_examples, load_tokenizer
+from launcher.data.cache import cache_key, cache_path, cache_root, cached_examples, read
 
 
 @pytest.fixture(scope="module")

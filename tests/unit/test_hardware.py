@@ -1,7 +1,7 @@
 """GPU detection from nvidia-smi's CSV: no CUDA context in the launcher process."""
 from __future__ import annotations
 
-from launcher.hardware import parse_nvidia_smi
+from launcher.plan.hardware import parse_nvidia_smi
 
 H200x2 = "0, NVIDIA H200, 143771, 9.0\n1, NVIDIA H200, 143771, 9.0\n"
 GB10 = "0, NVIDIA GB10, [N/A], 12.1\n"

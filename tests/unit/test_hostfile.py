@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from launcher.backends.hostfile import HostFacts, check_host, hostfile_spec, parse_probe
-from launcher.compose import compose
+from launcher.config.compose import compose
 from launcher.errors import LauncherError
-from launcher.hardware import Hardware
-from launcher.hostfile import parse_hostfile, read_hostfile, uniform_slots
-from launcher.plan import Plan, resolve
+from launcher.plan.hardware import Hardware
+from launcher.plan.hostfile import parse_hostfile, read_hostfile, uniform_slots
+from launcher.plan.resolve import Plan, resolve
 from launcher.render.hostfile import render_deepspeed_env, render_hostfile
 
 CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
@@ -153,7 +153,7 @@ def test_probe_output_is_parsed_and_each_problem_names_the_host():
 
 
 def test_local_ssh_clients_ignore_term_and_usr1_so_remote_ranks_are_never_cut_off():
-    """launcher.spawn signals leaf processes; for a hostfile launch those are ssh clients, whose death would leave
+    """launcher.launch.spawn signals leaf processes; for a hostfile launch those are ssh clients, whose death would leave
     the remote ranks running. The runner's children start with both signals ignored (Ctrl-C still stops all)."""
     import subprocess
     import sys
@@ -205,7 +205,7 @@ def test_each_hosts_gpu_memory_is_checked_against_the_estimate_sized_here():
     """Sized on a launching host with 140 GiB GPUs; a worker with 24 GiB GPUs is named before anything starts, and a
     worker whose GPUs do not report memory (GB10: [N/A]) is not judged."""
     from launcher.backends.hostfile import check_hosts_memory
-    from launcher.hardware import Hardware
+    from launcher.plan.hardware import Hardware
 
     h200 = Hardware("cuda", 8, "NVIDIA H200", 139.8, "9.0", True, 64, 512.0, "x86_64")
     cfg, _ = compose(["hostfile=hostfiles/example_cluster", "+plan=zero2", "model=llama3_1_8b",

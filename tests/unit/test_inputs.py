@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from launcher.assets import default_data_path
-from launcher.checkpoint import COMPLETE, TRAINER_STATE, commit_save, prepare_save
+from launcher.checkpoint.store import COMPLETE, TRAINER_STATE, commit_save, prepare_save
 from launcher.errors import LauncherError
-from launcher.inputs import check_resume, check_run_dir
-from launcher.train.data import load_conversations, load_rows
+from launcher.config.inputs import check_resume, check_run_dir
+from launcher.data.formats import load_conversations, load_rows
 
 
 def refusal(call, *args, **kwargs) -> str:

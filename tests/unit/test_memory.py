@@ -10,14 +10,14 @@ import functools
 
 import pytest
 
-from launcher.autoplan import memory_error
-from launcher.compose import compose
-from launcher.config import LauncherConfig
+from launcher.plan.auto import memory_error
+from launcher.config.compose import compose
+from launcher.config.schema import LauncherConfig
 from launcher.errors import LauncherError
-from launcher.hardware import Hardware
-from launcher.job import check_memory_fits
-from launcher.plan import Plan, resolve
-from launcher.summary import plan_table
+from launcher.plan.hardware import Hardware
+from launcher.launch.job import check_memory_fits
+from launcher.plan.resolve import Plan, resolve
+from launcher.launch.summary import plan_table
 from tests.conftest import check_golden
 
 GB10 = Hardware("cuda", 1, "NVIDIA GB10", 119.0, "12.1", True, 20, 119.0, "aarch64")

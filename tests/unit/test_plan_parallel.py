@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.compose import compose
+from launcher.config.compose import compose
 from launcher.errors import LauncherError
-from launcher.hardware import Hardware
-from launcher.plan import Plan, resolve
+from launcher.plan.hardware import Hardware
+from launcher.plan.resolve import Plan, resolve
 from launcher.render.deepspeed import render_ds_config
 
 CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")

@@ -110,7 +110,7 @@ def test_bus_bandwidth_is_judged_against_the_topology_link():
 
 
 def test_unknown_link_names_the_known_ones():
-    from launcher.topo_config import TopoConfig
+    from launcher.config.topology import TopoConfig
     from launcher.errors import LauncherError
 
     with pytest.raises(LauncherError) as err:

@@ -10,9 +10,9 @@ import json
 import pytest
 
 from launcher.backends.local import local_spec
-from launcher.compose import compose, presets
-from launcher.hardware import Hardware
-from launcher.plan import resolve
+from launcher.config.compose import compose, presets
+from launcher.plan.hardware import Hardware
+from launcher.plan.resolve import resolve
 from launcher.render.deepspeed import render_ds_config
 from launcher.render.env import rank_env, sanitize_arch_list
 from launcher.render.launch import render_launch_sh

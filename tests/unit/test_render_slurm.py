@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from launcher.backends.slurm import preflight, slurm_spec
-from launcher.compose import compose
+from launcher.config.compose import compose
 from launcher.errors import LauncherError
-from launcher.hardware import Hardware
-from launcher.plan import Plan, resolve
+from launcher.plan.hardware import Hardware
+from launcher.plan.resolve import Plan, resolve
 from launcher.render.env import rank_env
-from launcher.job import allocation_check
+from launcher.launch.job import allocation_check
 from launcher.render.slurm import render_sbatch, world_info
 from tests.conftest import check_golden
 
@@ -30,7 +30,7 @@ CPU_JOB = ("+topo=slurm", "+plan=zero3", "topo.accelerator=cpu", "topo.cpu_procs
 def plan_and_script(*overrides: str) -> tuple[Plan, str]:
     cfg, _ = compose(list(overrides))
     plan = resolve(cfg, CPU, run_dir="/runs/x", run_name="x")
-    env = {**rank_env(plan, {"WANDB_API_KEY": "s3cret"}, 2, "/runs/x"), **cfg.topo.env}  # as launcher.job does
+    env = {**rank_env(plan, {"WANDB_API_KEY": "s3cret"}, 2, "/runs/x"), **cfg.topo.env}  # as launcher.launch.job does
     return plan, render_sbatch(plan, cfg.topo.slurm, "/venv/bin/python", "/work", env, cfg.topo.master_addr,
                                cfg.topo.master_port, allocation_check(cfg, plan, {}))
 

@@ -13,17 +13,17 @@ import pytest
 
 from launcher.backends.hostfile import hostfile_spec
 from launcher.backends.local import local_spec
-from launcher.checkpoint import latest_complete_any
-from launcher.compose import compose
+from launcher.checkpoint.store import latest_complete_any
+from launcher.config.compose import compose
 from launcher.errors import LauncherError
-from launcher.hardware import Hardware
-from launcher.plan import resolve
+from launcher.plan.hardware import Hardware
+from launcher.plan.resolve import resolve
 from launcher.render.deepspeed import render_ds_config
 from launcher.render.env import rank_env
 from launcher.render.launch import render_launch_sh
-from launcher.script import (check_accelerate_installed, check_plan, choose_api, detect_api, flag_values,
+from launcher.script.launch import (check_accelerate_installed, check_plan, choose_api, detect_api, flag_values,
                              join_module_word, load_script, prepare_launch, script_argv)
-from launcher.script_entry import FORWARDED, resume_args, run_rank
+from launcher.script.entry import FORWARDED, resume_args, run_rank
 from tests.conftest import REPO, check_golden, wait_for
 
 CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
@@ -231,7 +231,7 @@ def test_newest_complete_trainer_checkpoint_skipping_partial_and_truncated_ones(
 
 
 def test_a_rank_resumes_reports_its_failure_and_passes_the_environment(tmp_path):
-    """script_entry for real (a tiny script, no torch): output in logs/rank1.log, the resume point on the command
+    """launcher.script.entry for real (a tiny script, no torch): output in logs/rank1.log, the resume point on the command
     line and in LAUNCHER_RESUME_FROM, and a failure report naming the rank and the last lines."""
     run = tmp_path / "run"
     ckpt = _hf_checkpoint(run / "checkpoints", 3)
@@ -282,7 +282,7 @@ def test_a_script_gets_a_signal_its_launcher_ignores_with_the_default_action(tmp
     run, script = tmp_path / "run", tmp_path / "train.py"
     script.write_text("import time\nprint('training', flush=True)\ntime.sleep(120)\n")
     env = {"RANK": "0", "PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)}
-    entry = subprocess.Popen([sys.executable, "-m", "launcher.script_entry", "rank", str(run), "plain", "--",
+    entry = subprocess.Popen([sys.executable, "-m", "launcher.script.entry", "rank", str(run), "plain", "--",
                               str(script)], env=env, stdout=subprocess.DEVNULL,
                              preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))  # as the step does
     log = run / "logs" / "rank0.log"
@@ -297,7 +297,7 @@ def test_a_script_gets_a_signal_its_launcher_ignores_with_the_default_action(tmp
 
 
 def test_arguments_after_dashdash_without_a_script_are_refused():
-    from launcher.job import script_launch
+    from launcher.launch.job import script_launch
 
     cfg, _ = compose([])
     with pytest.raises(LauncherError) as e:

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from launcher import services
+from launcher.config import services
 
 GOOD = "k" * 40
 

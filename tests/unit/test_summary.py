@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.compose import compose
-from launcher.hardware import Hardware
-from launcher.plan import Plan, resolve
+from launcher.config.compose import compose
+from launcher.plan.hardware import Hardware
+from launcher.plan.resolve import Plan, resolve
 from launcher.render.launch import LaunchSpec
-from launcher.script import Script
-from launcher.summary import summary_lines
+from launcher.script.launch import Script
+from launcher.launch.summary import summary_lines
 
 CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
 SPEC = LaunchSpec(argv=("python", "-m", "torch.distributed.run"))

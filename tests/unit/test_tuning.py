@@ -1,15 +1,15 @@
-"""Communication sizes chosen from the model (launcher/tuning.py)."""
+"""Communication sizes chosen from the model (launcher/plan/comm_sizes.py)."""
 from __future__ import annotations
 
 import json
 
 
-from launcher.compose import compose
-from launcher.config import ArchConfig
-from launcher.hardware import Hardware
-from launcher.plan import resolve
+from launcher.config.compose import compose
+from launcher.config.schema import ArchConfig
+from launcher.plan.hardware import Hardware
+from launcher.plan.resolve import resolve
 from launcher.render.deepspeed import render_ds_config
-from launcher.tuning import M, MAX_BUCKET_M, comm_sizes, layer_params
+from launcher.plan.comm_sizes import M, MAX_BUCKET_M, comm_sizes, layer_params
 
 H200x2 = Hardware("cuda", 2, "NVIDIA H200", 139.8, "9.0", True, 32, 256.0, "x86_64")
 BENCH = ArchConfig(hidden_size=2048, num_layers=16, num_heads=16, num_kv_heads=8, intermediate_size=8192,

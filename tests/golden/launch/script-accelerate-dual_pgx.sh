@@ -29,7 +29,7 @@ exec bash \
   --no_ssh_check \
   --module \
   --no_local_rank \
-  launcher.script_entry \
+  launcher.script.entry \
   node \
   /runs/x \
   -- \
@@ -39,7 +39,7 @@ exec bash \
   --config_file \
   /runs/x/accelerate_config.yaml \
   -m \
-  launcher.script_entry \
+  launcher.script.entry \
   rank \
   /runs/x \
   accelerate \

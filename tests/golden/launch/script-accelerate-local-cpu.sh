@@ -17,7 +17,7 @@ exec python3 \
   --config_file \
   /runs/x/accelerate_config.yaml \
   -m \
-  launcher.script_entry \
+  launcher.script.entry \
   rank \
   /runs/x \
   accelerate \

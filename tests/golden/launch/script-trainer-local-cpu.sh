@@ -20,7 +20,7 @@ exec python3 \
   --max-restarts=0 \
   --log-dir=/runs/x/logs/torchrun \
   -m \
-  launcher.script_entry \
+  launcher.script.entry \
   rank \
   /runs/x \
   hf_trainer \

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from launcher.compose import CONF_DIR, GROUPS, preset_description, presets
+from launcher.config.compose import CONF_DIR, GROUPS, preset_description, presets
 
 USAGE = """usage: python -m launcher [+topo=PRESET] [+plan=PRESET] [group=PRESET ...] [key=value ...] [-- script args]
        python -m launcher list            topologies and plans with what each needs
@@ -14,7 +14,7 @@ COMMON = """common overrides:
   run.name=NAME run.dir=DIR run.dry_run=true run.resume=auto|never|STEP|PATH run.max_restarts=N run.debug=true
   train.global_batch_size=N train.micro_batch_size=N train.seq_len=N train.max_steps=N train.save_every=N train.lr=X
   model.path=HUB_ID_OR_DIR data.path=FILE topo.gpus_per_host=N topo.hosts=[a,b] plan.zero_stage=N
-  logging.wandb.mode=auto|online|offline|disabled   (the full schema: launcher/config.py)"""
+  logging.wandb.mode=auto|online|offline|disabled   (the full schema: launcher/config/schema.py)"""
 PROCESSES = """how many processes on this machine (the default +topo=local):
   GPUs: all it has, one process each; topo.gpus_per_host=N uses N of them (CUDA_VISIBLE_DEVICES=0,1 picks which)
   no GPU: topo.cpu_procs_per_host=N CPU processes (default 2); topo.accelerator=cpu runs on CPU even with GPUs"""

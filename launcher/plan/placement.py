@@ -1,13 +1,13 @@
 """Where the ranks run: backend, hosts in rank order, processes per host, accelerator and network environment.
 
-Pure given its inputs, except that a `hostfile=` is read here (launcher/hostfile.py parses and validates it).
+Pure given its inputs, except that a `hostfile=` is read here (launcher/plan/hostfile.py parses and validates it).
 """
 from __future__ import annotations
 
-from launcher.config import LauncherConfig
+from launcher.config.schema import LauncherConfig
 from launcher.errors import LauncherError
-from launcher.hardware import Hardware
-from launcher.hostfile import read_hostfile, uniform_slots
+from launcher.plan.hardware import Hardware
+from launcher.plan.hostfile import read_hostfile, uniform_slots
 
 
 def placement(cfg: LauncherConfig) -> tuple[str, tuple[str, ...], int]:

@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launcher.checkpoint import COMPLETE, Checkpoint, manifest, problems, write_atomic
+from launcher.checkpoint.store import COMPLETE, Checkpoint, manifest, problems, write_atomic
 from launcher.errors import LauncherError
-from launcher.plan import Plan
+from launcher.plan.resolve import Plan
 
 LAYOUT_KEYS = ("world_size", "dp", "tp", "pp", "zero_stage")
 

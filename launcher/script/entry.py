@@ -1,7 +1,7 @@
 """Where a user's script starts on each rank, at every (re)start:
 
-    python -m launcher.script_entry rank RUN_DIR API -- SCRIPT.py|-m MODULE ARGS...
-    python -m launcher.script_entry node RUN_DIR -- ACCELERATE_LAUNCH_ARGV...   (accelerate over a hostfile)
+    python -m launcher.script.entry rank RUN_DIR API -- SCRIPT.py|-m MODULE ARGS...
+    python -m launcher.script.entry node RUN_DIR -- ACCELERATE_LAUNCH_ARGV...   (accelerate over a hostfile)
 
 `rank` finds the newest complete checkpoint (so a restarted, requeued or rerun job resumes), passes it on
 (LAUNCHER_RESUME_FROM; `--resume_from_checkpoint` for a Trainer script), runs the script with its output in
@@ -24,15 +24,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable
 
-from launcher.checkpoint import Checkpoint, latest_complete_any
+from launcher.checkpoint.store import Checkpoint, latest_complete_any
 from launcher.errors import LauncherError
-from launcher.script import flag_values
-from launcher.supervisor import EXCEPTION_LINE, is_consequence, write_error_record
+from launcher.script.launch import flag_values
+from launcher.launch.supervisor import EXCEPTION_LINE, is_consequence, write_error_record
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
 TAIL_LINES = 15
 PR_SET_PDEATHSIG = 1
-SCRIPT_SITE = Path(__file__).parent / "script_site"
+SCRIPT_SITE = Path(__file__).parent / "site"
 
 
 def resume_args(api: str, script_args: list[str], resume: Checkpoint | None) -> list[str]:
@@ -64,7 +64,7 @@ def last_exception(tail: list[str]) -> str:
 
 
 def script_path(env: dict[str, str]) -> str:
-    """The script's PYTHONPATH: script_site/ first (its sitecustomize closes a gloo group at exit), then, as under
+    """The script's PYTHONPATH: script/site/ first (its sitecustomize closes a gloo group at exit), then, as under
     `python -m` and accelerate launch, the working directory, so that its modules are importable by the script."""
     return os.pathsep.join(p for p in (str(SCRIPT_SITE), os.getcwd(), env.get("PYTHONPATH", "")) if p)
 

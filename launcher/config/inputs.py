@@ -12,9 +12,9 @@ import os
 import shutil
 from pathlib import Path
 
-from launcher.checkpoint import (HF_TAG_RE, TRAINER_STATE, candidates, hf_problems, problems, resolve_resume,
+from launcher.checkpoint.store import (HF_TAG_RE, TRAINER_STATE, candidates, hf_problems, problems, resolve_resume,
                                  tag_for)
-from launcher.config import ArchConfig, LauncherConfig
+from launcher.config.schema import ArchConfig, LauncherConfig
 from launcher.errors import LauncherError
 
 MIN_FREE_BYTES = 4_000_000  # a run dir needs room for its configs and logs; checkpoint sizes are checked at each save
@@ -66,7 +66,7 @@ def check_data(cfg: LauncherConfig, cwd: str) -> tuple[LauncherConfig, int]:
     """Read and parse every row now, as the ranks will (a malformed row is a user error, not a rank crash); returns
     the row count."""
     from launcher.assets import default_data_path
-    from launcher.train.data import load_conversations
+    from launcher.data.formats import load_conversations
 
     path = absolute(cfg.data.path, cwd) if cfg.data.path else default_data_path(cfg.data.format)
     problem = _data_file_problem(Path(path))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from launcher.config import ArchConfig
+from launcher.config.schema import ArchConfig
 
 GIB = 1024**3
 CUDA_CONTEXT_GB = 1.0  # CUDA context, cuBLAS workspaces, NCCL buffers: outside torch's allocator

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import shlex
 
-from launcher.checkpoint import Checkpoint
-from launcher.memory import UNIFIED_HOST_RESERVE_GB, MemoryEstimate
-from launcher.plan import Plan
+from launcher.checkpoint.store import Checkpoint
+from launcher.plan.memory import UNIFIED_HOST_RESERVE_GB, MemoryEstimate
+from launcher.plan.resolve import Plan
 from launcher.render.launch import LaunchSpec
-from launcher.script import Script, flag_values
+from launcher.script.launch import Script, flag_values
 
 
 def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None, script: Script | None = None) -> list[str]:

@@ -15,10 +15,10 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from launcher.config import LauncherConfig, register
+from launcher.config.schema import LauncherConfig, register
 from launcher.errors import LauncherError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DEFAULT_PRESETS = {"topo": "local", "plan": "zero2"}
 GROUPS = ("topo", "plan", "model", "data", "method")
 

@@ -12,16 +12,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.config import DataConfig, LauncherConfig, MethodConfig, ModelConfig, TrainConfig
-from launcher import autoplan
+from launcher.config.schema import DataConfig, LauncherConfig, MethodConfig, ModelConfig, TrainConfig
+from launcher.plan import auto as autoplan
 from launcher.secrets import mask_secrets
 from launcher.errors import LauncherError
-from launcher import placement as where
-from launcher.hardware import Hardware
-from launcher.inputs import looks_local
-from launcher.memory import MemoryEstimate, MemoryJob, estimate, liger_applies
-from launcher.plan_checks import check_deepspeed_extra, check_method, check_model_parallel
-from launcher.tuning import comm_sizes
+from launcher.plan import placement as where
+from launcher.plan.hardware import Hardware
+from launcher.config.inputs import looks_local
+from launcher.plan.memory import MemoryEstimate, MemoryJob, estimate, liger_applies
+from launcher.plan.checks import check_deepspeed_extra, check_method, check_model_parallel
+from launcher.plan.comm_sizes import comm_sizes
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class Plan:
 
 
 def _model_from_dict(d: dict[str, Any]) -> ModelConfig:
-    from launcher.config import ArchConfig
+    from launcher.config.schema import ArchConfig
 
     d = dict(d)
     d["arch"] = ArchConfig(**d["arch"])
@@ -213,7 +213,7 @@ def _what_runs(model: ModelConfig, liger: bool) -> ModelConfig:
 
 
 def _shape_known(cfg: LauncherConfig) -> bool:
-    """A local model's shape comes from its config.json (launcher/inputs.py) and a preset names its own; a hub id
+    """A local model's shape comes from its config.json (launcher/config/inputs.py) and a preset names its own; a hub id
     given on the tiny preset keeps the tiny shape, which says nothing about the model."""
     path = cfg.model.path
     return not path or looks_local(path) or cfg.model.name != "tiny"

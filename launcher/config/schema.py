@@ -2,7 +2,7 @@
 
 Defaults live here; the YAML presets under conf/ only say what differs. Hydra composes into these dataclasses (so a
 typo in an override fails with the field's name), then `__main__` converts once with `OmegaConf.to_object`, which
-runs the `__post_init__` checks below. Where the job runs (the `topo` group) is launcher/topo_config.py.
+runs the `__post_init__` checks below. Where the job runs (the `topo` group) is launcher/config/topology.py.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
 from launcher.errors import LauncherError, choice, positive
-from launcher.topo_config import TopoConfig
+from launcher.config.topology import TopoConfig
 
 
 @dataclass
@@ -26,7 +26,7 @@ class PlanConfig:
     tp: int = 1
     pp: int = 1
     overlap_comm: bool = True
-    # Communication sizes in 2**20 elements; 0 chooses them from the model (launcher/tuning.py says how).
+    # Communication sizes in 2**20 elements; 0 chooses them from the model (launcher/plan/comm_sizes.py says how).
     reduce_bucket_mb: int = 0
     allgather_bucket_mb: int = 0
     stage3_prefetch_mb: int = 0
@@ -44,7 +44,7 @@ class PlanConfig:
         for name in ("reduce_bucket_mb", "allgather_bucket_mb", "stage3_prefetch_mb"):
             if getattr(self, name) < 0:
                 raise LauncherError(f"plan.{name}", getattr(self, name), "use 0 to have it chosen from the model "
-                                    "(launcher/tuning.py), or a positive size in units of 2**20 elements")
+                                    "(launcher/plan/comm_sizes.py), or a positive size in units of 2**20 elements")
         positive("plan.stage3_param_persistence_kb", self.stage3_param_persistence_kb, allow_zero=True)
         positive("plan.tp", self.tp)
         positive("plan.pp", self.pp)
@@ -215,7 +215,7 @@ class LauncherConfig:
     run: RunConfig = field(default_factory=RunConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     preflight: str = "auto"  # auto | quick | full | skip: checks before the launch (python -m launcher.preflight)
-    # Bring your own training script (launcher/script.py): run it on every rank instead of the built-in job;
+    # Bring your own training script (launcher/script/launch.py): run it on every rank instead of the built-in job;
     # everything after a literal `--` on the command line goes to it.
     script: str = ""  # path of a .py file, or "-m pkg.module"
     script_module: str = ""  # the same as script="-m pkg.module"

@@ -1,6 +1,6 @@
 """`SaveOnSignal`: a transformers.Trainer callback that turns the launcher's stop into a saved checkpoint.
 
-    from launcher.trainer_callback import SaveOnSignal
+    from launcher.script.trainer_callback import SaveOnSignal
     trainer.add_callback(SaveOnSignal())
 
 A Ctrl-C in the launcher's terminal (and Slurm's pre-timeout SIGUSR1, or SIGTERM) reaches a script's ranks as a

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from launcher.train.data import Example
-from launcher.train.tokenization import warn_dropped
+from launcher.data.formats import Example
+from launcher.data.tokenization import warn_dropped
 
 log = logging.getLogger(__name__)
 

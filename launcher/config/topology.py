@@ -1,12 +1,12 @@
 """Typed configuration of where a job runs (the `topo` group): hosts, processes per host, memory, network, NCCL
-and Slurm settings. Part of the schema in launcher/config.py, which composes it with what is trained."""
+and Slurm settings. Part of the schema in launcher/config/schema.py, which composes it with what is trained."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from launcher.errors import LauncherError, choice, positive
-from launcher.preflight.links import EXPECTED_BUSBW_GBPS
+from launcher.plan.links import EXPECTED_BUSBW_GBPS
 
 
 @dataclass

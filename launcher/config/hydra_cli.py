@@ -6,8 +6,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from launcher.compose import CONF_DIR, normalize_overrides
-from launcher.config import register
+from launcher.config.compose import CONF_DIR, normalize_overrides
+from launcher.config.schema import register
 
 
 def passthrough(overrides: list[str]) -> int:
@@ -18,7 +18,7 @@ def passthrough(overrides: list[str]) -> int:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def _app(cfg: DictConfig) -> None:
-        from launcher.job import run_job
+        from launcher.launch.job import run_job
         from omegaconf import OmegaConf
 
         import os

@@ -1,4 +1,4 @@
-"""Imported by Python at start-up in every process of a user's script: launcher.script_entry puts this directory
+"""Imported by Python at start-up in every process of a user's script: launcher.script.entry puts this directory
 first on the script's PYTHONPATH. It registers one exit hook and then imports the sitecustomize it shadows (the
 user's or the distribution's), as Python would have.
 

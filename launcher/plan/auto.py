@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from launcher.config import LauncherConfig
+from launcher.config.schema import LauncherConfig
 from launcher.errors import LauncherError
-from launcher.memory import UNIFIED_HOST_RESERVE_GB, MemoryJob, estimate, liger_applies
+from launcher.plan.memory import UNIFIED_HOST_RESERVE_GB, MemoryJob, estimate, liger_applies
 
 if TYPE_CHECKING:
-    from launcher.plan import Plan
+    from launcher.plan.resolve import Plan
 
 AUTO = "auto"
 ZERO = (("ddp", 0), ("zero1", 1), ("zero2", 2), ("zero3", 3))

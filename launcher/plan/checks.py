@@ -1,10 +1,10 @@
 """Plan checks that refuse what DeepSpeed or this model cannot run, each with what works instead: the tp/pp degrees
 against the world size and the model's shape, the method and compile mode against the accelerator, and DeepSpeed keys
 given in plan.deepspeed that the plan owns. Pure: they
-read the config only (launcher.plan.resolve calls them)."""
+read the config only (launcher.plan.resolve.resolve calls them)."""
 from __future__ import annotations
 
-from launcher.config import LauncherConfig
+from launcher.config.schema import LauncherConfig
 from launcher.errors import LauncherError
 
 # Measured on 2x H200, 2026-11-30 (bench/results/gpu_runs.md). torch 2.13 traces the ContextVar on the CPU, so a later

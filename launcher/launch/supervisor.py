@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from launcher import spawn
-from launcher.checkpoint import latest_complete, latest_complete_any
+from launcher.launch import spawn
+from launcher.checkpoint.store import latest_complete, latest_complete_any
 from launcher.render.launch import LaunchSpec
 from launcher.train.signals import PREEMPTED_EXIT_CODE
 
@@ -32,7 +32,7 @@ MAX_BACKOFF_S = 300.0
 
 def write_error_record(run_dir: Path, record: dict) -> None:
     """A rank's error for the supervisor (user_error.json for rank 0, user_error.rank<N>.json for the others)."""
-    from launcher.checkpoint import write_atomic
+    from launcher.checkpoint.store import write_atomic
 
     rank = record["rank"]
     name = USER_ERROR_FILE if rank == 0 else USER_ERROR_FILE.replace(".json", f".rank{rank}.json")

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from launcher.plan import Plan
+from launcher.plan.resolve import Plan
 
 MP_FILE = "mp_rank_{:02d}_model_states.pt"
 LAYER_FILE = re.compile(r"^layer_(\d+)-model_states\.pt$")
@@ -107,7 +107,7 @@ def empty_model(plan: Plan) -> torch.nn.Module:
         config = AutoConfig.from_pretrained(plan.model.path, trust_remote_code=plan.model.trust_remote_code,
                                             **({"revision": plan.model.revision} if plan.model.revision else {}))
     else:
-        from launcher.train.tokenization import load_tokenizer
+        from launcher.data.tokenization import load_tokenizer
 
         config = tiny_config(plan, load_tokenizer(plan.model.tokenizer))
     with torch.device("meta"):

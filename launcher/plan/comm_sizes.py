@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from launcher.config import ArchConfig
-from launcher.memory import count_params, linear_params, lora_params
+from launcher.config.schema import ArchConfig
+from launcher.plan.memory import count_params, linear_params, lora_params
 
 M = 2**20
 MAX_BUCKET_M = 200

@@ -23,7 +23,7 @@ APIS = ("hf_trainer", "accelerate", "plain")
 TRAINER_NAMES = ("TrainingArguments", "Trainer", "Seq2SeqTrainer", "Seq2SeqTrainingArguments", "SFTTrainer",
                  "SFTConfig")
 ACCELERATE_NAMES = ("Accelerator",)
-ENTRY_MODULE = "launcher.script_entry"
+ENTRY_MODULE = "launcher.script.entry"
 TRUE = ("", "true", "1", "yes")  # "" is a bare `--flag`
 
 
@@ -167,7 +167,7 @@ def check_trainer_args(user: dict[str, str], plan: Any, cwd: str) -> None:
 
 
 def script_argv(script: Script, plan: Any, cwd: str) -> tuple[str, ...]:
-    """The script's arguments as each rank gets them (the resume point is added at each start, see script_entry)."""
+    """The script's arguments as each rank gets them (the resume point is added at each start, see launcher.script.entry)."""
     if script.api != "hf_trainer":
         return script.args
     user = flag_values(script.args)
@@ -180,7 +180,7 @@ def script_argv(script: Script, plan: Any, cwd: str) -> tuple[str, ...]:
 
 
 def rank_args(script: Script, plan: Any, cwd: str) -> tuple[str, ...]:
-    """Arguments of `python -m launcher.script_entry` on every rank."""
+    """Arguments of `python -m launcher.script.entry` on every rank."""
     return ("rank", plan.run_dir, script.api, "--", *script.target, *script_argv(script, plan, cwd))
 
 

@@ -12,19 +12,20 @@ from typing import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from launcher import inputs, lease, report, services
-from launcher.autoplan import memory_error
+from launcher import lease, report
+from launcher.config import inputs, services
+from launcher.plan.auto import memory_error
 from launcher.backends.hostfile import hostfile_spec
 from launcher.backends.hostfile import check_hosts_memory
 from launcher.backends.hostfile import preflight as hostfile_preflight
 from launcher.backends.local import local_spec
 from launcher.backends.slurm import preflight as slurm_preflight
 from launcher.backends.slurm import slurm_spec
-from launcher.checkpoint import latest_complete, latest_complete_any
-from launcher.config import LauncherConfig
+from launcher.checkpoint.store import latest_complete, latest_complete_any
+from launcher.config.schema import LauncherConfig
 from launcher.errors import LauncherError
-from launcher.hardware import Hardware, detect
-from launcher.plan import Plan, resolve
+from launcher.plan.hardware import Hardware, detect
+from launcher.plan.resolve import Plan, resolve
 from launcher.preflight import (CPU_TIMEOUT_S, GPU_TIMEOUT_S, TIMEOUT_VAR, expects_rdma, mode_for,
                                 run_before_launch)
 from launcher.render.deepspeed import render_ds_config
@@ -32,9 +33,9 @@ from launcher.render.env import rank_env
 from launcher.secrets import mask_override, mask_secrets
 from launcher.render.launch import LaunchSpec, render_launch_sh
 from launcher.render.slurm import AllocationCheck
-from launcher.script import ScriptLaunch
+from launcher.script.launch import ScriptLaunch
 from launcher.rundir import default_run_name, dry_run_dir, write_artifacts
-from launcher.summary import plan_table, print_summary
+from launcher.launch.summary import plan_table, print_summary
 
 
 def plan_job(cfg: LauncherConfig, cwd: str, environ: dict[str, str]) -> tuple[LauncherConfig, Plan, Hardware]:
@@ -103,8 +104,8 @@ def wandb_decided(plan: Plan, environ: dict[str, str]) -> Plan:
 def _launch(plan: Plan, spec: LaunchSpec, environ: dict[str, str], cfg: LauncherConfig, held: lease.Lease,
             submits: bool) -> int:
     """Start the job under the supervisor; the lease carries Ctrl-C to ranks on every host."""
-    from launcher.spawn import StopControl
-    from launcher.supervisor import run_supervised, submit
+    from launcher.launch.spawn import StopControl
+    from launcher.launch.supervisor import run_supervised, submit
 
     name, run_dir = plan.run_name, Path(plan.run_dir)
     if submits:
@@ -235,11 +236,11 @@ def dry_run_report(plan: Plan, cfg: LauncherConfig, environ: dict[str, str]) -> 
 
 def script_launch(cfg: LauncherConfig, plan: Plan, script_args: list[str] | tuple[str, ...], cwd: str
                   ) -> ScriptLaunch | None:
-    """script=: the user's script runs on every rank instead of the built-in worker (launcher/script.py). Every check
+    """script=: the user's script runs on every rank instead of the built-in worker (launcher/script/launch.py). Every check
     is done here, before the run dir is touched."""
     import importlib.util
 
-    from launcher import script as s
+    from launcher.script import launch as s
 
     if not (cfg.script or cfg.script_module):
         if script_args:

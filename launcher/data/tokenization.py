@@ -11,7 +11,7 @@ from jinja2.exceptions import TemplateError
 
 from launcher.assets import DEFAULT_TOKENIZER_DIR
 from launcher.errors import LauncherError
-from launcher.train.data import IGNORE_INDEX, Example, Messages
+from launcher.data.formats import IGNORE_INDEX, Example, Messages
 
 if TYPE_CHECKING:  # transformers costs seconds to import: load_tokenizer imports it when called
     from transformers import PreTrainedTokenizerBase

@@ -1,0 +1,8 @@
+"""The launch edge: job.py (the one orchestration: checks -> lease -> artifacts -> preflight -> supervised run),
+spawn.py (the one call site that starts a process tree, and Ctrl-C), supervisor.py (restarts, preemption, the final
+paragraph of a failed job), summary.py (what the console shows before a launch).
+
+May import: launcher.config, launcher.plan, launcher.render, launcher.backends, launcher.preflight,
+launcher.checkpoint (to find what a run resumes from), launcher.script (its launch side), and the shared modules
+(errors, secrets, rundir, lease).
+"""
