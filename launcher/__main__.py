@@ -18,6 +18,21 @@ def split_script_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+def debug_requested(overrides: list[str]) -> bool:
+    """run.debug=true among the overrides, read by Hydra's own override parser: it must work even when composing
+    fails on another override (that failure is what the traceback is for)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in overrides:
+        try:
+            parsed = OverridesParser.create().parse_override(override)
+        except Exception:  # noqa: BLE001 - a malformed override is reported by the composition itself
+            continue
+        if parsed.key_or_group == "run.debug" and str(parsed.value()).lower() == "true":
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     overrides, script_args = split_script_args(args)
@@ -30,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         from launcher.config.hydra_cli import passthrough
 
         return passthrough(overrides)
-    debug = os.environ.get("LAUNCHER_DEBUG") == "1" or any(o.lstrip("+") in ("run.debug=true", "run.debug=True") for o in overrides)
+    debug = os.environ.get("LAUNCHER_DEBUG") == "1" or debug_requested(overrides)
     try:
         from launcher.config.compose import compose
         from launcher.launch.job import run_job

@@ -12,10 +12,11 @@ import threading
 from pathlib import Path
 
 from launcher.errors import LauncherError, report as report_error
+from launcher.rundir import METRICS_FILE, PLAN_FILE
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_FILE
     if not path.exists():
         raise LauncherError("run_dir", str(run_dir), "give a run directory that has trained at least one step",
                             problem="it has no metrics.jsonl")
@@ -23,7 +24,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def summary(run_dir: Path, metrics: list[dict]) -> str:
-    plan = json.loads((run_dir / "plan.json").read_text()) if (run_dir / "plan.json").exists() else {}
+    plan = json.loads((run_dir / PLAN_FILE).read_text()) if (run_dir / PLAN_FILE).exists() else {}
     steady = metrics[len(metrics) // 4:] or metrics
     mfu = [m["mfu"] for m in steady if m.get("mfu") is not None]
     head = f"run {plan.get('run_name', run_dir.name)}: {len(metrics)} steps"

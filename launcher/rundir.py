@@ -1,9 +1,60 @@
-"""The run directory: where artifacts are written without ever destroying what an earlier launch left there."""
+"""The run directory's layout and the contract between the launcher and its ranks, in one place: file names, exit
+codes, the error records a rank leaves for the supervisor; and writing artifacts without ever destroying what an
+earlier launch left there. Standard library only: the launch side and every rank import it."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from pathlib import Path
+
+PLAN_FILE = "plan.json"  # the resolved Plan: every rank reads it, nothing re-derives it
+DS_CONFIG_FILE = "ds_config.json"
+DS_UNIVERSAL_FILE = "ds_config.universal.json"  # the same, for a resume through a universal checkpoint
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"  # logs/rank<N>.log (and .out), logs/engine.log
+METRICS_FILE = "metrics.jsonl"
+ENGINE_LOG = f"{LOGS}/engine.log"  # the engine's stderr: torchrun's or DeepSpeed's messages, rank 0's warnings
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: saved and stopped on request; rerunning the same command resumes
+
+
+USER_ERROR_FILE = "user_error.json"  # written by a rank that hit a user-facing failure (rank N>0: user_error.rankN.json)
+USER_ERROR_GLOB = "user_error*.json"
+EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]:?\s*)?([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)\b.*)$")
+# a communication error that follows another rank's exit is a consequence, not the cause
+CONSEQUENCES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "ChildFailedError",
+                "DistBackendError", "DistNetworkError", "NCCL communicator was aborted", "SignalException")
+
+
+def write_error_record(run_dir: Path, record: dict) -> None:
+    """A rank's error for the supervisor (user_error.json for rank 0, user_error.rank<N>.json for the others)."""
+    rank = record["rank"]
+    path = run_dir / (USER_ERROR_FILE if rank == 0 else USER_ERROR_FILE.replace(".json", f".rank{rank}.json"))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"time": time.time(), **record}))
+    os.replace(tmp, path)
+
+
+def is_consequence(text: str) -> bool:
+    """A communication error that follows another rank's exit (a peer closed its socket, NCCL aborted)."""
+    return any(marker in text for marker in CONSEQUENCES)
+
+
+def by_cause(run_dir: Path) -> list[dict]:
+    """The ranks' error records, the cause first: an error that is not a consequence of another rank's exit, then
+    the lowest rank. Wall-clock order is not used: the clocks of two hosts are not comparable."""
+    records = []
+    for path in run_dir.glob(USER_ERROR_GLOB):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(records, key=lambda e: (bool(e.get("consequence")), e["rank"]))
+
+
+def rank_log(run_dir: Path, rank: int) -> Path:
+    return run_dir / LOGS / f"rank{rank}.log"
 
 
 def write_artifacts(run_dir: Path, files: dict[str, str], executable: tuple[str, ...] = ()) -> list[str]:
@@ -27,7 +78,7 @@ def write_artifacts(run_dir: Path, files: dict[str, str], executable: tuple[str,
     return moved
 
 
-RUN_MARKS = ("lease.json", "metrics.jsonl", "checkpoints", "logs")  # what a launch leaves: this dir holds a run
+RUN_MARKS = ("lease.json", METRICS_FILE, CHECKPOINTS, LOGS)  # what a launch leaves: this dir holds a run
 
 
 def holds_a_run(run_dir: Path) -> bool:

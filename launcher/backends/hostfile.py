@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.errors import LauncherError
+from launcher.plan.placement import DEFAULT_MASTER_PORT
 from launcher.plan.resolve import Plan
 from launcher.secrets import is_secret
 from launcher.render.hostfile import render_deepspeed_env, render_hostfile
 from launcher.render.launch import LaunchSpec, RankProgram, accelerate_argv, worker_program
 
-DEFAULT_MASTER_PORT = 29500
 CONNECT_TIMEOUT_S = 10
 PROBE_TIMEOUT_S = 60
 RUNNER_EXPORTS = ("PYTHON", "MLFLOW", "MV2", "UCX", "NCCL")  # what deepspeed.launcher.runner copies to remote hosts

@@ -1,6 +1,7 @@
 """One host, N processes, through torchrun (or DeepSpeed's launcher): the engine spawns and restarts ranks."""
 from __future__ import annotations
 
+from launcher.plan.placement import DEFAULT_MASTER_PORT
 from launcher.plan.resolve import Plan
 from launcher.render.launch import LaunchSpec, RankProgram, accelerate_argv, worker_program
 
@@ -30,7 +31,7 @@ def deepspeed_argv(plan: Plan, python: str, master_port: int, program: RankProgr
         "-m",
         "deepspeed.launcher.runner",
         f"--num_gpus={plan.procs_per_host}",
-        f"--master_port={master_port or 29500}",
+        f"--master_port={master_port or DEFAULT_MASTER_PORT}",
         "--no_local_rank",
         "--module",
         program.module,

@@ -18,6 +18,7 @@ import torch
 
 from launcher.checkpoint.store import Checkpoint, resolve_resume
 from launcher.errors import LauncherError, report
+from launcher.rundir import CHECKPOINTS, PLAN_FILE
 from launcher.plan.resolve import Plan
 
 TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 1e-2}
@@ -26,7 +27,7 @@ TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 1e-2}
 def consolidated_state_dict(ckpt: Checkpoint, plan: Plan) -> dict[str, torch.Tensor]:
     """Full fp32 weights keyed as in the trained module (peft-wrapped names for LoRA)."""
     if plan.tp > 1 or plan.pp > 1:
-        from launcher.train.parallel import hf_state_dict_from_checkpoint
+        from launcher.checkpoint.export_parallel import hf_state_dict_from_checkpoint
 
         return hf_state_dict_from_checkpoint(ckpt.path, plan)
     if ckpt.meta.get("zero_stage", plan.zero_stage) == 0:
@@ -41,7 +42,7 @@ def trained_module(plan: Plan, tokenizer: Any, state: dict[str, torch.Tensor]) -
     """Rebuild the module the engine trained (fp32, CPU) and load the consolidated weights into it strictly."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from launcher.train.model import _apply_lora, tiny_config
+    from launcher.train.model import apply_lora, tiny_config
 
     if plan.model.path:
         config = AutoConfig.from_pretrained(plan.model.path, trust_remote_code=plan.model.trust_remote_code)
@@ -49,7 +50,7 @@ def trained_module(plan: Plan, tokenizer: Any, state: dict[str, torch.Tensor]) -
         config = tiny_config(plan, tokenizer)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
     if plan.method.name in ("lora", "qlora"):
-        model = _apply_lora(model, _lora_only(plan))
+        model = apply_lora(model, _lora_only(plan))
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight", "base_model.model.lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
@@ -76,8 +77,8 @@ def probe_difference(model: torch.nn.Module, ckpt: Checkpoint) -> float | None:
 
 
 def export(run_dir: Path, out: Path | None, adapter: bool, step: str = "auto") -> Path:
-    plan = Plan.from_dict(json.loads((run_dir / "plan.json").read_text()))
-    ckpt = resolve_resume(run_dir / "checkpoints", step)
+    plan = Plan.from_dict(json.loads((run_dir / PLAN_FILE).read_text()))
+    ckpt = resolve_resume(run_dir / CHECKPOINTS, step)
     if ckpt is None:
         raise LauncherError("run_dir", str(run_dir), "train first, or pass --step with a saved global step",
                             problem="it holds no complete checkpoint")
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", default="auto", help="global step to export (default: the latest complete)")
     args = parser.parse_args(argv)
     try:
-        if not (args.run_dir / "plan.json").exists():
+        if not (args.run_dir / PLAN_FILE).exists():
             raise LauncherError("run_dir", str(args.run_dir), "give a run directory made by the launcher",
                                 problem="it has no plan.json")
         export(args.run_dir, args.out, args.adapter, args.step)

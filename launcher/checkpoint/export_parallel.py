@@ -101,7 +101,7 @@ def empty_model(plan: Plan) -> torch.nn.Module:
     """The model the worker builds (architecture, dtype, LoRA), on the meta device: names and shapes, no weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from launcher.train.model import DTYPES, _apply_lora, tiny_config
+    from launcher.train.model import DTYPES, apply_lora, tiny_config
 
     if plan.model.path:
         config = AutoConfig.from_pretrained(plan.model.path, trust_remote_code=plan.model.trust_remote_code,
@@ -114,5 +114,5 @@ def empty_model(plan: Plan) -> torch.nn.Module:
         model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[plan.precision],
                                                  trust_remote_code=plan.model.trust_remote_code)
         if plan.method.name in ("lora", "qlora"):
-            model = _apply_lora(model, plan)
+            model = apply_lora(model, plan)
     return model

@@ -16,6 +16,7 @@ from launcher.checkpoint.store import (HF_TAG_RE, TRAINER_STATE, candidates, hf_
                                  tag_for)
 from launcher.config.schema import ArchConfig, LauncherConfig
 from launcher.errors import LauncherError
+from launcher.rundir import CHECKPOINTS
 
 MIN_FREE_BYTES = 4_000_000  # a run dir needs room for its configs and logs; checkpoint sizes are checked at each save
 RESUME_CHOICES = ("auto", "never", "a global step number", "the path of a checkpoint directory")
@@ -134,7 +135,7 @@ def check_resume(resume: str, run_dir: Path, cwd: str = "", script: bool = False
     stops the launch before a rank starts. A user script (`script`) may also resume from a Trainer checkpoint-N."""
     if resume in ("auto", "never"):
         return
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS
     path = Path(cwd or os.getcwd(), resume)
     if not resume.isdigit() and not path.is_dir():
         missing = "does not exist" if not path.exists() else "is not a directory"

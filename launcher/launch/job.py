@@ -28,13 +28,14 @@ from launcher.plan.hardware import Hardware, detect
 from launcher.plan.resolve import Plan, resolve
 from launcher.preflight import (CPU_TIMEOUT_S, GPU_TIMEOUT_S, TIMEOUT_VAR, expects_rdma, mode_for,
                                 run_before_launch)
-from launcher.render.deepspeed import render_ds_config
+from launcher.render.deepspeed import render_ds_config, universal_ds_config
 from launcher.render.env import rank_env
 from launcher.secrets import mask_override, mask_secrets
 from launcher.render.launch import LaunchSpec, render_launch_sh
 from launcher.render.slurm import AllocationCheck
 from launcher.script.launch import ScriptLaunch
-from launcher.rundir import default_run_name, dry_run_dir, write_artifacts
+from launcher.rundir import (CHECKPOINTS, DS_CONFIG_FILE, DS_UNIVERSAL_FILE, LOGS, METRICS_FILE, PLAN_FILE,
+                             default_run_name, dry_run_dir, write_artifacts)
 from launcher.launch.summary import plan_table, print_summary
 
 
@@ -70,7 +71,7 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
     script = script_launch(cfg, plan, script_args, cwd)
     spec, files = _launch_spec(cfg, plan, hw, environ, cwd, script)
     find = latest_complete_any if script else latest_complete  # a script may save Trainer checkpoint-N dirs
-    resume = find(run_dir / "checkpoints") if cfg.run.resume == "auto" else None
+    resume = find(run_dir / CHECKPOINTS) if cfg.run.resume == "auto" else None
     print_summary(plan, spec, resume, script.script if script else None)
     if plan.auto_reason and not cfg.run.dry_run:  # a dry run prints it in its table
         print(plan.auto_reason)
@@ -82,7 +83,7 @@ def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[s
         return dry_run(cfg, composed, plan, spec, files, environ, script)
     submits = plan.backend == "slurm" and "sbatch" in spec.argv  # returns at once: the job trains later
     with holding(run_dir, plan, submits, cfg.run.lease_timeout_s) as held:
-        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (run_dir / LOGS).mkdir(parents=True, exist_ok=True)
         _write(run_dir, cfg, composed, plan, spec, files, script)
         held.keep = True  # from here the run dir holds what the user reads: preflight.json, then the run
         run_before_launch(plan, cfg, environ)
@@ -185,7 +186,7 @@ def dry_run(cfg: LauncherConfig, composed: DictConfig, plan: Plan, spec: LaunchS
 
 def _plots(run_dir: Path) -> None:
     """loss.png and throughput.png at the end of every run that trained (python -m launcher.report redraws them)."""
-    if (run_dir / "metrics.jsonl").exists():
+    if (run_dir / METRICS_FILE).exists():
         try:
             report.plot(run_dir, report.read_metrics(run_dir))
         except KeyboardInterrupt:
@@ -296,8 +297,9 @@ def _write(run_dir: Path, cfg: LauncherConfig, composed: DictConfig, plan: Plan,
     files = {
         **backend_files,
         "resolved.yaml": OmegaConf.to_yaml(mask_secrets(OmegaConf.to_container(composed))),
-        "plan.json": plan.to_json(),
-        "ds_config.json": json.dumps(ds, indent=2) + "\n",
+        PLAN_FILE: plan.to_json(),
+        DS_CONFIG_FILE: json.dumps(ds, indent=2) + "\n",
+        **({} if script else {DS_UNIVERSAL_FILE: json.dumps(universal_ds_config(ds), indent=2) + "\n"}),
         "launch.sh": render_launch_sh(spec, plan.run_name),
         **(script.files if script else {}),
     }

@@ -18,42 +18,10 @@ from typing import Callable
 from launcher.launch import spawn
 from launcher.checkpoint.store import latest_complete, latest_complete_any
 from launcher.render.launch import LaunchSpec
-from launcher.train.signals import PREEMPTED_EXIT_CODE
+from launcher.rundir import (CHECKPOINTS, ENGINE_LOG, EXCEPTION_LINE, LOGS, PREEMPTED_EXIT_CODE, USER_ERROR_GLOB,
+                             by_cause, is_consequence)
 
-USER_ERROR_FILE = "user_error.json"  # written by a rank that hit a user-facing failure (rank N>0: user_error.rankN.json)
-USER_ERROR_GLOB = "user_error*.json"
-ENGINE_LOG = "logs/engine.log"  # the engine's stderr: torchrun's or DeepSpeed's messages, rank 0's warnings
-EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]:?\s*)?([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)\b.*)$")
-# a communication error that follows another rank's exit is a consequence, not the cause
-CONSEQUENCES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "ChildFailedError",
-                "DistBackendError", "DistNetworkError", "NCCL communicator was aborted", "SignalException")
 MAX_BACKOFF_S = 300.0
-
-
-def write_error_record(run_dir: Path, record: dict) -> None:
-    """A rank's error for the supervisor (user_error.json for rank 0, user_error.rank<N>.json for the others)."""
-    from launcher.checkpoint.store import write_atomic
-
-    rank = record["rank"]
-    name = USER_ERROR_FILE if rank == 0 else USER_ERROR_FILE.replace(".json", f".rank{rank}.json")
-    write_atomic(run_dir / name, json.dumps({"time": time.time(), **record}))
-
-
-def is_consequence(text: str) -> bool:
-    """A communication error that follows another rank's exit (a peer closed its socket, NCCL aborted)."""
-    return any(marker in text for marker in CONSEQUENCES)
-
-
-def by_cause(run_dir: Path) -> list[dict]:
-    """The ranks' error records, the cause first: an error that is not a consequence of another rank's exit, then
-    the lowest rank. Wall-clock order is not used: the clocks of two hosts are not comparable."""
-    records = []
-    for path in run_dir.glob(USER_ERROR_GLOB):
-        try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return sorted(records, key=lambda e: (bool(e.get("consequence")), e["rank"]))
 
 
 SUBMITTED = re.compile(r"Submitted batch job (\d+)")
@@ -61,7 +29,7 @@ SUBMITTED = re.compile(r"Submitted batch job (\d+)")
 
 def submit(spec: LaunchSpec, environ: dict[str, str], run_dir: Path) -> tuple[int, str]:
     """sbatch: its output is shown and kept (logs/sbatch.out); returns (exit code, the job id it printed)."""
-    out = run_dir / "logs" / "sbatch.out"
+    out = run_dir / LOGS / "sbatch.out"
     code, _ = spawn.run(spec, environ, stderr_path=out, stdout_path=out)
     text = out.read_text(errors="replace") if out.exists() else ""
     print(text.strip(), file=sys.stdout if code == 0 else sys.stderr)
@@ -76,7 +44,7 @@ def backoff(attempt: int, base_s: float) -> float:
 def run_supervised(spec: LaunchSpec, environ: dict[str, str], run_dir: Path, max_restarts: int, backoff_s: float,
                    say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
                    control: spawn.StopControl | None = None) -> int:
-    ckpt_root = run_dir / "checkpoints"
+    ckpt_root = run_dir / CHECKPOINTS
     code = 0
     for attempt in range(max_restarts + 1):
         for stale in run_dir.glob(USER_ERROR_GLOB):
@@ -141,7 +109,7 @@ def failure_paragraph(run_dir: Path, code: int) -> str:
 def first_exception(run_dir: Path) -> tuple[str, Path] | None:
     """The last line of a traceback in the rank logs and the engine log, preferring a cause over the communication
     errors that follow another rank's exit."""
-    logs = run_dir / "logs"
+    logs = run_dir / LOGS
     files = sorted(logs.glob("rank*.out")) + sorted(logs.glob("rank*.log")) + [run_dir / ENGINE_LOG]
     found: list[tuple[str, Path]] = []
     for path in files:
@@ -156,5 +124,5 @@ def first_exception(run_dir: Path) -> tuple[str, Path] | None:
             if seen_traceback and m:
                 found.append((m.group(1)[:300], path))
                 seen_traceback = False
-    causes = [f for f in found if not any(c in f[0] for c in CONSEQUENCES)]
+    causes = [f for f in found if not is_consequence(f[0])]
     return (causes or found or [None])[0]

@@ -25,7 +25,6 @@ class Hardware:
         return "GB10" in self.gpu_name.upper()
 
 
-CPU_ONLY = Hardware("cpu", 0, "", 0.0, "", False, 1, 0.0, "x86_64")
 
 
 def host_memory_gb() -> float:

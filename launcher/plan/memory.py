@@ -84,11 +84,6 @@ class MemoryEstimate:
     need_gb: float = 0.0
 
     @property
-    def allocated_gb(self) -> float:
-        """What torch.cuda.max_memory_allocated should report: the total without context and allocator slack."""
-        return self.total_gb - self.overhead_gb
-
-    @property
     def over_gb(self) -> float:
         """How much does not fit (<= 0: it fits); 0 when the capacity is unknown."""
         return self.need_gb - self.capacity_gb if self.capacity_gb > 0 else 0.0

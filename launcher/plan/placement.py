@@ -9,6 +9,8 @@ from launcher.errors import LauncherError
 from launcher.plan.hardware import Hardware
 from launcher.plan.hostfile import read_hostfile, uniform_slots
 
+DEFAULT_MASTER_PORT = 29500  # torchrun's and DeepSpeed's default, unless topo.master_port
+
 
 def placement(cfg: LauncherConfig) -> tuple[str, tuple[str, ...], int]:
     """Backend, hosts in rank order, and the slots per host when a hostfile fixes them (0: the topology decides)."""

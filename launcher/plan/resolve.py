@@ -86,6 +86,13 @@ class Plan:
     def num_hosts(self) -> int:
         return len(self.hosts)
 
+    @property
+    def checkpoint_bytes(self) -> int:
+        """One checkpoint's size: weights in the training precision, fp32 master weights and two Adam moments of the
+        trained part (what the free-disk checks compare against before the first save)."""
+        m = self.memory
+        return int(m.params * (4 if self.precision == "fp32" else 2) + m.trainable_params * 12)
+
     def to_dict(self) -> dict[str, Any]:
         """What plan.json and wandb's config hold: a secret-named value, should one ever get here, is masked."""
         d = dataclasses.asdict(self)

@@ -165,9 +165,7 @@ def _ssh_args(environ: dict[str, str]) -> list[str]:
 
 
 def checkpoint_gb(plan: Plan) -> float:
-    """Weights in the training precision plus fp32 master weights and two Adam moments of the trained part."""
-    m = plan.memory
-    return (m.params * (4 if plan.precision == "fp32" else 2) + m.trainable_params * 12) / 1024**3
+    return plan.checkpoint_bytes / 1024**3
 
 
 def run_before_launch(plan: Plan, cfg: LauncherConfig, environ: dict[str, str]) -> None:

@@ -170,7 +170,7 @@ def gather(args: dict[str, object]) -> dict[str, object]:
         "versions": versions(deep),
         "launcher_hash": tree_hash(pkg, "*.py"),
         "conf_hash": tree_hash(str(Path(pkg).parent / "conf"), "*.yaml") if pkg else "",
-        "plan_hash": file_hash(str(Path(str(args.get("run_dir", "."))) / "plan.json")),
+        "plan_hash": file_hash(str(Path(str(args.get("run_dir", "."))) / "plan.json")),  # rundir.PLAN_FILE (runs alone)
         "run_dir": run_dir_facts(str(args.get("run_dir", ".")), str(args.get("marker", ""))),
         "gpu": gpu_facts(deep),
         "mem_total_gb": mem_total_gb(),

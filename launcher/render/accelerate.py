@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import yaml
 
+from launcher.plan.placement import DEFAULT_MASTER_PORT
 from launcher.plan.resolve import Plan
 
-DEFAULT_MASTER_PORT = 29500
 
 
 def render_accelerate_config(plan: Plan, ds_config: str, master_addr: str, master_port: int) -> str:

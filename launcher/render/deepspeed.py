@@ -38,6 +38,13 @@ def render_ds_config(plan: Plan) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.merge(ds, plan.deepspeed))  # type: ignore[return-value]
 
 
+def universal_ds_config(ds: dict[str, Any]) -> dict[str, Any]:
+    """The same config for a resume through DeepSpeed's universal checkpoint (world size or ZeRO stage changed):
+    checkpoint.load_universal merged in, every other key - the user's plan.deepspeed.checkpoint.* included - kept. A
+    rank that converts a checkpoint loads this file: what runs is always a config on disk."""
+    return OmegaConf.to_container(OmegaConf.merge(ds, {"checkpoint": {"load_universal": True}}))  # type: ignore[return-value]
+
+
 def _pipeline(plan: Plan) -> dict[str, Any]:
     """What the worker builds (launcher/train/pipeline.py): stages, partition and activation checkpointing are
     PipelineModule arguments and listed for the reader; DeepSpeed's pipeline engine reads the last two keys."""

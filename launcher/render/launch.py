@@ -5,6 +5,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from launcher.plan.placement import DEFAULT_MASTER_PORT
+
 
 @dataclass(frozen=True)
 class LaunchSpec:
@@ -69,7 +71,7 @@ def node_commands(plan: Any, program: RankProgram, python: str, master_addr: str
                   master_port: int) -> list[str]:
     """What starts on each node, one line per node (a dry run prints them; launch.sh holds the whole command)."""
     addr = master_addr or ("$LAUNCHER_MASTER_ADDR" if plan.backend == "slurm" else plan.hosts[0].rpartition("@")[2])
-    port = master_port or 29500
+    port = master_port or DEFAULT_MASTER_PORT
     lines = []
     for i, host in enumerate(plan.hosts):
         if program.accelerate_config:

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from launcher.config.topology import SlurmConfig
 from launcher.errors import LauncherError
+from launcher.plan.placement import DEFAULT_MASTER_PORT
 from launcher.plan.resolve import Plan
 from launcher.secrets import is_secret
 from launcher.render.launch import RankProgram, worker_program
 
-DEFAULT_MASTER_PORT = 29500
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Callable
 from launcher.checkpoint.store import Checkpoint, latest_complete_any
 from launcher.errors import LauncherError
 from launcher.script.launch import flag_values
-from launcher.launch.supervisor import EXCEPTION_LINE, is_consequence, write_error_record
+from launcher.rundir import CHECKPOINTS, EXCEPTION_LINE, PLAN_FILE, is_consequence, rank_log, write_error_record
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
 TAIL_LINES = 15
@@ -72,12 +72,12 @@ def script_path(env: dict[str, str]) -> str:
 def run_rank(run_dir: Path, api: str, command: list[str], env: dict[str, str]) -> int:
     rank = int(env.get("RANK", "0"))
     say = (lambda m: print(m, flush=True)) if rank == 0 else (lambda _m: None)  # rank 0's stdout is the console
-    resume = latest_complete_any(run_dir / "checkpoints", warn=say)
+    resume = latest_complete_any(run_dir / CHECKPOINTS, warn=say)
     target_len = 2 if command[:1] == ["-m"] else 1
     argv = [sys.executable, *command, *resume_args(api, command[target_len:], resume)]
     if resume:
         say(f"launcher: the script resumes from {resume.path} (LAUNCHER_RESUME_FROM)")
-    log = run_dir / "logs" / f"rank{rank}.log"
+    log = rank_log(run_dir, rank)
     log.parent.mkdir(parents=True, exist_ok=True)
     child_env = {**env, "LAUNCHER_RESUME_FROM": str(resume.path) if resume else "", "PYTHONPATH": script_path(env)}
     code, tail, signalled = _run_logged(argv, child_env, log, echo=rank == 0, run_dir=run_dir)
@@ -188,7 +188,7 @@ def _copy_output(proc: subprocess.Popen[bytes], log: Path, echo: bool) -> deque[
 def run_node(run_dir: Path, command: list[str], env: dict[str, str]) -> None:
     """Exec `accelerate launch` with this host's --machine_rank: the runner started one process per host, whose RANK
     is the host's index, and gave it one device; accelerate's torchrun starts and numbers the host's ranks itself."""
-    plan = json.loads((run_dir / "plan.json").read_text())
+    plan = json.loads((run_dir / PLAN_FILE).read_text())
     at = command.index("--config_file") + 2
     argv = [*command[:at], "--machine_rank", env.get("RANK", "0"), *command[at:]]
     child = {k: v for k, v in env.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "CROSS_RANK", "CROSS_SIZE")}

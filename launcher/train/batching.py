@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -24,11 +24,6 @@ class PackedExample:
     labels: list[int]
     position_ids: list[int]
     seq_lens: list[int]
-
-    @property
-    def doc_ids(self) -> list[int]:
-        """Per-token document index, for building a block-diagonal causal mask by hand."""
-        return [doc for doc, length in enumerate(self.seq_lens) for _ in range(length)]
 
     @cached_property
     def num_targets(self) -> int:
@@ -150,3 +145,24 @@ def collate(examples: Sequence[Example | PackedExample], pad_id: int) -> dict[st
     else:
         raise ValueError("a micro batch mixes packed and plain examples")
     return batch
+
+
+def step_target_tokens(examples: Sequence[Any], seed: int, global_batch: int, step: int) -> int:
+    """Label tokens of the whole global batch of `step` (every rank computes the same number): the loss of a step is
+    their mean, whatever the number of ranks."""
+    n = len(examples)
+    return global_batch_target_tokens(examples, sample_stream_indices(n, seed, step * global_batch, global_batch))
+
+
+def rank_micro_batches(examples: Sequence[Any], seed: int, global_batch: int, micro_batch: int, grad_accum: int,
+                       dp_rank: int, dp_size: int, step: int, pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
+    """This data-parallel rank's collated micro batches of `step`, one at a time (collated as they are used)."""
+    for micro in range(grad_accum):
+        idx = micro_batch_indices(len(examples), seed, step, global_batch, micro_batch, grad_accum, dp_rank, dp_size,
+                                  micro)
+        yield collate([examples[i] for i in idx], pad_id)
+
+
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Real (unpadded) tokens of a collated micro batch."""
+    return int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from launcher.plan.resolve import Plan
-from launcher.train.batching import collate, global_batch_target_tokens, micro_batch_indices, sample_stream_indices
+from launcher.train.batching import batch_tokens, rank_micro_batches, step_target_tokens
 from launcher.train.metrics import StepMetrics
 from launcher.train.parallel import replicated_grad_norm
 
@@ -121,15 +121,14 @@ def train_step(engine: Any, examples: Sequence[Any], plan: Plan, info: RankInfo,
                ) -> tuple[torch.Tensor, int, Any]:
     """One optimizer step over grad_accum micro batches: this rank's summed scaled loss (on the device), tokens,
     and the grad norm (a float or a device tensor; read after the step's sync)."""
-    n, seed, g = len(examples), plan.train.seed, plan.global_batch_size
-    targets = global_batch_target_tokens(examples, sample_stream_indices(n, seed, step * g, g))
+    t, g = plan.train, plan.global_batch_size
+    targets = step_target_tokens(examples, t.seed, g, step)
     per_micro = to_device(torch.tensor(max(targets, 1) / (info.dp_size * plan.grad_accum)), info.device)
     loss_sum, tokens, grad_norm = torch.zeros((), dtype=torch.float64, device=info.device), 0, None
-    for micro in range(plan.grad_accum):
-        idx = micro_batch_indices(n, seed, step, g, plan.micro_batch_size, plan.grad_accum, info.dp_rank,
-                                  info.dp_size, micro)
-        batch = collate([examples[i] for i in idx], pad_id)
-        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+    batches = rank_micro_batches(examples, t.seed, g, plan.micro_batch_size, plan.grad_accum, info.dp_rank,
+                                 info.dp_size, step, pad_id)
+    for micro, batch in enumerate(batches):
+        tokens += batch_tokens(batch)
         out = engine(**{k: to_device(v, info.device) for k, v in batch.items()}, num_items_in_batch=per_micro,
                      use_cache=False)
         engine.backward(out.loss)

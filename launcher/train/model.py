@@ -60,7 +60,7 @@ def build_model(plan: Plan, tokenizer: Any, local_rank: int) -> torch.nn.Module:
     if plan.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if plan.method.name in ("lora", "qlora"):
-        model = _apply_lora(model, plan)
+        model = apply_lora(model, plan)
     if plan.zero_stage == 3 and plan.stage3_fetch == "layer":
         if plan.method.name != "full":
             # DeepSpeed gathers a leaf module's weights for its backward in a hook that fires only when the layer's
@@ -135,7 +135,7 @@ def _bnb_config(dtype: torch.dtype) -> Any:
     )
 
 
-def _apply_lora(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
+def apply_lora(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     m = plan.method

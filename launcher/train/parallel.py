@@ -87,10 +87,3 @@ def full_logits(engine: Any, logits: torch.Tensor) -> torch.Tensor:
     parts: list[Any] = [None] * groups.get_tensor_model_parallel_world_size()
     dist.all_gather_object(parts, logits.cpu(), group=groups.get_tensor_model_parallel_group())
     return torch.cat(parts, dim=-1)[..., :vocab].to(logits.device)
-
-
-def hf_state_dict_from_checkpoint(ckpt_dir: Any, plan: Plan) -> dict[str, torch.Tensor]:
-    """Whole-model weights of a tp/pp checkpoint, for launcher.export (implemented in launcher.checkpoint.export_parallel)."""
-    from launcher.checkpoint.export_parallel import hf_state_dict_from_checkpoint as rebuild
-
-    return rebuild(ckpt_dir, plan)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from launcher.plan.resolve import Plan
-from launcher.train.batching import collate, global_batch_target_tokens, micro_batch_indices, sample_stream_indices
+from launcher.train.batching import batch_tokens, rank_micro_batches, step_target_tokens
 
 Activations = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 log = logging.getLogger("launcher")
@@ -199,18 +199,15 @@ def train_step(engine: Any, examples: Sequence[Any], plan: Plan, info: Any, pad_
                ) -> tuple[float, int, float | None]:
     """One optimizer step through engine.train_batch over the plan's grad_accum micro batches: this stage's
     summed micro-batch losses and tokens (both meaningful on the last stage), and the global grad norm."""
-    n, seed, g = len(examples), plan.train.seed, plan.global_batch_size
-    targets = global_batch_target_tokens(examples, sample_stream_indices(n, seed, step * g, g))
+    t, g = plan.train, plan.global_batch_size
+    targets = step_target_tokens(examples, t.seed, g, step)
     loss_fn: NormalisedLoss = engine.module.loss_fn
     loss_fn.per_micro = max(targets, 1) / (info.dp_size * plan.grad_accum)
     loss_fn.losses.clear()
-    micro_batches, tokens = [], 0
-    for micro in range(plan.grad_accum):
-        idx = micro_batch_indices(n, seed, step, g, plan.micro_batch_size, plan.grad_accum, info.dp_rank,
-                                  info.dp_size, micro)
-        batch = collate([examples[i] for i in idx], pad_id)
-        micro_batches.append(pipeline_inputs(batch))
-        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+    batches = list(rank_micro_batches(examples, t.seed, g, plan.micro_batch_size, plan.grad_accum, info.dp_rank,
+                                      info.dp_size, step, pad_id))
+    tokens = sum(batch_tokens(b) for b in batches)
+    micro_batches = [pipeline_inputs(b) for b in batches]
     engine.train_batch(data_iter=iter(micro_batches))
     loss_sum = float(sum(loss.float().item() for loss in loss_fn.losses))
     grad_norm = engine.get_global_grad_norm()

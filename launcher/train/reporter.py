@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from launcher.plan.resolve import Plan
+from launcher.rundir import METRICS_FILE
 from launcher.train.metrics import MetricsWriter, StepMetrics, flops_per_token, memory_gb, peak_flops, truncate_after
 from launcher.train.progress import Progress
 from launcher.train.tracking import Tracker
@@ -15,8 +16,8 @@ from launcher.train.tracking import Tracker
 class Reporter:
     def __init__(self, plan: Plan, run_dir: Path, start_step: int, device: torch.device, world_size: int) -> None:
         self.device = device
-        truncate_after(run_dir / "metrics.jsonl", start_step)
-        self.writer = MetricsWriter(run_dir / "metrics.jsonl", plan.max_steps)
+        truncate_after(run_dir / METRICS_FILE, start_step)
+        self.writer = MetricsWriter(run_dir / METRICS_FILE, plan.max_steps)
         self.tracker = Tracker(plan, run_dir)  # first: the bar's clock and ETA start with training, not wandb's start
         self.progress = Progress(plan.max_steps, start_step, plan.train.log_every, self.writer.line)
         peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None

@@ -42,8 +42,7 @@ def expected_bytes(root: Path, plan: Plan) -> int:
     last = checkpoint.latest_complete(root, warn=lambda _m: None)
     if last is not None:
         return sum(last.meta.get("files", {}).values())
-    m = plan.memory
-    return int(m.params * (4 if plan.precision == "fp32" else 2) + m.trainable_params * 12)
+    return plan.checkpoint_bytes
 
 
 def check_free_disk(root: Path, plan: Plan, rank: int, device: torch.device) -> None:

@@ -8,7 +8,6 @@ import sys
 import time
 from types import FrameType
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: saved and stopped on request; rerunning the same command resumes
 SAME_EVENT_S = 1.0  # Slurm and process-group kills deliver one event to a rank twice (directly and via torchrun)
 
 

@@ -20,7 +20,8 @@ from launcher import lease
 from launcher.checkpoint import store as checkpoint, universal
 from launcher.errors import LauncherError
 from launcher.plan.resolve import Plan
-from launcher.launch.supervisor import is_consequence, write_error_record
+from launcher.rundir import (CHECKPOINTS, DS_CONFIG_FILE, DS_UNIVERSAL_FILE, LOGS, PLAN_FILE, is_consequence,
+                             rank_log, write_error_record)
 from launcher.train import parallel
 from launcher.train.loop import RankInfo, train
 from launcher.train.failures import CollectiveFailure, Watchdog, user_facing_failures
@@ -36,14 +37,14 @@ log = logging.getLogger("launcher")
 def setup_logging(run_dir: Path, rank: int) -> None:
     """Rank 0 prints to the console; every rank logs to logs/rank<N>.log in the run dir, and the output of other
     ranks (library warnings, tracebacks) goes to logs/rank<N>.out instead of the console."""
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (run_dir / LOGS).mkdir(parents=True, exist_ok=True)
     if rank != 0:
-        out = os.open(run_dir / "logs" / f"rank{rank}.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        out = os.open(run_dir / LOGS / f"rank{rank}.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(out, 1)
         os.dup2(out, 2)
         os.close(out)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    file_handler = logging.FileHandler(run_dir / "logs" / f"rank{rank}.log")
+    file_handler = logging.FileHandler(rank_log(run_dir, rank))
     file_handler.setFormatter(logging.Formatter(f"%(asctime)s rank{rank} %(levelname)s %(message)s"))
     log.addHandler(file_handler)
     if rank == 0:
@@ -110,7 +111,7 @@ def find_resume(plan: Plan, info: RankInfo, root: Path, mode: str) -> tuple[chec
 def main(argv: list[str]) -> int:
     run_dir = Path(argv[0])
     env = dict(os.environ)
-    plan = Plan.from_dict(json.loads((run_dir / "plan.json").read_text()))
+    plan = Plan.from_dict(json.loads((run_dir / PLAN_FILE).read_text()))
     info = rank_info(plan, env)
     setup_logging(run_dir, info.rank)
     preempt = PreemptionFlag()
@@ -168,14 +169,14 @@ def _write_crash(run_dir: Path, info: RankInfo, err: Exception) -> None:
     and a record naming it. A communication error after another rank's exit is marked as a consequence."""
     import traceback
 
-    rank_log = run_dir / "logs" / f"rank{info.rank}.log"
-    with open(rank_log, "a") as f:
+    log_path = rank_log(run_dir, info.rank)
+    with open(log_path, "a") as f:
         f.write(traceback.format_exc())
     message = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}".rstrip(": ")
     write_error_record(run_dir, {
         "rank": info.rank, "field": "", "value": "", "restartable": True, "consequence": is_consequence(message),
         "paragraph": f"error: rank {info.rank} on {socket.gethostname()} failed with {message}. Its traceback is in "
-                     f"{rank_log}; rerun the same command to resume from the newest complete checkpoint (or "
+                     f"{log_path}; rerun the same command to resume from the newest complete checkpoint (or "
                      "run.max_restarts=N to restart by itself)."})
 
 
@@ -188,7 +189,7 @@ def _die(run_dir: Path, info: RankInfo, err: LauncherError) -> None:
 
 
 def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preempt: PreemptionFlag) -> int:
-    ds_config = json.loads((run_dir / "ds_config.json").read_text())
+    ds_config = json.loads((run_dir / DS_CONFIG_FILE).read_text())
     import deepspeed
     import torch.distributed as dist
 
@@ -197,11 +198,11 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
         torch.cuda.set_device(info.device)
     deepspeed.init_distributed(dist_backend="nccl" if plan.accelerator == "cuda" else "gloo",
                                timeout=timedelta(seconds=plan.collective_timeout_s))
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS
     mode = "auto" if env.get("LAUNCHER_RESTART", "0") != "0" else plan.resume
     ckpt, use_universal = find_resume(plan, info, root, mode)
     if use_universal:
-        ds_config = {**ds_config, "checkpoint": {"load_universal": True}}
+        ds_config = json.loads((run_dir / DS_UNIVERSAL_FILE).read_text())
 
     from launcher.data.tokenization import load_tokenizer
     from launcher.train.model import build_model

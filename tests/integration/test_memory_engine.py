@@ -52,7 +52,9 @@ def _rank(rank: int, port: int, out_dir: str) -> None:
     import deepspeed
 
     from launcher.config.compose import compose
-    from launcher.plan.hardware import CPU_ONLY
+    from launcher.plan.hardware import Hardware
+
+    cpu_only = Hardware("cpu", 0, "", 0.0, "", False, 1, 0.0, "x86_64")
     from launcher.plan.resolve import resolve
     from launcher.render.deepspeed import render_ds_config
     from launcher.data.tokenization import load_tokenizer
@@ -65,7 +67,7 @@ def _rank(rank: int, port: int, out_dir: str) -> None:
     found = {}
     for stage in (2, 3):
         cfg, _ = compose([f"+plan=zero{stage}", *SHAPE, "train.micro_batch_size=1", "train.global_batch_size=2"])
-        plan = resolve(cfg, CPU_ONLY, run_dir=out_dir, run_name="x")
+        plan = resolve(cfg, cpu_only, run_dir=out_dir, run_name="x")
         model = build_model(plan, tokenizer, rank)
         engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()
                                                                           if p.requires_grad],

@@ -142,7 +142,7 @@ def test_processes_in_finds_a_job_by_its_run_dir_variable_only(tmp_path):
 
 
 def test_the_cause_is_the_error_that_is_not_a_consequence_then_the_lowest_rank(tmp_path):
-    from launcher.launch.supervisor import by_cause, is_consequence, write_error_record
+    from launcher.rundir import by_cause, is_consequence, write_error_record
 
     lost = "RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:40322"
     assert is_consequence(lost) and not is_consequence("ValueError: bad row 7")
