@@ -47,12 +47,20 @@ def main(argv: list[str] | None = None) -> int:
         return passthrough(overrides)
     debug = os.environ.get("LAUNCHER_DEBUG") == "1" or debug_requested(overrides)
     try:
-        from launcher.config.compose import compose
-        from launcher.launch.job import run_job
-        from launcher.script.launch import join_module_word
+        from omegaconf import OmegaConf
 
+        from launcher.config.compose import compose
+        from launcher.launch.job import launch_plan
+        from launcher.plan.from_config import plan_job
+        from launcher.script.launch import join_module_word, script_from_config
+        from launcher.secrets import mask_secrets
+
+        cwd, environ = os.getcwd(), dict(os.environ)
         cfg, composed = compose(join_module_word(overrides))
-        return run_job(cfg, composed, cwd=os.getcwd(), environ=dict(os.environ), script_args=script_args)
+        cfg, plan, hw = plan_job(cfg, cwd, environ)
+        script = script_from_config(cfg, plan, script_args, cwd)
+        resolved = OmegaConf.to_yaml(mask_secrets(OmegaConf.to_container(composed)))
+        return launch_plan(plan, hw, resolved, script, cfg.run.dry_run, cwd, environ)
     except LauncherError as err:
         if debug:
             traceback.print_exc()

@@ -1,4 +1,5 @@
-"""One launch: checked inputs -> Plan -> artifacts in the run dir -> the engine's command, spawned (or printed)."""
+"""One launch: the Plan -> the lease -> artifacts in the run dir -> preflight -> the engine's command, spawned (or
+printed by a dry run). The user's config is not read here: what a launch needs is in plan.launch."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,10 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from omegaconf import DictConfig, OmegaConf
-
 from launcher import lease, report
-from launcher.config import inputs, services
+from launcher.config import services
 from launcher.plan.auto import memory_error
 from launcher.backends.hostfile import hostfile_spec
 from launcher.backends.hostfile import check_hosts_memory
@@ -21,73 +20,52 @@ from launcher.backends.hostfile import preflight as hostfile_preflight
 from launcher.backends.local import local_spec
 from launcher.backends.slurm import preflight as slurm_preflight
 from launcher.backends.slurm import slurm_spec
-from launcher.checkpoint.store import latest_complete, latest_complete_any
-from launcher.config.schema import LauncherConfig
+from launcher.checkpoint.store import Checkpoint, latest_complete, latest_complete_any, resolve_resume
 from launcher.errors import LauncherError
-from launcher.plan.hardware import Hardware, detect
-from launcher.plan.resolve import Plan, resolve
-from launcher.preflight import (CPU_TIMEOUT_S, GPU_TIMEOUT_S, TIMEOUT_VAR, expects_rdma, mode_for,
-                                run_before_launch)
+from launcher.plan.hardware import Hardware
+from launcher.plan.resolve import Plan
+from launcher.preflight import CPU_TIMEOUT_S, GPU_TIMEOUT_S, TIMEOUT_VAR, mode_for, run_before_launch
 from launcher.render.deepspeed import render_ds_config, universal_ds_config
 from launcher.render.env import rank_env
-from launcher.secrets import mask_override, mask_secrets
+from launcher.secrets import mask_override
 from launcher.render.launch import LaunchSpec, render_launch_sh
 from launcher.render.slurm import AllocationCheck
 from launcher.script.launch import ScriptLaunch
 from launcher.rundir import (CHECKPOINTS, DS_CONFIG_FILE, DS_UNIVERSAL_FILE, LOGS, METRICS_FILE, PLAN_FILE,
-                             default_run_name, dry_run_dir, write_artifacts)
+                             dry_run_dir, write_artifacts)
 from launcher.launch.summary import plan_table, print_summary
 
 
-def plan_job(cfg: LauncherConfig, cwd: str, environ: dict[str, str]) -> tuple[LauncherConfig, Plan, Hardware]:
-    """Checked inputs -> Plan, the same for a launch and for a standalone preflight."""
-    import importlib.util
-
-    hw = detect()
-    cfg = inputs.check_model(cfg, cwd)
-    cfg = inputs.check_tokenizer(cfg, cwd)
-    name = cfg.run.name or default_run_name(cfg.model.name, cfg.method.name, cfg.plan.name)
-    run_dir = Path(inputs.absolute(cfg.run.dir or str(Path(cfg.run.output_dir) / name), cwd))
-    field, value = ("run.dir", cfg.run.dir) if cfg.run.dir else ("run.output_dir", cfg.run.output_dir)
-    inputs.check_run_dir(run_dir, field, value)
-    inputs.check_resume(cfg.run.resume, run_dir, cwd, script=bool(cfg.script or cfg.script_module))
-    cfg, num_rows = inputs.check_data(cfg, cwd)
-    wandb_env = (environ.get("WANDB_MODE", ""), bool(services.wandb_key(environ)),
-                 importlib.util.find_spec("wandb") is not None)
-    plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, num_samples=num_rows, wandb_env=wandb_env)
-    return cfg, plan, hw
-
-
-def run_job(cfg: LauncherConfig, composed: DictConfig, cwd: str, environ: dict[str, str],
-            script_args: list[str] | tuple[str, ...] = ()) -> int:
-    """Every check first (inputs, plan, hosts), then the lease on the run dir, then the first write into it."""
-    cfg, plan, hw = plan_job(cfg, cwd, environ)
+def launch_plan(plan: Plan, hw: Hardware, resolved_yaml: str, script: ScriptLaunch | None, dry_run: bool, cwd: str,
+                environ: dict[str, str]) -> int:
+    """Every check first (plan, hosts, services), then the lease on the run dir, then the first write into it. Takes
+    the Plan only: what the launch needs from the config was resolved into plan.launch."""
     name, run_dir = plan.run_name, Path(plan.run_dir)
-    if not cfg.run.dry_run:
+    if not dry_run:
         check_host_fits(plan, hw)
-        check_memory_fits(plan, cfg.run.check_memory)
+        check_memory_fits(plan, plan.launch.check_memory)
         services.check_hub(plan.model.path, plan.model.tokenizer, environ)
         plan = wandb_decided(plan, environ)
-    script = script_launch(cfg, plan, script_args, cwd)
-    spec, files = _launch_spec(cfg, plan, hw, environ, cwd, script)
+    spec, files = _launch_spec(plan, hw, environ, cwd, script, live=not dry_run)
     find = latest_complete_any if script else latest_complete  # a script may save Trainer checkpoint-N dirs
-    resume = find(run_dir / CHECKPOINTS) if cfg.run.resume == "auto" else None
+    resume = (find(run_dir / CHECKPOINTS) if plan.resume == "auto" else None if plan.resume == "never" or script
+              else resolve_resume(run_dir / CHECKPOINTS, plan.resume))
     print_summary(plan, spec, resume, script.script if script else None)
-    if plan.auto_reason and not cfg.run.dry_run:  # a dry run prints it in its table
+    if plan.auto_reason and not dry_run:  # a dry run prints it in its table
         print(plan.auto_reason)
-    if resume is not None and resume.global_step >= plan.max_steps and not cfg.run.dry_run and not script:
+    if resume is not None and resume.global_step >= plan.max_steps and not dry_run and not script:
         print(f"run {name} is already complete at global step {resume.global_step} ({resume.path}); nothing to do. "
               f"Use run.name=<new> for a new run or train.max_steps=<more> to continue it.")
         return 0
-    if cfg.run.dry_run:
-        return dry_run(cfg, composed, plan, spec, files, environ, script)
+    if dry_run:
+        return dry_run_to_disk(plan, resolved_yaml, spec, files, environ, script)
     submits = plan.backend == "slurm" and "sbatch" in spec.argv  # returns at once: the job trains later
-    with holding(run_dir, plan, submits, cfg.run.lease_timeout_s) as held:
+    with holding(run_dir, plan, submits) as held:
         (run_dir / LOGS).mkdir(parents=True, exist_ok=True)
-        _write(run_dir, cfg, composed, plan, spec, files, script)
+        _write(run_dir, resolved_yaml, plan, spec, {**files, **universal_config(plan, resume, script)}, script)
         held.keep = True  # from here the run dir holds what the user reads: preflight.json, then the run
-        run_before_launch(plan, cfg, environ)
-        return _launch(plan, spec, environ, cfg, held.lease, submits)
+        run_before_launch(plan, environ)
+        return _launch(plan, spec, environ, held.lease, submits)
 
 
 def wandb_decided(plan: Plan, environ: dict[str, str]) -> Plan:
@@ -102,8 +80,7 @@ def wandb_decided(plan: Plan, environ: dict[str, str]) -> Plan:
     return dataclasses.replace(plan, wandb_mode="offline", wandb_note=why)
 
 
-def _launch(plan: Plan, spec: LaunchSpec, environ: dict[str, str], cfg: LauncherConfig, held: lease.Lease,
-            submits: bool) -> int:
+def _launch(plan: Plan, spec: LaunchSpec, environ: dict[str, str], held: lease.Lease, submits: bool) -> int:
     """Start the job under the supervisor; the lease carries Ctrl-C to ranks on every host."""
     from launcher.launch.spawn import StopControl
     from launcher.launch.supervisor import run_supervised, submit
@@ -118,7 +95,7 @@ def _launch(plan: Plan, spec: LaunchSpec, environ: dict[str, str], cfg: Launcher
     preload = report.preload()
     control = StopControl(request=lambda: held.set_state("stop"), abort=lambda: held.set_state("abort"))
     try:
-        code = run_supervised(spec, environ, run_dir, cfg.run.max_restarts, cfg.run.restart_backoff_s,
+        code = run_supervised(spec, environ, run_dir, plan.launch.max_restarts, plan.launch.restart_backoff_s,
                               control=control)
     finally:  # also on an error or Ctrl-C: an import cut off by the interpreter's exit can crash it
         preload.join()
@@ -136,11 +113,12 @@ class _Held:
 
 
 @contextmanager
-def holding(run_dir: Path, plan: Plan, submits: bool, timeout_s: float) -> Iterator[_Held]:
+def holding(run_dir: Path, plan: Plan, submits: bool) -> Iterator[_Held]:
     """The run dir's lease for the life of the job (launcher.lease): a second launch on it is refused."""
     fresh = not run_dir.exists()
     holder = lease.this_process("python -m launcher " + shlex.join(mask_override(a) for a in sys.argv[1:]),
-                                hosts=tuple(h.rpartition("@")[2] for h in plan.hosts), gone_after_s=timeout_s)
+                                hosts=tuple(h.rpartition("@")[2] for h in plan.hosts),
+                                gone_after_s=plan.launch.lease_timeout_s)
     if submits:
         holder = dataclasses.replace(holder, slurm_job_id=lease.SUBMITTING)
     try:
@@ -168,18 +146,18 @@ def _taken_error(run_dir: Path, plan: Plan, err: lease.LeaseTaken) -> LauncherEr
                          "run", problem=f"another job is using the run dir {run_dir}: {err.why}")
 
 
-def dry_run(cfg: LauncherConfig, composed: DictConfig, plan: Plan, spec: LaunchSpec, files: dict[str, str],
-            environ: dict[str, str], script: ScriptLaunch | None) -> int:
+def dry_run_to_disk(plan: Plan, resolved_yaml: str, spec: LaunchSpec, files: dict[str, str],
+                    environ: dict[str, str], script: ScriptLaunch | None) -> int:
     """Render everything, launch nothing. Into the run dir when it holds no run yet; otherwise into its dry_run/
     folder, so that a running or finished run's files are never touched."""
     out = dry_run_dir(Path(plan.run_dir))
-    _write(out, cfg, composed, plan, spec, files, script)
-    dry_run_report(plan, cfg, environ)
+    _write(out, resolved_yaml, plan, spec, files, script)
+    dry_run_report(plan, environ)
     if script and plan.backend != "local":  # the local command is the one above
         from launcher.render.launch import node_commands
 
-        print("\n".join(["per node:", *node_commands(plan, script.program, sys.executable, cfg.topo.master_addr,
-                                                      cfg.topo.master_port)]))
+        print("\n".join(["per node:", *node_commands(plan, script.program, sys.executable, plan.launch.master_addr,
+                                                      plan.launch.master_port)]))
     print(f"dry run: artifacts written to {out}; nothing launched")
     return 0
 
@@ -218,88 +196,77 @@ def check_memory_fits(plan: Plan, check: bool) -> None:
         raise memory_error(plan)
 
 
-def dry_run_report(plan: Plan, cfg: LauncherConfig, environ: dict[str, str]) -> None:
+def dry_run_report(plan: Plan, environ: dict[str, str]) -> None:
     """The plan table, what a launch would refuse, and this host's static preflight (no ssh, no processes, nothing
     written: preflight.json is the launch's)."""
     print("\n".join(plan_table(plan)))
     if not plan.memory.fits:
         print(f"a launch would stop here: {memory_error(plan).paragraph()}")
-    if cfg.preflight == "skip":
+    if plan.launch.preflight == "skip":
         return
     from launcher.preflight import run_checks
     from launcher.preflight.report import print_table, summary_line
 
-    rows, _ = run_checks(plan, cfg, environ, "quick")
+    rows, _ = run_checks(plan, environ, "quick")
     if any(r.status != "pass" for r in rows):
         print_table(rows, only_problems=True)
     print(summary_line(rows, "quick, this host"))
 
 
-def script_launch(cfg: LauncherConfig, plan: Plan, script_args: list[str] | tuple[str, ...], cwd: str
-                  ) -> ScriptLaunch | None:
-    """script=: the user's script runs on every rank instead of the built-in worker (launcher/script/launch.py). Every check
-    is done here, before the run dir is touched."""
-    import importlib.util
-
-    from launcher.script import launch as s
-
-    if not (cfg.script or cfg.script_module):
-        if script_args:
-            raise LauncherError("script", "", "name the script they are for: script=train.py -- ARGS",
-                                problem=f"the arguments after -- ({shlex.join(script_args)}) go to a user script")
-        return None
-    loaded = s.load_script(cfg.script, cfg.script_module, cfg.script_api, list(script_args), cwd)
-    s.check_accelerate_installed(loaded.api, importlib.util.find_spec("accelerate") is not None, sys.executable)
-    s.check_plan(plan)
-    print(f"script     {loaded.name}: script_api={loaded.api} ({loaded.reason})")
-    return s.prepare_launch(loaded, plan, cwd, cfg.topo.master_addr, cfg.topo.master_port)
-
-
-def _launch_spec(cfg: LauncherConfig, plan: Plan, hw: Hardware, environ: dict[str, str], cwd: str,
-                 script: ScriptLaunch | None = None) -> tuple[LaunchSpec, dict[str, str]]:
+def _launch_spec(plan: Plan, hw: Hardware, environ: dict[str, str], cwd: str, script: ScriptLaunch | None,
+                 live: bool) -> tuple[LaunchSpec, dict[str, str]]:
     """The backend's command and the files its engine reads (hostfile + deepspeed_env, or job.sbatch). Multi-host
     backends first check the hosts or the cluster (not on a dry run). Nothing is written here."""
-    env = rank_env(plan, environ, hw.cpu_count, plan.run_dir)
-    env.update({k: str(v) for k, v in cfg.topo.env.items()})
-    topo, live = cfg.topo, not cfg.run.dry_run
+    env = rank_env(plan, environ, hw.cpu_count)
+    launch = plan.launch
     program = script.program if script else None
     if plan.backend == "hostfile":
-        spec, files = hostfile_spec(plan, sys.executable, topo.master_addr, topo.master_port, env, cwd, environ,
+        spec, files = hostfile_spec(plan, sys.executable, launch.master_addr, launch.master_port, env, cwd, environ,
                                     program)
         if live:
-            source = ("hostfile", cfg.hostfile) if cfg.hostfile else ("topo.hosts", list(plan.hosts))
+            source = ("hostfile", launch.hostfile) if launch.hostfile else ("topo.hosts", list(plan.hosts))
             ssh_args = shlex.split(environ.get("PDSH_SSH_ARGS_APPEND", ""))  # the options pdsh will use
-            facts = hostfile_preflight(plan, sys.executable, cwd, env, topo.mtu, ssh_args, source,
+            facts = hostfile_preflight(plan, sys.executable, cwd, env, launch.mtu, ssh_args, source,
                                        environ.get("PATH", ""))
-            if cfg.run.check_memory:
+            if launch.check_memory:
                 check_hosts_memory(plan, facts, source)
     elif plan.backend == "slurm":
-        spec, files = slurm_spec(plan, topo.slurm, sys.executable, cwd, env, topo.master_addr, topo.master_port, environ,
-                                 allocation_check(cfg, plan, environ), program)
+        spec, files = slurm_spec(plan, launch.slurm, sys.executable, cwd, env, launch.master_addr, launch.master_port,
+                                 environ, allocation_check(plan, environ), program)
         if live:
-            slurm_preflight(plan, topo.slurm, files["job.sbatch"], environ)
+            slurm_preflight(plan, launch.slurm, files["job.sbatch"], environ)
     else:
-        return local_spec(plan, sys.executable, topo.master_port, env, cwd, cfg.run.launcher, program), {}
+        return local_spec(plan, sys.executable, launch.master_port, env, cwd, launch.engine, program), {}
     return spec, files
 
 
-def allocation_check(cfg: LauncherConfig, plan: Plan, environ: dict[str, str]) -> AllocationCheck | None:
+def allocation_check(plan: Plan, environ: dict[str, str]) -> AllocationCheck | None:
     """A full preflight on Slurm ends inside the allocation: job.sbatch runs the all-reduce across its nodes."""
-    if mode_for(cfg.preflight, plan.num_hosts) != "full":
+    if mode_for(plan.launch.preflight, plan.num_hosts) != "full":
         return None
     default = GPU_TIMEOUT_S if plan.accelerator == "cuda" else CPU_TIMEOUT_S
-    return AllocationCheck(int(float(environ.get(TIMEOUT_VAR) or default)), cfg.topo.link, expects_rdma(cfg))
+    return AllocationCheck(int(float(environ.get(TIMEOUT_VAR) or default)), plan.launch.link, plan.launch.expects_rdma)
 
 
-def _write(run_dir: Path, cfg: LauncherConfig, composed: DictConfig, plan: Plan, spec: LaunchSpec,
-           backend_files: dict[str, str], script: ScriptLaunch | None = None) -> None:
+def universal_config(plan: Plan, resume: Checkpoint | None, script: ScriptLaunch | None) -> dict[str, str]:
+    """ds_config.universal.json when the checkpoint this launch resumes from was saved with another layout (world
+    size, ZeRO stage): the rank converts it and loads it with this file, so it runs a config that is on disk."""
+    from launcher.checkpoint.universal import needs_conversion
+
+    if script or resume is None or not needs_conversion(resume.meta, plan):
+        return {}
+    ds = universal_ds_config(render_ds_config(plan))
+    return {DS_UNIVERSAL_FILE: json.dumps(ds, indent=2) + "\n"}
+
+
+def _write(run_dir: Path, resolved_yaml: str, plan: Plan, spec: LaunchSpec, backend_files: dict[str, str],
+           script: ScriptLaunch | None = None) -> None:
     ds = script.ds_config(render_ds_config(plan)) if script else render_ds_config(plan)
     files = {
         **backend_files,
-        "resolved.yaml": OmegaConf.to_yaml(mask_secrets(OmegaConf.to_container(composed))),
+        "resolved.yaml": resolved_yaml,
         PLAN_FILE: plan.to_json(),
         DS_CONFIG_FILE: json.dumps(ds, indent=2) + "\n",
-        **({} if script else {DS_UNIVERSAL_FILE: json.dumps(universal_ds_config(ds), indent=2) + "\n"}),
         "launch.sh": render_launch_sh(spec, plan.run_name),
         **(script.files if script else {}),
     }

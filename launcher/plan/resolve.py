@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from launcher.config.schema import DataConfig, LauncherConfig, MethodConfig, ModelConfig, TrainConfig
+from launcher.config.topology import SlurmConfig
 from launcher.plan import auto as autoplan
 from launcher.secrets import mask_secrets
 from launcher.errors import LauncherError
@@ -22,6 +23,29 @@ from launcher.config.inputs import looks_local
 from launcher.plan.memory import MemoryEstimate, MemoryJob, estimate, liger_applies
 from launcher.plan.checks import check_deepspeed_extra, check_method, check_model_parallel
 from launcher.plan.comm_sizes import comm_sizes
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """What the launch side needs from the user's config, resolved once: launch/, backends/, render/ and preflight/
+    read these and never the config. topo_env values that look secret are masked in plan.json (Plan.to_dict)."""
+
+    master_addr: str = ""
+    master_port: int = 0  # 0: plan.placement.DEFAULT_MASTER_PORT, or torchrun's --standalone on one host
+    topo_env: dict[str, str] = field(default_factory=dict)  # topo.env, on top of the rank environment
+    socket_ifname: str = ""  # what preflight checks (NCCL's interface, or the one for gloo)
+    mtu: int = 0
+    link: str = ""
+    ib_hca: str = ""
+    expects_rdma: bool = False  # NCCL is told to use RoCE/IB: a fall-back to sockets is a failure
+    preflight: str = "auto"  # auto | quick | full | skip
+    engine: str = "torchrun"  # run.launcher: torchrun | deepspeed (one host)
+    hostfile: str = ""  # the file the hosts came from, for messages
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    max_restarts: int = 0
+    restart_backoff_s: float = 5.0
+    lease_timeout_s: float = 8.0
+    check_memory: bool = True
 
 
 @dataclass(frozen=True)
@@ -69,6 +93,7 @@ class Plan:
     deepspeed: dict[str, Any] = field(default_factory=dict)  # plan.deepspeed: merged into ds_config.json last
     auto_reason: str = ""  # +plan=auto: why this plan, and the runner-up
     memory_hint: str = ""  # when the estimate does not fit: what would
+    launch: LaunchSettings = field(default_factory=LaunchSettings)
 
     def __post_init__(self) -> None:
         if self.dp * self.tp * self.pp != self.world_size:
@@ -113,6 +138,10 @@ class Plan:
         d["method"] = MethodConfig(**d["method"])
         d["train"] = TrainConfig(**d["train"])
         d["memory"] = MemoryEstimate(**d["memory"])
+        if "launch" in d:
+            launch = dict(d["launch"])
+            launch["slurm"] = SlurmConfig(**launch.get("slurm", {}))
+            d["launch"] = LaunchSettings(**launch)
         return cls(**d)
 
 
@@ -210,6 +239,18 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num
         stage3_fetch=cfg.plan.stage3_fetch,
         compile=cfg.plan.compile,
         deepspeed=dict(cfg.plan.deepspeed),
+        launch=launch_settings(cfg),
+    )
+
+
+def launch_settings(cfg: LauncherConfig) -> LaunchSettings:
+    topo, run, nccl = cfg.topo, cfg.run, cfg.topo.nccl
+    return LaunchSettings(
+        master_addr=topo.master_addr, master_port=topo.master_port, topo_env={k: str(v) for k, v in topo.env.items()},
+        socket_ifname=nccl.socket_ifname or topo.socket_ifname, mtu=topo.mtu, link=topo.link, ib_hca=nccl.ib_hca,
+        expects_rdma=bool(nccl.ib_hca) or nccl.ib_disable == 0, preflight=cfg.preflight, engine=run.launcher,
+        hostfile=cfg.hostfile, slurm=topo.slurm, max_restarts=run.max_restarts, restart_backoff_s=run.restart_backoff_s,
+        lease_timeout_s=run.lease_timeout_s, check_memory=run.check_memory,
     )
 
 

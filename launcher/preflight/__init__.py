@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 from launcher.errors import LauncherError
 
 if TYPE_CHECKING:  # the ranks of the collective import this package: keep their start light
-    from launcher.config.schema import LauncherConfig
     from launcher.plan.resolve import Plan
 
 MODES = ("auto", "quick", "full", "skip")
@@ -34,28 +33,28 @@ def mode_for(asked: str, num_hosts: int) -> str:
     return ("quick" if num_hosts == 1 else "full") if asked == "auto" else asked
 
 
-def config_hash(cfg: LauncherConfig) -> str:
-    return hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+def plan_hash(plan: Plan) -> str:
+    return hashlib.sha256(plan.to_json().encode()).hexdigest()[:16]
 
 
-def run_checks(plan: Plan, cfg: LauncherConfig, environ: dict[str, str], mode: str) -> tuple[list, dict]:
+def run_checks(plan: Plan, environ: dict[str, str], mode: str) -> tuple[list, dict]:
     """All rows for this mode, and what preflight.json records besides them."""
     from launcher.preflight import checks as c
 
-    topo = cfg.topo
+    launch = plan.launch
     ifname = plan.nccl_env.get("NCCL_SOCKET_IFNAME") or plan.nccl_env.get("GLOO_SOCKET_IFNAME", "")
     multi = plan.backend != "local"
     deep = mode == "full"
-    master = (topo.master_addr or plan.hosts[0]) if multi else "localhost"
+    master = (launch.master_addr or plan.hosts[0]) if multi else "localhost"
     peers = [h.rpartition("@")[2] for h in plan.hosts] if multi else []
     base = {"run_dir": plan.run_dir, "package_dir": str(PACKAGE_DIR), "deep": deep, "targets": peers,
             "hub": hub_request(plan, environ)}
-    local = c.gather_local({**base, "port": 0 if multi else topo.master_port})
+    local = c.gather_local({**base, "port": 0 if multi else launch.master_port})
     hosts = [local]
     marker = None
     if plan.backend == "hostfile" and deep:  # slurm's nodes are unknown until the allocation starts
         marker = _marker(plan.run_dir)
-        args = {h: {**base, "marker": str(marker), "port": topo.master_port if h == master else 0} for h in plan.hosts}
+        args = {h: {**base, "marker": str(marker), "port": launch.master_port if h == master else 0} for h in plan.hosts}
         try:
             hosts += c.gather_remote(list(plan.hosts), sys.executable, args, _ssh_args(environ))
         finally:
@@ -64,21 +63,21 @@ def run_checks(plan: Plan, cfg: LauncherConfig, environ: dict[str, str], mode: s
     for f in hosts:
         remote = f is not local
         rows += c.host_checks(f, plan.accelerator if (remote or not multi) else "cpu", plan.procs_per_host,
-                              ifname if (remote or not multi) else "", topo.mtu, topo.nccl.ib_hca if remote or not multi
+                              ifname if (remote or not multi) else "", launch.mtu, launch.ib_hca if remote or not multi
                               else "", [p for p in peers if p != f.host], shared_expected=remote,
                               checkpoint_gb=checkpoint_gb(plan), hub_offline=hub_offline(environ))
     arch = c.check_arch_list(environ.get("TORCH_CUDA_ARCH_LIST", ""))
     rows += [arch] if arch else []
     if len(hosts) > 1:
         rows += c.compare_versions(hosts)
-    extra: dict = {"mode": mode, "config_hash": config_hash(cfg), "hosts": {f.host: f.facts or {"error": f.error}
+    extra: dict = {"mode": mode, "plan_hash": plan_hash(plan), "hosts": {f.host: f.facts or {"error": f.error}
                                                                              for f in hosts}}
     if deep:
-        rows += _collective(plan, cfg, environ, extra, rows)
+        rows += _collective(plan, environ, extra, rows)
     return rows, extra
 
 
-def _collective(plan: Plan, cfg: LauncherConfig, environ: dict[str, str], extra: dict, rows: list) -> list:
+def _collective(plan: Plan, environ: dict[str, str], extra: dict, rows: list) -> list:
     """The all-reduce across every rank of the launch, started by the launch's own engine (torchrun on one host,
     DeepSpeed's runner over pdsh on several); skipped when a host check already failed (it could only hang)."""
     from launcher.preflight.checks import FAIL, WARN, Check
@@ -91,13 +90,13 @@ def _collective(plan: Plan, cfg: LauncherConfig, environ: dict[str, str], extra:
     from launcher.preflight.collective import judge, run_collective, torchrun_argv
     from launcher.render.env import rank_env
 
-    ranks = {**rank_env(plan, environ, os.cpu_count() or 1, plan.run_dir), **cfg.topo.env}
+    ranks = rank_env(plan, environ, os.cpu_count() or 1)
     env = {**environ, **ranks}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_DIR.parent), environ.get("PYTHONPATH", "")) if p)
     out = Path(plan.run_dir) / "preflight"
     stop_remote: tuple[str, ...] = ()
     if plan.backend == "hostfile":
-        argv = _runner_argv(plan, cfg, ranks, env, environ, out)
+        argv = _runner_argv(plan, ranks, env, environ, out)
         hosts = ",".join(h.rpartition("@")[2] for h in plan.hosts)
         # this collective's ranks and per-node launchers, no other job's; "[l]" keeps pkill off its own command line
         own = "[l]" + re.escape(f"auncher.preflight.collective {plan.accelerator} {out}")
@@ -109,7 +108,7 @@ def _collective(plan: Plan, cfg: LauncherConfig, environ: dict[str, str], extra:
     res = run_collective(argv, env, out / "collective.log", rank_hosts, float(environ.get(TIMEOUT_VAR) or default),
                          stop_remote)
     extra["collective"] = dataclasses.asdict(res)
-    return judge(res, expects_rdma(cfg), cfg.topo.link)
+    return judge(res, plan.launch.expects_rdma, plan.launch.link)
 
 
 def hub_request(plan: Plan, environ: dict[str, str]) -> dict:
@@ -128,13 +127,8 @@ def hub_offline(environ: dict[str, str]) -> bool:
     return environ.get("HF_HUB_OFFLINE", "").lower() in TRUE
 
 
-def expects_rdma(cfg: LauncherConfig) -> bool:
-    """The topology names RDMA devices or turns NCCL's IB transport on: a fall-back to sockets is then a failure."""
-    return bool(cfg.topo.nccl.ib_hca) or cfg.topo.nccl.ib_disable == 0
-
-
-def _runner_argv(plan: Plan, cfg: LauncherConfig, ranks: dict[str, str], env: dict[str, str],
-                 environ: dict[str, str], out: Path) -> tuple[str, ...]:
+def _runner_argv(plan: Plan, ranks: dict[str, str], env: dict[str, str], environ: dict[str, str], out: Path
+                 ) -> tuple[str, ...]:
     """DeepSpeed's runner over the plan's hosts, its hostfile and rank environment in run_dir/preflight/ (the
     launch's own files are written only when it launches); NCCL_DEBUG=INFO reaches every rank through them."""
     from launcher.backends.hostfile import runner_argv
@@ -146,7 +140,7 @@ def _runner_argv(plan: Plan, cfg: LauncherConfig, ranks: dict[str, str], env: di
     (out / "hostfile").write_text(render_hostfile(plan))
     (out / "deepspeed_env").write_text(render_deepspeed_env({**ranks, "NCCL_DEBUG": "INFO", **test_only}))
     env["DS_ENV_FILE"] = str(out / "deepspeed_env")
-    return runner_argv(plan, sys.executable, cfg.topo.master_addr, cfg.topo.master_port, str(out),
+    return runner_argv(plan, sys.executable, str(out),
                        ("launcher.preflight.collective", plan.accelerator, str(out)))
 
 
@@ -168,33 +162,33 @@ def checkpoint_gb(plan: Plan) -> float:
     return plan.checkpoint_bytes / 1024**3
 
 
-def run_before_launch(plan: Plan, cfg: LauncherConfig, environ: dict[str, str]) -> None:
+def run_before_launch(plan: Plan, environ: dict[str, str]) -> None:
     """The launch's hook: raise a LauncherError when a check fails; print the table only when something is off."""
-    mode = mode_for(cfg.preflight, plan.num_hosts)
+    mode = mode_for(plan.launch.preflight, plan.num_hosts)
     if mode == "skip":
         return
     from launcher.preflight.report import failed, print_table, summary_line, write_json
 
-    rows, extra = run_checks(plan, cfg, environ, mode)
+    rows, extra = run_checks(plan, environ, mode)
     write_json(Path(plan.run_dir), rows, extra)
     if any(r.status != "pass" for r in rows):
         print_table(rows, only_problems=True)
     print(summary_line(rows, mode))
     bad = failed(rows)
     if bad:
-        name, value = _field_of(bad[0].check, plan, cfg)
+        name, value = _field_of(bad[0].check, plan)
         hint = f"{bad[0].hint or 'the table above says what failed'}; or launch anyway with preflight=skip"
         raise LauncherError(name, value, hint, problem=f"preflight: {bad[0].check} on {bad[0].host}: {bad[0].detail}")
 
 
-def _field_of(check: str, plan: "Plan", cfg: "LauncherConfig") -> tuple[str, object]:
+def _field_of(check: str, plan: "Plan") -> tuple[str, object]:
     """The config field a user would change for a failed check (the paragraph names it)."""
-    topo = cfg.topo
+    launch = plan.launch
     return {
-        "master port": ("topo.master_port", topo.master_port),
-        "interface": ("topo.socket_ifname", topo.nccl.socket_ifname or topo.socket_ifname),
-        "rdma": ("topo.nccl.ib_hca", topo.nccl.ib_hca),
+        "master port": ("topo.master_port", launch.master_port),
+        "interface": ("topo.socket_ifname", launch.socket_ifname),
+        "rdma": ("topo.nccl.ib_hca", launch.ib_hca),
         "run dir": ("run.dir", plan.run_dir),
         "free disk": ("run.dir", plan.run_dir),
         "gpus": ("topo.gpus_per_host", plan.procs_per_host),
-    }.get(check, ("preflight", cfg.preflight))
+    }.get(check, ("preflight", launch.preflight))

@@ -19,16 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     debug = environ.get("LAUNCHER_DEBUG") == "1"
     try:
         from launcher.config.compose import compose
-        from launcher.launch.job import plan_job
+        from launcher.plan.from_config import plan_job
         from launcher.preflight import mode_for, run_checks
         from launcher.preflight.report import failed, print_table, summary_line, write_json
 
         cfg, _ = compose(overrides)
         cfg, plan, _hw = plan_job(cfg, os.getcwd(), environ)
         run_dir = Path(plan.run_dir)
-        mode = mode_for(cfg.preflight, plan.num_hosts)
-        mode = "full" if cfg.preflight in ("auto", "skip") else mode
-        rows, extra = run_checks(plan, cfg, environ, mode)
+        mode = mode_for(plan.launch.preflight, plan.num_hosts)
+        mode = "full" if plan.launch.preflight in ("auto", "skip") else mode
+        rows, extra = run_checks(plan, environ, mode)
     except LauncherError as err:
         if debug:
             traceback.print_exc()

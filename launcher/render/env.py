@@ -22,8 +22,9 @@ def sanitize_arch_list(value: str) -> str:
     return ";".join(dict.fromkeys(entries))
 
 
-def rank_env(plan: Plan, inherited: dict[str, str], cpu_count: int, run_dir: str) -> dict[str, str]:
-    """Variables to set on top of the inherited environment for every rank of this plan."""
+def rank_env(plan: Plan, inherited: dict[str, str], cpu_count: int) -> dict[str, str]:
+    """Variables to set on top of the inherited environment for every rank of this plan; topo.env last."""
+    run_dir = plan.run_dir
     env: dict[str, str] = {
         "DS_ACCELERATOR": "cpu" if plan.accelerator == "cpu" else "cuda",
         "LAUNCHER_RUN_DIR": run_dir,
@@ -40,4 +41,5 @@ def rank_env(plan: Plan, inherited: dict[str, str], cpu_count: int, run_dir: str
         env["TORCH_CUDA_ARCH_LIST"] = sanitize_arch_list(arch)
     env.update({k: inherited[k] for k in FORWARDED if inherited.get(k)})
     env.update(plan.nccl_env)
+    env.update(plan.launch.topo_env)
     return env

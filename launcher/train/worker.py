@@ -202,7 +202,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
     mode = "auto" if env.get("LAUNCHER_RESTART", "0") != "0" else plan.resume
     ckpt, use_universal = find_resume(plan, info, root, mode)
     if use_universal:
-        ds_config = json.loads((run_dir / DS_UNIVERSAL_FILE).read_text())
+        ds_config = _universal_config(run_dir, ds_config)
 
     from launcher.data.tokenization import load_tokenizer
     from launcher.train.model import build_model
@@ -268,6 +268,17 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
     else:
         log.info(f"done: {last} steps; checkpoints in {root}")
     return 0
+
+
+def _universal_config(run_dir: Path, ds_config: dict[str, Any]) -> dict[str, Any]:
+    """The config a universal resume runs: the file the launch rendered when it saw the layout change; a job that
+    met the change later (a requeued Slurm job) merges it the same way."""
+    path = run_dir / DS_UNIVERSAL_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    from launcher.render.deepspeed import universal_ds_config
+
+    return universal_ds_config(ds_config)
 
 
 def _durations(marks: dict[str, float]) -> str:

@@ -108,9 +108,12 @@ def test_resume_on_another_world_size_or_zero_stage_goes_through_universal_check
     _, first_half = trained_run("train.max_steps=5", "train.save_every=5")
     resumed = tmp_path / "resumed"
     shutil.copytree(first_half, resumed)
-    again = run_launcher(f"run.dir={resumed}", *job, *change)
+    keep = "+plan.deepspeed.checkpoint.tag_validation=WARN"  # a user's own checkpoint key survives the conversion
+    again = run_launcher(f"run.dir={resumed}", *job, *change, keep)
     assert again.returncode == 0, again.stdout[-3000:]
     assert "resumed from global step 5" in again.stdout and "universal checkpoint" in again.stdout
+    universal = json.loads((resumed / "ds_config.universal.json").read_text())  # what the ranks ran, on disk
+    assert universal["checkpoint"] == {"tag_validation": "WARN", "load_universal": True}
     expected, got = [m["loss"] for m in read_metrics(whole)], losses(resumed)
     assert got[:5] == expected[:5]
     assert all(abs(a - b) / b < 2e-3 for a, b in zip(got[5:], expected[5:])), (got, expected)

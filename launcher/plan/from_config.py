@@ -1,0 +1,30 @@
+"""The config -> the Plan, with every input checked on the launching host: the last place the user's config is read
+before a launch (launch/ takes the Plan), the same for a launch and for a standalone preflight."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from launcher.config import inputs, services
+from launcher.config.schema import LauncherConfig
+from launcher.plan.hardware import Hardware, detect
+from launcher.plan.resolve import Plan, resolve
+from launcher.rundir import default_run_name
+
+
+def plan_job(cfg: LauncherConfig, cwd: str, environ: dict[str, str]) -> tuple[LauncherConfig, Plan, Hardware]:
+    """Checked inputs -> Plan, the same for a launch and for a standalone preflight."""
+    import importlib.util
+
+    hw = detect()
+    cfg = inputs.check_model(cfg, cwd)
+    cfg = inputs.check_tokenizer(cfg, cwd)
+    name = cfg.run.name or default_run_name(cfg.model.name, cfg.method.name, cfg.plan.name)
+    run_dir = Path(inputs.absolute(cfg.run.dir or str(Path(cfg.run.output_dir) / name), cwd))
+    field, value = ("run.dir", cfg.run.dir) if cfg.run.dir else ("run.output_dir", cfg.run.output_dir)
+    inputs.check_run_dir(run_dir, field, value)
+    inputs.check_resume(cfg.run.resume, run_dir, cwd, script=bool(cfg.script or cfg.script_module))
+    cfg, num_rows = inputs.check_data(cfg, cwd)
+    wandb_env = (environ.get("WANDB_MODE", ""), bool(services.wandb_key(environ)),
+                 importlib.util.find_spec("wandb") is not None)
+    plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, num_samples=num_rows, wandb_env=wandb_env)
+    return cfg, plan, hw
