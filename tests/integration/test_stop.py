@@ -15,7 +15,7 @@ from launcher.lease import LEASE_FILE, processes_in
 from tests.conftest import last_step, launcher_env, read_metrics, run_launcher, start_launcher, wait_for
 
 pytestmark = pytest.mark.integration
-JOB = ("train.max_steps=24", "train.save_every=4", "train.keep_last=2")
+JOB = ("train.max_steps=120", "train.save_every=4", "train.keep_last=2")  # long enough to be stopped mid-run
 
 
 def ctrl_c(proc: subprocess.Popen) -> None:
