@@ -97,6 +97,28 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 300, poll: floa
     raise TimeoutError("condition not reached in time")
 
 
+def freeze_mid_save(run_dir: Path, proc: subprocess.Popen, timeout: float = 300) -> bool:
+    """Stop the job's processes (SIGSTOP: a storage that stalls) the moment a save's temporary directory appears.
+    True when they were frozen mid-save (the directory is still there), False when the run ended first."""
+    import time
+
+    from launcher.lease import processes_in
+
+    ckpts, deadline = run_dir / "checkpoints", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ckpts.is_dir() and any(p.name.startswith(".tmp-global_step") for p in os.scandir(ckpts)):
+            for pid in processes_in(run_dir):
+                try:
+                    os.kill(pid, 19)  # SIGSTOP
+                except ProcessLookupError:
+                    pass
+            return any(ckpts.glob(".tmp-global_step*"))
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.001)
+    raise TimeoutError("no save started in time")
+
+
 def last_step(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     if not path.exists():

@@ -87,8 +87,8 @@ def throughput(meta: dict[str, Any], seconds: float) -> str:
     return f"in {seconds:.1f} s ({size:.2f} GB, {size / max(seconds, 1e-9):.2f} GB/s)"
 
 
-def make_saver(engine: Any, plan: Plan, rank: int, device: torch.device, root: Path, probe_ids: list[int],
-               save_delay_s: float = 0.0) -> Callable[[int], None]:
+def make_saver(engine: Any, plan: Plan, rank: int, device: torch.device, root: Path, probe_ids: list[int]
+               ) -> Callable[[int], None]:
     meta = {"world_size": dist.get_world_size(), "dp": plan.dp, "tp": plan.tp, "pp": plan.pp,
             "zero_stage": plan.zero_stage, "plan_name": plan.plan_name, "model": plan.model.name,
             "method": plan.method.name, "global_batch_size": plan.global_batch_size}
@@ -105,8 +105,6 @@ def make_saver(engine: Any, plan: Plan, rank: int, device: torch.device, root: P
         probe_out = probe(engine, probe_ids, device, plan.pp)
         if rank == 0 and probe_out is not None:
             torch.save(probe_out, root / tmp_tag / "probe.pt")
-        if save_delay_s:
-            time.sleep(save_delay_s)  # test hook: widens the window in which a kill lands mid-save
         dist.barrier()
         if rank == 0:
             ckpt = checkpoint.commit_save(root, step, meta, plan.train.keep_last)

@@ -246,8 +246,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
             reporter(m)
         profiler.after_step(m.step)
 
-    saver = make_saver(engine, plan, info.rank, info.device, root, examples[0].input_ids,
-                       float(env.get("LAUNCHER_TEST_SAVE_DELAY", "0") or 0))
+    saver = make_saver(engine, plan, info.rank, info.device, root, examples[0].input_ids)
 
     def save(step: int) -> None:
         watchdog.pause(True)
