@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from launcher.plan.placement import DEFAULT_MASTER_PORT
+
+if TYPE_CHECKING:
+    from launcher.plan.resolve import Plan
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def _export(name: str, value: str) -> str:
     return f"export {name}={shlex.quote(value)}"
 
 
-def node_commands(plan: Any, program: RankProgram, python: str, master_addr: str,
+def node_commands(plan: Plan, program: RankProgram, python: str, master_addr: str,
                   master_port: int) -> list[str]:
     """What starts on each node, one line per node (a dry run prints them; launch.sh holds the whole command)."""
     addr = master_addr or ("$LAUNCHER_MASTER_ADDR" if plan.backend == "slurm" else plan.hosts[0].rpartition("@")[2])

@@ -100,7 +100,7 @@ def check_accelerate_installed(api: str, installed: bool, python: str) -> None:
                             "script_api=plain", problem=f"accelerate is not installed for {python}")
 
 
-def check_plan(plan: Any) -> None:
+def check_plan(plan: Plan) -> None:
     """User scripts get data parallel with ZeRO: tensor and pipeline parallel need the model built for them."""
     for name in ("tp", "pp"):
         if getattr(plan, name) > 1:
@@ -124,7 +124,7 @@ def flag_values(args: tuple[str, ...] | list[str]) -> dict[str, str]:
     return found
 
 
-def trainer_args(plan: Any) -> dict[str, str]:
+def trainer_args(plan: Plan) -> dict[str, str]:
     """What a Trainer script gets from the plan ("" = a bare flag), in the order it is appended."""
     run = plan.run_dir
     args = {"deepspeed": f"{run}/ds_config.json", "output_dir": f"{run}/checkpoints",
@@ -137,7 +137,7 @@ def trainer_args(plan: Any) -> dict[str, str]:
     return args
 
 
-def check_trainer_args(user: dict[str, str], plan: Any, cwd: str) -> None:
+def check_trainer_args(user: dict[str, str], plan: Plan, cwd: str) -> None:
     """A launcher-set argument the user also passed must agree; each mismatch names both values and the fix."""
     ours = trainer_args(plan)
     numbers = {"per_device_train_batch_size": ("train.micro_batch_size", plan.micro_batch_size, lambda v: v),
@@ -171,7 +171,7 @@ def check_trainer_args(user: dict[str, str], plan: Any, cwd: str) -> None:
                             "plan")
 
 
-def script_argv(script: Script, plan: Any, cwd: str) -> tuple[str, ...]:
+def script_argv(script: Script, plan: Plan, cwd: str) -> tuple[str, ...]:
     """The script's arguments as each rank gets them (the resume point is added at each start, see launcher.script.entry)."""
     if script.api != "hf_trainer":
         return script.args
@@ -184,7 +184,7 @@ def script_argv(script: Script, plan: Any, cwd: str) -> tuple[str, ...]:
     return (*script.args, *extra)
 
 
-def rank_args(script: Script, plan: Any, cwd: str) -> tuple[str, ...]:
+def rank_args(script: Script, plan: Plan, cwd: str) -> tuple[str, ...]:
     """Arguments of `python -m launcher.script.entry` on every rank."""
     return ("rank", plan.run_dir, script.api, "--", *script.target, *script_argv(script, plan, cwd))
 
@@ -201,7 +201,7 @@ class ScriptLaunch:
         return ds_config_for(ds, self.script.api)
 
 
-def prepare_launch(script: Script, plan: Any, cwd: str, master_addr: str, master_port: int) -> ScriptLaunch:
+def prepare_launch(script: Script, plan: Plan, cwd: str, master_addr: str, master_port: int) -> ScriptLaunch:
     """Conflicting arguments fail here, before anything is written. An accelerate script gets accelerate_config.yaml
     and one `accelerate launch` per node; the others run under the backend's usual per-node launcher."""
     args = rank_args(script, plan, cwd)
