@@ -135,8 +135,7 @@ def holding(run_dir: Path, plan: Plan, submits: bool) -> Iterator[_Held]:
         if fresh and not held.keep:
             shutil.rmtree(run_dir, ignore_errors=True)  # a refused launch leaves no trace
         raise
-    if not submits:
-        taken.release()
+    taken.release()  # a submitted batch job holds it by its job id now (hand_to_slurm); then this does nothing
 
 
 def _taken_error(run_dir: Path, plan: Plan, err: lease.LeaseTaken) -> LauncherError:

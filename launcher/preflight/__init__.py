@@ -140,7 +140,7 @@ def _runner_argv(plan: Plan, ranks: dict[str, str], env: dict[str, str], environ
     (out / "hostfile").write_text(render_hostfile(plan))
     (out / "deepspeed_env").write_text(render_deepspeed_env({**ranks, "NCCL_DEBUG": "INFO", **test_only}))
     env["DS_ENV_FILE"] = str(out / "deepspeed_env")
-    return runner_argv(plan, sys.executable, str(out),
+    return runner_argv(plan, sys.executable, plan.launch.master_addr, plan.launch.master_port, str(out),
                        ("launcher.preflight.collective", plan.accelerator, str(out)))
 
 
