@@ -46,7 +46,7 @@ def launch_plan(plan: Plan, hw: Hardware, resolved_yaml: str, script: ScriptLaun
         check_memory_fits(plan, plan.launch.check_memory)
         services.check_hub(plan.model.path, plan.model.tokenizer, environ)
         plan = wandb_decided(plan, environ)
-    spec, files = _launch_spec(plan, hw, environ, cwd, script, live=not dry_run)
+    spec, files = _launch_spec(plan, environ, cwd, script, live=not dry_run)
     find = latest_complete_any if script else latest_complete  # a script may save Trainer checkpoint-N dirs
     resume = (find(run_dir / CHECKPOINTS) if plan.resume == "auto" else None if plan.resume == "never" or script
               else resolve_resume(run_dir / CHECKPOINTS, plan.resume))
@@ -212,11 +212,11 @@ def dry_run_report(plan: Plan, environ: dict[str, str]) -> None:
     print(summary_line(rows, "quick, this host"))
 
 
-def _launch_spec(plan: Plan, hw: Hardware, environ: dict[str, str], cwd: str, script: ScriptLaunch | None,
-                 live: bool) -> tuple[LaunchSpec, dict[str, str]]:
+def _launch_spec(plan: Plan, environ: dict[str, str], cwd: str, script: ScriptLaunch | None, live: bool
+                 ) -> tuple[LaunchSpec, dict[str, str]]:
     """The backend's command and the files its engine reads (hostfile + deepspeed_env, or job.sbatch). Multi-host
     backends first check the hosts or the cluster (not on a dry run). Nothing is written here."""
-    env = rank_env(plan, environ, hw.cpu_count)
+    env = rank_env(plan, environ)
     launch = plan.launch
     program = script.program if script else None
     if plan.backend == "hostfile":

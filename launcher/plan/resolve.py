@@ -46,6 +46,7 @@ class LaunchSettings:
     restart_backoff_s: float = 5.0
     lease_timeout_s: float = 8.0
     check_memory: bool = True
+    host_cpus: int = 1  # the launching host's cores: CPU ranks share them (OMP_NUM_THREADS), the same everywhere
 
 
 @dataclass(frozen=True)
@@ -239,18 +240,18 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num
         stage3_fetch=cfg.plan.stage3_fetch,
         compile=cfg.plan.compile,
         deepspeed=dict(cfg.plan.deepspeed),
-        launch=launch_settings(cfg),
+        launch=launch_settings(cfg, hw),
     )
 
 
-def launch_settings(cfg: LauncherConfig) -> LaunchSettings:
+def launch_settings(cfg: LauncherConfig, hw: Hardware) -> LaunchSettings:
     topo, run, nccl = cfg.topo, cfg.run, cfg.topo.nccl
     return LaunchSettings(
         master_addr=topo.master_addr, master_port=topo.master_port, topo_env={k: str(v) for k, v in topo.env.items()},
         socket_ifname=nccl.socket_ifname or topo.socket_ifname, mtu=topo.mtu, link=topo.link, ib_hca=nccl.ib_hca,
         expects_rdma=bool(nccl.ib_hca) or nccl.ib_disable == 0, preflight=cfg.preflight, engine=run.launcher,
         hostfile=cfg.hostfile, slurm=topo.slurm, max_restarts=run.max_restarts, restart_backoff_s=run.restart_backoff_s,
-        lease_timeout_s=run.lease_timeout_s, check_memory=run.check_memory,
+        lease_timeout_s=run.lease_timeout_s, check_memory=run.check_memory, host_cpus=hw.cpu_count,
     )
 
 

@@ -90,7 +90,7 @@ def _collective(plan: Plan, environ: dict[str, str], extra: dict, rows: list) ->
     from launcher.preflight.collective import judge, run_collective, torchrun_argv
     from launcher.render.env import rank_env
 
-    ranks = rank_env(plan, environ, os.cpu_count() or 1)
+    ranks = rank_env(plan, environ)
     env = {**environ, **ranks}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_DIR.parent), environ.get("PYTHONPATH", "")) if p)
     out = Path(plan.run_dir) / "preflight"

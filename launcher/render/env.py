@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from launcher.plan.resolve import Plan
+from launcher.rundir import DS_CONFIG_FILE, PLAN_FILE
 
 # Where models and tokenizers come from, and the W&B server: set on the launching host, they must reach every rank
 # on every host (DeepSpeed's runner forwards only PYTHON*, NCCL* and a few more over ssh). Secrets never travel here.
@@ -22,19 +23,19 @@ def sanitize_arch_list(value: str) -> str:
     return ";".join(dict.fromkeys(entries))
 
 
-def rank_env(plan: Plan, inherited: dict[str, str], cpu_count: int) -> dict[str, str]:
+def rank_env(plan: Plan, inherited: dict[str, str]) -> dict[str, str]:
     """Variables to set on top of the inherited environment for every rank of this plan; topo.env last."""
     run_dir = plan.run_dir
     env: dict[str, str] = {
         "DS_ACCELERATOR": "cpu" if plan.accelerator == "cpu" else "cuda",
         "LAUNCHER_RUN_DIR": run_dir,
-        "LAUNCHER_PLAN": f"{run_dir}/plan.json",
-        "LAUNCHER_DS_CONFIG": f"{run_dir}/ds_config.json",
+        "LAUNCHER_PLAN": f"{run_dir}/{PLAN_FILE}",
+        "LAUNCHER_DS_CONFIG": f"{run_dir}/{DS_CONFIG_FILE}",
         "PYTHONUNBUFFERED": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
     if plan.accelerator == "cpu":
-        env["OMP_NUM_THREADS"] = str(max(1, cpu_count // plan.procs_per_host))
+        env["OMP_NUM_THREADS"] = str(max(1, plan.launch.host_cpus // plan.procs_per_host))
         env["CUDA_VISIBLE_DEVICES"] = ""
     arch = inherited.get("TORCH_CUDA_ARCH_LIST", "")
     if arch and sanitize_arch_list(arch) != arch:

@@ -54,7 +54,7 @@ def test_deepspeed_accepts_every_rendered_config(preset):
 def test_launch_sh_matches_golden():
     cfg, _ = compose([])
     plan = resolve(cfg, CPU, run_dir="/runs/x", run_name="x")
-    env = rank_env(plan, {}, cpu_count=2)
+    env = rank_env(plan, {})
     spec = local_spec(plan, "python3", 0, env, "/work", "torchrun")
     check_golden("launch/local-cpu.sh", render_launch_sh(spec, "x"))
 
@@ -62,7 +62,7 @@ def test_launch_sh_matches_golden():
 def test_rank_env_sets_cpu_accelerator_and_never_copies_secrets():
     cfg, _ = compose([])
     plan = resolve(cfg, CPU, run_dir="/runs/x", run_name="x")
-    env = rank_env(plan, {"WANDB_API_KEY": "secret", "TORCH_CUDA_ARCH_LIST": "9.0a;12.1a"}, 2)
+    env = rank_env(plan, {"WANDB_API_KEY": "secret", "TORCH_CUDA_ARCH_LIST": "9.0a;12.1a"})
     assert env["DS_ACCELERATOR"] == "cpu" and env["OMP_NUM_THREADS"] == "1"
     assert "WANDB_API_KEY" not in env and env["TORCH_CUDA_ARCH_LIST"] == "9.0;12.1"
 

@@ -30,7 +30,7 @@ CPU_JOB = ("+topo=slurm", "+plan=zero3", "topo.accelerator=cpu", "topo.cpu_procs
 def plan_and_script(*overrides: str) -> tuple[Plan, str]:
     cfg, _ = compose(list(overrides))
     plan = resolve(cfg, CPU, run_dir="/runs/x", run_name="x")
-    env = rank_env(plan, {"WANDB_API_KEY": "s3cret"}, 2)  # topo.env included, as launcher.launch.job uses it
+    env = rank_env(plan, {"WANDB_API_KEY": "s3cret"})  # topo.env included, as launcher.launch.job uses it
     return plan, render_sbatch(plan, cfg.topo.slurm, "/venv/bin/python", "/work", env, cfg.topo.master_addr,
                                cfg.topo.master_port, allocation_check(plan, {}))
 

@@ -179,20 +179,20 @@ def test_accelerate_config_and_launch_sh_match_golden():
     local = plan_for("+plan=zero2")
     launch = prepare_launch(accelerate, local, "/work", "", 0)
     check_golden("accelerate/local-cpu.yaml", launch.files["accelerate_config.yaml"])
-    spec = local_spec(local, "python3", 0, rank_env(local, {}, 2), "/work", "torchrun", launch.program)
+    spec = local_spec(local, "python3", 0, rank_env(local, {}), "/work", "torchrun", launch.program)
     check_golden("launch/script-accelerate-local-cpu.sh", render_launch_sh(spec, "x"))
 
     dual = plan_for("+topo=dual_pgx", "+plan=zero3", hw=H200x2)
     launch = prepare_launch(accelerate, dual, "/work", "192.168.100.10", 0)
     check_golden("accelerate/dual_pgx-zero3.yaml", launch.files["accelerate_config.yaml"])
-    spec, _ = hostfile_spec(dual, "python3", "192.168.100.10", 0, rank_env(dual, {}, 2), "/work", {},
+    spec, _ = hostfile_spec(dual, "python3", "192.168.100.10", 0, rank_env(dual, {}), "/work", {},
                             launch.program)
     check_golden("launch/script-accelerate-dual_pgx.sh", render_launch_sh(spec, "x"))
 
     trainer = load_script("examples/train_trainer.py", "", "auto", ["--max_steps", "20"], repo)
     trainer = trainer.__class__(path="/work/examples/train_trainer.py", args=trainer.args, api=trainer.api)
     launch = prepare_launch(trainer, local, "/work", "", 0)
-    spec = local_spec(local, "python3", 0, rank_env(local, {}, 2), "/work", "torchrun", launch.program)
+    spec = local_spec(local, "python3", 0, rank_env(local, {}), "/work", "torchrun", launch.program)
     check_golden("launch/script-trainer-local-cpu.sh", render_launch_sh(spec, "x"))
 
 
