@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         from launcher.config.compose import compose
         from launcher.launch.job import launch_plan
         from launcher.plan.from_config import plan_job
-        from launcher.script.launch import join_module_word, script_from_config
+        from launcher.script.from_config import script_from_config
+        from launcher.script.launch import join_module_word
         from launcher.secrets import mask_secrets
 
         cwd, environ = os.getcwd(), dict(os.environ)

@@ -102,7 +102,7 @@ def freeze_mid_save(run_dir: Path, proc: subprocess.Popen, timeout: float = 300)
     True when they were frozen mid-save (the directory is still there), False when the run ended first."""
     import time
 
-    from launcher.lease import processes_in
+    from launcher.launch.lease_holder import processes_in
 
     ckpts, deadline = run_dir / "checkpoints", time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from launcher.errors import LauncherError
 from launcher.plan.placement import DEFAULT_MASTER_PORT
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 from launcher.secrets import is_secret
 from launcher.render.hostfile import render_deepspeed_env, render_hostfile
 from launcher.render.launch import LaunchSpec, RankProgram, accelerate_argv, worker_program

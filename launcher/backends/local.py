@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from launcher.plan.placement import DEFAULT_MASTER_PORT
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 from launcher.render.launch import LaunchSpec, RankProgram, accelerate_argv, worker_program
 
 

@@ -11,7 +11,7 @@ import subprocess
 
 from launcher.config.topology import SlurmConfig
 from launcher.errors import LauncherError
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 from launcher.secrets import is_secret
 from launcher.render.launch import LaunchSpec, RankProgram
 from launcher.render.slurm import AllocationCheck, render_sbatch

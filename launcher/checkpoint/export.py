@@ -19,7 +19,7 @@ import torch
 from launcher.checkpoint.store import Checkpoint, resolve_resume
 from launcher.errors import LauncherError, report
 from launcher.rundir import CHECKPOINTS, PLAN_FILE
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 
 TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 1e-2}
 

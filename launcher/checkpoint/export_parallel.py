@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 
 MP_FILE = "mp_rank_{:02d}_model_states.pt"
 LAYER_FILE = re.compile(r"^layer_(\d+)-model_states\.pt$")

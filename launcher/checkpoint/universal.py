@@ -15,7 +15,7 @@ from pathlib import Path
 
 from launcher.checkpoint.store import COMPLETE, Checkpoint, manifest, problems, write_atomic
 from launcher.errors import LauncherError
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 
 LAYOUT_KEYS = ("world_size", "dp", "tp", "pp", "zero_stage")
 

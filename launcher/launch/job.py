@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from launcher import lease, report
+from launcher.launch import lease_holder
 from launcher.config import services
 from launcher.plan.auto import memory_error
 from launcher.backends.hostfile import hostfile_spec
@@ -23,7 +24,7 @@ from launcher.backends.slurm import slurm_spec
 from launcher.checkpoint.store import Checkpoint, latest_complete, latest_complete_any, resolve_resume
 from launcher.errors import LauncherError
 from launcher.plan.hardware import Hardware
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 from launcher.preflight import CPU_TIMEOUT_S, GPU_TIMEOUT_S, TIMEOUT_VAR, mode_for, run_before_launch
 from launcher.render.deepspeed import render_ds_config, universal_ds_config
 from launcher.render.env import rank_env
@@ -80,7 +81,7 @@ def wandb_decided(plan: Plan, environ: dict[str, str]) -> Plan:
     return dataclasses.replace(plan, wandb_mode="offline", wandb_note=why)
 
 
-def _launch(plan: Plan, spec: LaunchSpec, environ: dict[str, str], held: lease.Lease, submits: bool) -> int:
+def _launch(plan: Plan, spec: LaunchSpec, environ: dict[str, str], held: lease_holder.Lease, submits: bool) -> int:
     """Start the job under the supervisor; the lease carries Ctrl-C to ranks on every host."""
     from launcher.launch.spawn import StopControl
     from launcher.launch.supervisor import run_supervised, submit
@@ -108,7 +109,7 @@ class _Held:
     """What `holding` yields: the lease, and whether the run dir is to be kept (a launch refused before its preflight
     leaves a fresh run dir uncreated; a failed preflight's report stays)."""
 
-    def __init__(self, held: lease.Lease) -> None:
+    def __init__(self, held: lease_holder.Lease) -> None:
         self.lease, self.keep = held, False
 
 
@@ -122,8 +123,8 @@ def holding(run_dir: Path, plan: Plan, submits: bool) -> Iterator[_Held]:
     if submits:
         holder = dataclasses.replace(holder, slurm_job_id=lease.SUBMITTING)
     try:
-        taken = lease.acquire(run_dir, holder, say=lambda m: print(m, file=sys.stderr, flush=True))
-    except lease.LeaseTaken as err:
+        taken = lease_holder.acquire(run_dir, holder, say=lambda m: print(m, file=sys.stderr, flush=True))
+    except lease_holder.LeaseTaken as err:
         raise _taken_error(run_dir, plan, err) from None
     held = _Held(taken)
     taken.lost = lambda why: print(f"warning: {why}; this launch no longer holds the run dir", file=sys.stderr)
@@ -138,7 +139,7 @@ def holding(run_dir: Path, plan: Plan, submits: bool) -> Iterator[_Held]:
     taken.release()  # a submitted batch job holds it by its job id now (hand_to_slurm); then this does nothing
 
 
-def _taken_error(run_dir: Path, plan: Plan, err: lease.LeaseTaken) -> LauncherError:
+def _taken_error(run_dir: Path, plan: Plan, err: lease_holder.LeaseTaken) -> LauncherError:
     who = err.holder
     stop = f"Stop it ({who.how_to_stop()}) or wait for it to finish, " if who else "Wait for it to finish, "
     return LauncherError("run.name", plan.run_name, f"{stop}or choose another run.name=... (or run.dir=...) for a new "

@@ -5,7 +5,7 @@ import shlex
 
 from launcher.checkpoint.store import Checkpoint
 from launcher.plan.memory import UNIFIED_HOST_RESERVE_GB, MemoryEstimate
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 from launcher.render.launch import LaunchSpec
 from launcher.script.launch import Script, flag_values
 

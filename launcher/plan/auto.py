@@ -15,7 +15,7 @@ from launcher.errors import LauncherError
 from launcher.plan.memory import UNIFIED_HOST_RESERVE_GB, MemoryJob, estimate, liger_applies
 
 if TYPE_CHECKING:
-    from launcher.plan.resolve import Plan
+    from launcher.plan.types import Plan
 
 AUTO = "auto"
 ZERO = (("ddp", 0), ("zero1", 1), ("zero2", 2), ("zero3", 3))

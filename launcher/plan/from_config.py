@@ -7,7 +7,8 @@ from pathlib import Path
 from launcher.config import inputs, services
 from launcher.config.schema import LauncherConfig
 from launcher.plan.hardware import Hardware, detect
-from launcher.plan.resolve import Plan, resolve
+from launcher.plan.types import Plan
+from launcher.plan.resolve import resolve
 from launcher.rundir import default_run_name
 
 

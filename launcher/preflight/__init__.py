@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from launcher.errors import LauncherError
 
 if TYPE_CHECKING:  # the ranks of the collective import this package: keep their start light
-    from launcher.plan.resolve import Plan
+    from launcher.plan.types import Plan
 
 MODES = ("auto", "quick", "full", "skip")
 TIMEOUT_VAR = "LAUNCHER_PREFLIGHT_TIMEOUT_S"  # the collective's hard timeout, seconds

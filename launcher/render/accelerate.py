@@ -12,7 +12,7 @@ from __future__ import annotations
 import yaml
 
 from launcher.plan.placement import DEFAULT_MASTER_PORT
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 
 
 

@@ -6,7 +6,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from launcher.plan.memory import STAGE3_MAX_LIVE_PARAMS
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 
 MB = 1024 * 1024
 STEPS_PER_PRINT_OFF = 10**9  # the launcher logs steps itself

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 from launcher.rundir import DS_CONFIG_FILE, PLAN_FILE
 
 # Where models and tokenizers come from, and the W&B server: set on the launching host, they must reach every rank

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from launcher.errors import LauncherError
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 from launcher.secrets import is_secret
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

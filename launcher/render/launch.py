@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from launcher.plan.placement import DEFAULT_MASTER_PORT
 
 if TYPE_CHECKING:
-    from launcher.plan.resolve import Plan
+    from launcher.plan.types import Plan
 
 
 @dataclass(frozen=True)

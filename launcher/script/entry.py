@@ -127,14 +127,14 @@ def _run_logged(argv: list[str], env: dict[str, str], log: Path, echo: bool, run
 
 
 def _follow_launcher(run_dir: Path, proc: subprocess.Popen[bytes], stop: Callable[[], None]) -> None:
-    from launcher import lease
+    from launcher import lease, lease_watch
 
     def end(code: int, why: str) -> None:
         print(f"{why}: stopping this rank", file=sys.stderr, flush=True)
         proc.kill()
         os._exit(code)
 
-    lease.watch_launcher(run_dir, stop, lambda why: end(lease.LAUNCHER_GONE_EXIT, why),
+    lease_watch.watch_launcher(run_dir, stop, lambda why: end(lease.LAUNCHER_GONE_EXIT, why),
                          lambda: end(lease.ABORT_EXIT, "stopped at once on the launcher's request"))
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,7 @@ from launcher.errors import LauncherError
 from launcher.render.launch import RankProgram
 
 if TYPE_CHECKING:
-    from launcher.config.schema import LauncherConfig
-    from launcher.plan.resolve import Plan
+    from launcher.plan.types import Plan
 
 APIS = ("hf_trainer", "accelerate", "plain")
 TRAINER_NAMES = ("TrainingArguments", "Trainer", "Seq2SeqTrainer", "Seq2SeqTrainingArguments", "SFTTrainer",
@@ -283,21 +281,3 @@ def _fmt(value: float) -> str:
 
 def _abs(path: str, cwd: str) -> str:
     return str(Path(cwd, os.path.expanduser(path)).resolve())
-
-
-def script_from_config(cfg: LauncherConfig, plan: Plan, script_args: list[str] | tuple[str, ...], cwd: str
-                  ) -> ScriptLaunch | None:
-    """script=: the user's script runs on every rank instead of the built-in worker . Every check is
-    done here, before the run dir is touched."""
-    import importlib.util
-
-    if not (cfg.script or cfg.script_module):
-        if script_args:
-            raise LauncherError("script", "", "name the script they are for: script=train.py -- ARGS",
-                                problem=f"the arguments after -- ({shlex.join(script_args)}) go to a user script")
-        return None
-    loaded = load_script(cfg.script, cfg.script_module, cfg.script_api, list(script_args), cwd)
-    check_accelerate_installed(loaded.api, importlib.util.find_spec("accelerate") is not None, sys.executable)
-    check_plan(plan)
-    print(f"script     {loaded.name}: script_api={loaded.api} ({loaded.reason})")
-    return prepare_launch(loaded, plan, cwd, cfg.topo.master_addr, cfg.topo.master_port)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import socket
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
 from launcher.errors import LauncherError
-from launcher.plan.resolve import Plan
+from launcher.rundir import is_consequence, rank_log, write_error_record
+from launcher.plan.types import Plan
 
 TIMEOUT_MARKERS = ("timed out", "timeout", "Timeout")
 PEER_LOST_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
@@ -93,3 +95,27 @@ class Watchdog:
                 self.on_hang(collective_error(self.plan, self.rank, self.step,
                                               f"no global step completed for {limit} s"))
                 return
+
+
+def record_user_error(run_dir: Path, rank: int, err: LauncherError) -> None:
+    """For the supervisor, which reports it as the job's error (exit 2) instead of restarting."""
+    lost_peer = isinstance(err, CollectiveFailure) and err.lost_peer
+    write_error_record(run_dir, {"rank": rank, "field": err.field, "value": str(err.value),
+                                 "paragraph": err.paragraph(), "restartable": isinstance(err, CollectiveFailure),
+                                 "consequence": lost_peer})
+
+
+def record_crash(run_dir: Path, rank: int, err: Exception) -> None:
+    """An exception the launcher has no paragraph for: its traceback into logs/rank<N>.log (not onto the console),
+    and a record naming it. A communication error after another rank's exit is marked as a consequence."""
+    import traceback
+
+    log_path = rank_log(run_dir, rank)
+    with open(log_path, "a") as f:
+        f.write(traceback.format_exc())
+    message = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}".rstrip(": ")
+    write_error_record(run_dir, {
+        "rank": rank, "field": "", "value": "", "restartable": True, "consequence": is_consequence(message),
+        "paragraph": f"error: rank {rank} on {socket.gethostname()} failed with {message}. Its traceback is in "
+                     f"{log_path}; rerun the same command to resume from the newest complete checkpoint (or "
+                     "run.max_restarts=N to restart by itself)."})

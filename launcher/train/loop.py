@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 from launcher.train.batching import batch_tokens, rank_micro_batches, step_target_tokens
 from launcher.train.metrics import StepMetrics
 from launcher.train.parallel import replicated_grad_norm

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from launcher.plan.memory import liger_applies
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 
 log = logging.getLogger("launcher")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

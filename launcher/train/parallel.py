@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 
 
 def initialize_kwargs(plan: Plan) -> dict[str, Any]:

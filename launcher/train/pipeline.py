@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 from launcher.train.batching import batch_tokens, rank_micro_batches, step_target_tokens
 
 Activations = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

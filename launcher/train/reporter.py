@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 from launcher.rundir import METRICS_FILE
 from launcher.train.metrics import MetricsWriter, StepMetrics, flops_per_token, memory_gb, peak_flops, truncate_after
 from launcher.train.progress import Progress

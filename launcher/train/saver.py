@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from launcher.checkpoint import store as checkpoint
 from launcher.errors import LauncherError
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 from launcher.train import parallel
 
 log = logging.getLogger("launcher")

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 from launcher.train.metrics import StepMetrics
 
 log = logging.getLogger(__name__)

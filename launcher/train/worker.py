@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import sys
 import time
 import warnings
@@ -16,15 +15,14 @@ STARTED = time.time()  # before the heavy imports: the start-up log line counts 
 
 import torch
 
-from launcher import lease
+from launcher import lease, lease_watch
 from launcher.checkpoint import store as checkpoint, universal
 from launcher.errors import LauncherError
-from launcher.plan.resolve import Plan
-from launcher.rundir import (CHECKPOINTS, DS_CONFIG_FILE, DS_UNIVERSAL_FILE, LOGS, PLAN_FILE, is_consequence,
-                             rank_log, write_error_record)
+from launcher.plan.types import Plan
+from launcher.rundir import CHECKPOINTS, DS_CONFIG_FILE, DS_UNIVERSAL_FILE, LOGS, PLAN_FILE, rank_log
 from launcher.train import parallel
 from launcher.train.loop import RankInfo, train
-from launcher.train.failures import CollectiveFailure, Watchdog, user_facing_failures
+from launcher.train.failures import CollectiveFailure, Watchdog, record_crash, record_user_error, user_facing_failures
 from launcher.train.profiling import StepProfiler, parse_steps
 from launcher.train.reporter import Reporter
 from launcher.train.saver import make_saver, set_rng_state, throughput
@@ -120,11 +118,11 @@ def main(argv: list[str]) -> int:
         return _train(run_dir, plan, info, env, preempt)
     except LauncherError as err:
         log.error(err.paragraph())
-        _write_user_error(run_dir, info, err)
+        record_user_error(run_dir, info.rank, err)
         _close_gloo_group()
         return 1 if isinstance(err, CollectiveFailure) else 2
     except Exception as err:  # a crash: its traceback goes to this rank's log, the supervisor names it on the console
-        _write_crash(run_dir, info, err)
+        record_crash(run_dir, info.rank, err)
         _close_gloo_group()
         return 1
 
@@ -143,7 +141,7 @@ def follow_launcher(run_dir: Path, preempt: PreemptionFlag) -> None:
         logging.shutdown()
         os._exit(lease.ABORT_EXIT)
 
-    lease.watch_launcher(run_dir, lambda: preempt.request("stop requested by the launcher"), gone, abort)
+    lease_watch.watch_launcher(run_dir, lambda: preempt.request("stop requested by the launcher"), gone, abort)
 
 
 def _close_gloo_group() -> None:
@@ -156,34 +154,10 @@ def _close_gloo_group() -> None:
         dist.destroy_process_group()
 
 
-def _write_user_error(run_dir: Path, info: RankInfo, err: LauncherError) -> None:
-    """For the supervisor, which reports it as the job's error (exit 2) instead of restarting."""
-    lost_peer = isinstance(err, CollectiveFailure) and err.lost_peer
-    write_error_record(run_dir, {"rank": info.rank, "field": err.field, "value": str(err.value),
-                                 "paragraph": err.paragraph(), "restartable": isinstance(err, CollectiveFailure),
-                                 "consequence": lost_peer})
-
-
-def _write_crash(run_dir: Path, info: RankInfo, err: Exception) -> None:
-    """An exception the launcher has no paragraph for: its traceback into logs/rank<N>.log (not onto the console),
-    and a record naming it. A communication error after another rank's exit is marked as a consequence."""
-    import traceback
-
-    log_path = rank_log(run_dir, info.rank)
-    with open(log_path, "a") as f:
-        f.write(traceback.format_exc())
-    message = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}".rstrip(": ")
-    write_error_record(run_dir, {
-        "rank": info.rank, "field": "", "value": "", "restartable": True, "consequence": is_consequence(message),
-        "paragraph": f"error: rank {info.rank} on {socket.gethostname()} failed with {message}. Its traceback is in "
-                     f"{log_path}; rerun the same command to resume from the newest complete checkpoint (or "
-                     "run.max_restarts=N to restart by itself)."})
-
-
 def _die(run_dir: Path, info: RankInfo, err: LauncherError) -> None:
     """Watchdog verdict: the main thread is stuck in a collective, so report and leave from here."""
     log.error(err.paragraph())
-    _write_user_error(run_dir, info, err)
+    record_user_error(run_dir, info.rank, err)
     logging.shutdown()
     os._exit(1)
 

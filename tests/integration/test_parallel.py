@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from launcher.plan.resolve import Plan
+from launcher.plan.types import Plan
 from tests.conftest import read_metrics, run_launcher
 
 pytestmark = pytest.mark.integration

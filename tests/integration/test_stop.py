@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.lease import LEASE_FILE, processes_in
+from launcher.launch.lease_holder import processes_in
+from launcher.lease import LEASE_FILE
 from tests.conftest import freeze_mid_save, last_step, read_metrics, run_launcher, start_launcher, wait_for
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,8 @@ from rich.console import Console
 from launcher.config.catalog import help_text
 from launcher.config.compose import compose
 from launcher.plan.hardware import Hardware
-from launcher.plan.resolve import Plan, resolve
+from launcher.plan.types import Plan
+from launcher.plan.resolve import resolve
 from launcher.render.launch import LaunchSpec
 from launcher.launch.summary import plan_table, summary_lines
 from launcher.train.metrics import StepMetrics

@@ -11,7 +11,8 @@ from launcher.config.compose import compose
 from launcher.errors import LauncherError
 from launcher.plan.hardware import Hardware
 from launcher.plan.hostfile import parse_hostfile, read_hostfile, uniform_slots
-from launcher.plan.resolve import Plan, resolve
+from launcher.plan.types import Plan
+from launcher.plan.resolve import resolve
 from launcher.render.hostfile import render_deepspeed_env, render_hostfile
 
 CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")

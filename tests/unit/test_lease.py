@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import lease
+from launcher import lease, lease_watch
+from launcher.launch import lease_holder
 
 
 def holder(**changes) -> lease.Holder:
@@ -26,21 +27,21 @@ def test_record_round_trips_in_one_fixed_block_and_a_torn_one_reads_as_none():
 
 def test_first_launch_creates_the_run_dir_and_a_second_is_refused_while_the_holder_runs(tmp_path):
     run_dir = tmp_path / "run"
-    first = lease.acquire(run_dir, holder(), say=print)
+    first = lease_holder.acquire(run_dir, holder(), say=print)
     assert lease.read(run_dir / lease.LEASE_FILE).pid == os.getpid()
-    with pytest.raises(lease.LeaseTaken) as err:
-        lease.acquire(run_dir, holder(), say=print)
+    with pytest.raises(lease_holder.LeaseTaken) as err:
+        lease_holder.acquire(run_dir, holder(), say=print)
     assert err.value.holder.nonce == first.holder.nonce and "which is running" in err.value.why
     first.release()
     assert not (run_dir / lease.LEASE_FILE).exists()
-    lease.acquire(run_dir, holder(), say=print).release()
+    lease_holder.acquire(run_dir, holder(), say=print).release()
 
 
 def test_a_dead_launcher_on_this_host_with_nothing_left_is_taken_over_with_a_warning(tmp_path):
     run_dir, said = tmp_path / "run", []
     dead = holder(start_time=lease.process_start_time(os.getpid()) + 1)  # this pid, but another process's start time
-    lease.acquire(run_dir, dead, say=print)
-    new = lease.acquire(run_dir, holder(), say=said.append)
+    lease_holder.acquire(run_dir, dead, say=print)
+    new = lease_holder.acquire(run_dir, holder(), say=said.append)
     assert any("taking over" in m and "is gone and none of its processes is left" in m for m in said)
     assert lease.read(run_dir / lease.LEASE_FILE).nonce == new.holder.nonce
 
@@ -49,15 +50,15 @@ def test_another_hosts_launcher_counts_as_gone_only_when_its_counter_stops(tmp_p
     run_dir = tmp_path / "run"
     remote = holder(host="elsewhere", gone_after_s=0.5)
     path = run_dir / lease.LEASE_FILE
-    lease.acquire(run_dir, remote, say=print)
+    lease_holder.acquire(run_dir, remote, say=print)
 
     def renewing_sleep(_s: float) -> None:  # the other host renews while this one watches
         current = lease.read(path)
         path.write_bytes(lease.encode(dataclasses.replace(current, counter=current.counter + 1)))
 
-    alive = lease.judge(path, run_dir, say=print, sleep=renewing_sleep)
+    alive = lease_holder.judge(path, run_dir, say=print, sleep=renewing_sleep)
     assert alive.alive and "being renewed" in alive.why
-    gone = lease.judge(path, run_dir, say=print, sleep=lambda _s: None)
+    gone = lease_holder.judge(path, run_dir, say=print, sleep=lambda _s: None)
     assert not gone.alive and "stopped renewing" in gone.why
 
 
@@ -66,16 +67,16 @@ def test_a_record_being_created_counts_as_taken_and_an_old_unreadable_one_as_gon
     run_dir.mkdir()
     path = run_dir / lease.LEASE_FILE
     path.write_bytes(b"")
-    assert lease.judge(path, run_dir, say=print).alive
+    assert lease_holder.judge(path, run_dir, say=print).alive
     old = time.time() - 60
     os.utime(path, (old, old))
-    assert not lease.judge(path, run_dir, say=print).alive
+    assert not lease_holder.judge(path, run_dir, say=print).alive
 
 
 def watch(run_dir: Path) -> tuple[dict[str, threading.Event], list[str]]:
     events = {k: threading.Event() for k in ("stop", "gone", "abort")}
     why: list[str] = []
-    started = lease.watch_launcher(run_dir, events["stop"].set, lambda w: (why.append(w), events["gone"].set()),
+    started = lease_watch.watch_launcher(run_dir, events["stop"].set, lambda w: (why.append(w), events["gone"].set()),
                                    events["abort"].set)
     assert started
     return events, why
@@ -83,7 +84,7 @@ def watch(run_dir: Path) -> tuple[dict[str, threading.Event], list[str]]:
 
 def test_ranks_follow_the_lease_stop_then_abort(tmp_path):
     run_dir = tmp_path / "run"
-    held = lease.acquire(run_dir, holder(), say=print)
+    held = lease_holder.acquire(run_dir, holder(), say=print)
     events, _ = watch(run_dir)
     held.set_state("stop")
     assert events["stop"].wait(5) and not events["abort"].is_set()
@@ -94,7 +95,7 @@ def test_ranks_follow_the_lease_stop_then_abort(tmp_path):
 
 def test_a_rank_on_another_host_sees_its_launcher_gone_when_the_counter_stops(tmp_path):
     run_dir = tmp_path / "run"
-    lease.acquire(run_dir, holder(host="elsewhere", gone_after_s=1.5), say=print)
+    lease_holder.acquire(run_dir, holder(host="elsewhere", gone_after_s=1.5), say=print)
     t0 = time.monotonic()
     events, why = watch(run_dir)
     assert events["gone"].wait(10)
@@ -103,22 +104,22 @@ def test_a_rank_on_another_host_sees_its_launcher_gone_when_the_counter_stops(tm
 
 def test_a_rank_on_the_launchers_host_sees_it_gone_by_its_pid_and_a_takeover_by_the_nonce(tmp_path):
     run_dir = tmp_path / "run"
-    lease.acquire(run_dir, holder(start_time=0), say=print)  # a pid whose process is not the launcher any more
+    lease_holder.acquire(run_dir, holder(start_time=0), say=print)  # a pid whose process is not the launcher any more
     events, why = watch(run_dir)
     assert events["gone"].wait(5) and "is gone" in why[0]
 
     other = tmp_path / "other"
-    lease.acquire(other, holder(), say=print)
+    lease_holder.acquire(other, holder(), say=print)
     events, why = watch(other)
     (other / lease.LEASE_FILE).write_bytes(lease.encode(holder()))  # another launch's record
     assert events["gone"].wait(5) and "another launch took over" in why[0]
 
 
 def test_nothing_to_watch_without_a_lease_or_for_a_submitted_slurm_job(tmp_path):
-    assert not lease.watch_launcher(tmp_path, lambda: None, lambda w: None, lambda: None)
-    held = lease.acquire(tmp_path / "run", holder(), say=print)
+    assert not lease_watch.watch_launcher(tmp_path, lambda: None, lambda w: None, lambda: None)
+    held = lease_holder.acquire(tmp_path / "run", holder(), say=print)
     held.hand_to_slurm("1234")
-    assert not lease.watch_launcher(tmp_path / "run", lambda: None, lambda w: None, lambda: None)
+    assert not lease_watch.watch_launcher(tmp_path / "run", lambda: None, lambda w: None, lambda: None)
     assert lease.read(tmp_path / "run" / lease.LEASE_FILE).describe().startswith("Slurm job 1234")
 
 
@@ -132,11 +133,11 @@ def test_processes_in_finds_a_job_by_its_run_dir_variable_only(tmp_path):
     bystander = subprocess.Popen(["sleep", "30", str(run_dir)])  # names the run dir, is not the job
     try:
         deadline = time.monotonic() + 5
-        while job.pid not in lease.processes_in(run_dir) and time.monotonic() < deadline:
+        while job.pid not in lease_holder.processes_in(run_dir) and time.monotonic() < deadline:
             time.sleep(0.05)
-        found = lease.processes_in(run_dir)
+        found = lease_holder.processes_in(run_dir)
         assert job.pid in found and bystander.pid not in found
-        assert lease.processes_in(tmp_path / "ru") == []
+        assert lease_holder.processes_in(tmp_path / "ru") == []
     finally:
         job.kill(), bystander.kill()
 

@@ -16,7 +16,8 @@ from launcher.config.schema import LauncherConfig
 from launcher.errors import LauncherError
 from launcher.plan.hardware import Hardware
 from launcher.launch.job import check_memory_fits
-from launcher.plan.resolve import Plan, resolve
+from launcher.plan.types import Plan
+from launcher.plan.resolve import resolve
 from launcher.launch.summary import plan_table
 from tests.conftest import check_golden
 

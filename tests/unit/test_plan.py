@@ -9,7 +9,8 @@ from launcher.config.compose import compose
 from launcher.errors import LauncherError
 from launcher.plan.hardware import Hardware
 from launcher.launch.job import check_host_fits
-from launcher.plan.resolve import Plan, resolve
+from launcher.plan.types import Plan
+from launcher.plan.resolve import resolve
 
 CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
 H200x2 = Hardware("cuda", 2, "NVIDIA H200", 139.8, "9.0", True, 32, 256.0, "x86_64")

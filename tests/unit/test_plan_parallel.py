@@ -7,7 +7,8 @@ import pytest
 from launcher.config.compose import compose
 from launcher.errors import LauncherError
 from launcher.plan.hardware import Hardware
-from launcher.plan.resolve import Plan, resolve
+from launcher.plan.types import Plan
+from launcher.plan.resolve import resolve
 from launcher.render.deepspeed import render_ds_config
 
 CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")

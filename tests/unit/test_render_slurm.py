@@ -15,7 +15,8 @@ from launcher.backends.slurm import preflight, slurm_spec
 from launcher.config.compose import compose
 from launcher.errors import LauncherError
 from launcher.plan.hardware import Hardware
-from launcher.plan.resolve import Plan, resolve
+from launcher.plan.types import Plan
+from launcher.plan.resolve import resolve
 from launcher.render.env import rank_env
 from launcher.launch.job import allocation_check
 from launcher.render.slurm import render_sbatch, world_info

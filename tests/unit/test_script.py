@@ -297,7 +297,7 @@ def test_a_script_gets_a_signal_its_launcher_ignores_with_the_default_action(tmp
 
 
 def test_arguments_after_dashdash_without_a_script_are_refused():
-    from launcher.script.launch import script_from_config as script_launch
+    from launcher.script.from_config import script_from_config as script_launch
 
     cfg, _ = compose([])
     with pytest.raises(LauncherError) as e:

@@ -5,7 +5,8 @@ import pytest
 
 from launcher.config.compose import compose
 from launcher.plan.hardware import Hardware
-from launcher.plan.resolve import Plan, resolve
+from launcher.plan.types import Plan
+from launcher.plan.resolve import resolve
 from launcher.render.launch import LaunchSpec
 from launcher.script.launch import Script
 from launcher.launch.summary import summary_lines

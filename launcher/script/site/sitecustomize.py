@@ -54,7 +54,7 @@ def _is_rank() -> bool:
 
 def _follow_launcher() -> None:
     try:
-        from launcher import lease
+        from launcher import lease, lease_watch
     except ImportError:
         return
     import signal
@@ -63,7 +63,7 @@ def _follow_launcher() -> None:
         print(f"{why}: stopping this rank", file=sys.stderr, flush=True)
         os._exit(lease.LAUNCHER_GONE_EXIT)
 
-    lease.watch_launcher(__import__("pathlib").Path(os.environ["LAUNCHER_RUN_DIR"]),
+    lease_watch.watch_launcher(__import__("pathlib").Path(os.environ["LAUNCHER_RUN_DIR"]),
                          lambda: os.kill(os.getpid(), signal.SIGTERM), gone, lambda: os._exit(lease.ABORT_EXIT))
 
 
