@@ -9,9 +9,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from launcher.config.topology import SlurmConfig
 from launcher.errors import LauncherError
-from launcher.plan.types import Plan
+from launcher.plan.types import Plan, SlurmConfig
 from launcher.secrets import is_secret
 from launcher.render.launch import LaunchSpec, RankProgram
 from launcher.render.slurm import AllocationCheck, render_sbatch

@@ -13,10 +13,9 @@ import json
 import shlex
 from dataclasses import dataclass
 
-from launcher.config.topology import SlurmConfig
 from launcher.errors import LauncherError
 from launcher.plan.placement import DEFAULT_MASTER_PORT
-from launcher.plan.types import Plan
+from launcher.plan.types import Plan, SlurmConfig
 from launcher.secrets import is_secret
 from launcher.render.launch import RankProgram, worker_program
 
