@@ -13,10 +13,10 @@ This module is the record, shared by both sides; the launcher takes, renews, jud
 launcher/launch/lease_holder.py (a second launch is refused while the holder's job lives, a dead one's lease is
 taken over with a warning).
 
-The ranks read the same file (launcher/lease_watch.py): a stop or abort reaches every host through it, and a rank whose
-launcher is gone (SIGKILL, the OOM killer, a closed terminal) exits within seconds, on the launcher's host by its
-pid, elsewhere when the counter stops. Only the standard library is used: the ranks start the watch before they
-import torch, and a user script's ranks start it from launcher/script/site/sitecustomize.py.
+The ranks read the same file (launcher/lease_watch.py): a stop or abort reaches every host through it, and a rank
+whose launcher is gone (SIGKILL, the OOM killer, a closed terminal) exits within seconds, on the launcher's host by
+its pid, elsewhere when the counter stops. Standard library only: a rank starts its watch before the engine's
+imports (deepspeed, transformers), and an accelerate script's ranks from launcher/script/site/sitecustomize.py.
 """
 from __future__ import annotations
 

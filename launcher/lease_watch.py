@@ -1,7 +1,7 @@
 """In each rank: follow the launcher's lease (launcher/lease.py). A stop asked there (a Ctrl-C in the launcher's
 terminal, on any host) becomes a save request, an abort ends the rank at once, and a launcher that is gone ends it
 within seconds: on the launcher's host by its pid, elsewhere when the lease's counter stops. Standard library only:
-the worker, a user script's rank entry and its sitecustomize start it before torch is imported.
+the worker and a user script's rank entry start it before the engine's imports, accelerate ranks from sitecustomize.
 """
 from __future__ import annotations
 
