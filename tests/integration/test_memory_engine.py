@@ -86,6 +86,7 @@ def _rank(rank: int, port: int, out_dir: str) -> None:
     # ("terminate called without an active exception"), seen once in CI.
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    os._exit(0)  # and skip interpreter teardown, where gloo's threads can still abort a finished rank (seen twice)
 
 
 def test_estimated_weights_gradients_and_optimizer_states_match_the_zero2_and_zero3_engines(tmp_path):
