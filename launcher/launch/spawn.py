@@ -125,7 +125,7 @@ def run(spec: LaunchSpec, inherited: dict[str, str], control: StopControl | None
         if len(received) == 1:
             what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             control.say(f"stopping ({what}): saving at the next step (Ctrl-C again to stop now)")
-            if spec.signal_to == "ranks":  # the leaves are the ranks: SIGTERM is what a user script documents
+            if spec.signal_to == "ranks":  # one host: the ranks themselves; SIGTERM is what the README gives scripts
                 _send(rank_processes(proc.pid) or [proc.pid], signal.SIGTERM if signum == signal.SIGINT else signum)
             else:
                 control.request()

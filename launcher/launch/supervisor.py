@@ -7,7 +7,6 @@ file that holds it, not the tracebacks of every process.
 """
 from __future__ import annotations
 
-import json
 import re
 import signal
 import sys
@@ -22,8 +21,6 @@ from launcher.rundir import (CHECKPOINTS, ENGINE_LOG, EXCEPTION_LINE, LOGS, PREE
                              by_cause, is_consequence)
 
 MAX_BACKOFF_S = 300.0
-
-
 SUBMITTED = re.compile(r"Submitted batch job (\d+)")
 
 

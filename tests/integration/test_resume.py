@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (freeze_mid_save, kill_tree, last_step, launcher_env, read_metrics, run_launcher,
-                            start_launcher, wait_for)
+from tests.conftest import (freeze_mid_save, kill_tree, last_step, read_metrics, run_launcher, start_launcher,
+                            wait_for)
 
 pytestmark = pytest.mark.integration
 JOB = ("train.max_steps=24", "train.save_every=2", "train.keep_last=2")
