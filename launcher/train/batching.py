@@ -84,6 +84,17 @@ def sample_stream_indices(num_samples: int, seed: int, start: int, count: int) -
     return out
 
 
+def check_batch_split(global_batch_size: int, micro_batch_size: int, dp_size: int, grad_accum: int) -> None:
+    """The global batch is micro batch x data-parallel size x accumulation (the plan resolved it so; a rank checks
+    the numbers it was given once per step, not once per micro batch)."""
+    if global_batch_size != micro_batch_size * dp_size * grad_accum:
+        raise LauncherError(
+            "train.global_batch_size", global_batch_size,
+            f"it must equal micro_batch_size x dp x grad_accum = {micro_batch_size} x {dp_size} x {grad_accum} "
+            f"= {micro_batch_size * dp_size * grad_accum}",
+        )
+
+
 def micro_batch_indices(num_samples: int, seed: int, global_step: int, global_batch_size: int,
                         micro_batch_size: int, grad_accum: int, dp_rank: int, dp_size: int,
                         micro_step: int) -> list[int]:
@@ -93,12 +104,6 @@ def micro_batch_indices(num_samples: int, seed: int, global_step: int, global_ba
     takes its micro_batch_size slice of chunk `micro_step`, so the union over ranks and micro steps is the same set
     on any topology.
     """
-    if global_batch_size != micro_batch_size * dp_size * grad_accum:
-        raise LauncherError(
-            "train.global_batch_size", global_batch_size,
-            f"it must equal micro_batch_size x dp x grad_accum = {micro_batch_size} x {dp_size} x {grad_accum} "
-            f"= {micro_batch_size * dp_size * grad_accum}",
-        )
     if not (0 <= dp_rank < dp_size and 0 <= micro_step < grad_accum):
         raise ValueError(f"dp_rank={dp_rank} of {dp_size} or micro_step={micro_step} of {grad_accum} out of range")
     step_samples = sample_stream_indices(num_samples, seed, global_step * global_batch_size, global_batch_size)
@@ -157,6 +162,7 @@ def step_target_tokens(examples: Sequence[Any], seed: int, global_batch: int, st
 def rank_micro_batches(examples: Sequence[Any], seed: int, global_batch: int, micro_batch: int, grad_accum: int,
                        dp_rank: int, dp_size: int, step: int, pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
     """This data-parallel rank's collated micro batches of `step`, one at a time (collated as they are used)."""
+    check_batch_split(global_batch, micro_batch, dp_size, grad_accum)
     for micro in range(grad_accum):
         idx = micro_batch_indices(len(examples), seed, step, global_batch, micro_batch, grad_accum, dp_rank, dp_size,
                                   micro)

@@ -14,6 +14,7 @@ from launcher.errors import LauncherError
 from launcher.train.batching import (
     collate,
     global_batch_target_tokens,
+    check_batch_split,
     micro_batch_indices,
     pack_examples,
     sample_stream_indices,
@@ -349,7 +350,7 @@ def test_global_batch_holds_the_same_samples_on_any_topology(examples, dp_size, 
 
 def test_global_batch_that_does_not_split_evenly_names_the_numbers():
     with pytest.raises(LauncherError, match=r"train.global_batch_size=10 .* = 2 x 2 x 2 = 8"):
-        micro_batch_indices(100, 0, 0, 10, 2, 2, 0, 2, 0)
+        check_batch_split(10, 2, 2, 2)
 
 
 # --- assets --------------------------------------------------------------------------------------------------------
