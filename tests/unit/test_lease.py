@@ -160,3 +160,23 @@ def test_rank_zeros_console_echo_hides_tracebacks_and_points_at_the_log(tmp_path
     out = f.feed(b"step 1 loss 2.0\n[rank0]: Traceback (most recent call last):\n[rank0]:   File \"x.py\", line 3\n")
     out += f.feed(b"[rank0]:     raise ValueError('x')\n[rank0]: RuntimeError: Connection closed by peer\nstep 2\n")
     assert out.decode() == f"step 1 loss 2.0\n(a traceback: see {tmp_path / 'rank0.log'})\nstep 2\n"
+
+
+def test_a_crashing_rank_leaves_its_traceback_in_its_log_and_a_record_naming_it(tmp_path):
+    """The built-in worker's crash path (train.failures.record_crash): what the supervisor then prints."""
+    from launcher.rundir import by_cause
+    from launcher.train.failures import record_crash
+
+    (tmp_path / "logs").mkdir()
+    try:
+        raise ValueError("row 7 has no answer")
+    except ValueError as err:
+        record_crash(tmp_path, 1, err)
+    try:
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:4032")
+    except RuntimeError as err:
+        record_crash(tmp_path, 0, err)
+    first = by_cause(tmp_path)[0]
+    assert first["rank"] == 1 and "failed with ValueError: row 7 has no answer" in first["paragraph"]
+    assert str(tmp_path / "logs" / "rank1.log") in first["paragraph"]
+    assert "Traceback (most recent call last)" in (tmp_path / "logs" / "rank1.log").read_text()
