@@ -1,31 +1,40 @@
-"""Instruction data: rows on disk -> chat messages, checked row by row, and the tokenized Example they become.
+"""Instruction data: rows on disk -> Conversations (chat messages and tools), and the tokenized Example they become.
 
-Both formats become one list of {role, content} messages per row, so everything after loading (the chat template,
-label masking, truncation: `tokenization.py`) is shared. Batching, packing and sampling live in `batching.py`.
+Both formats, under LLaMA-Factory's column and tag names (`rows.py` reads one row), become one Conversation per row,
+so everything after loading (the chat template, label masking, truncation: `tokenization.py`) is shared. A row that
+cannot be used is dropped and counted by reason (Drops); a file is refused only when no row is usable. Batching,
+packing and sampling live in `batching.py`.
 """
 from __future__ import annotations
 
 import codecs
 import json
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any, Iterable, NamedTuple
 
 from launcher.errors import LauncherError
+from launcher.data.rows import TAGS, Messages, RowDrop, RowMapping, Tools, read_row, row_mapping
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 FORMATS = ("alpaca", "sharegpt")
 ALPACA_SHAPE = (
-    'each alpaca row needs {"instruction": "...", "input": "..." (may be empty or absent), "output": "..."}, '
-    'optionally "system": "..." and "history": [["earlier question", "earlier answer"], ...]'
+    'each alpaca row needs {{"{prompt}": "...", "{query}": "..." (may be empty or absent), "{response}": "..."}}, '
+    'optionally "{system}": "...", "{history}": [["earlier question", "earlier answer"], ...] and "{tools}": '
+    '"[function specs as JSON]"'
 )
 SHAREGPT_SHAPE = (
-    'each sharegpt row needs {"conversations": [{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}]}: '
-    "an optional system turn first, then human and gpt turns alternating, ending with gpt "
-    '("messages" with "role"/"content" and roles user/assistant also work)'
+    'each sharegpt row needs {{"{messages}": [{{"{role_tag}": "{user_tag}", "{content_tag}": "..."}}, '
+    '{{"{role_tag}": "{assistant_tag}", "{content_tag}": "..."}}]}}: an optional {system_tag} turn first, then '
+    "{user_tag} (or {observation_tag}) turns alternating with {assistant_tag} (or {function_tag}) turns, ending with "
+    '{assistant_tag} or {function_tag}; optionally "{system}": "..." and "{tools}": "[function specs as JSON]"'
 )
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+SHAREGPT_AUTO = ' ("messages" with "role"/"content" and roles user/assistant/tool also work)'
+LOG_ROWS = 3  # row numbers kept per drop reason
 
 # A byte order mark names the encoding; without one the file must be UTF-8. UTF-32-LE's mark starts with UTF-16-LE's.
 ENCODINGS = (
@@ -33,8 +42,51 @@ ENCODINGS = (
     (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"), (b"", "utf-8"),
 )
 
-Messages = list[dict[str, str]]
-Fail = Callable[[str], LauncherError]
+
+class Conversation(NamedTuple):
+    """One row as transformers' chat templates take it: messages (roles system|user|assistant|tool) and the
+    function specs the assistant may call (None: no tools)."""
+
+    messages: Messages
+    tools: Tools | None = None
+
+
+@dataclass
+class Drops:
+    """Rows left out of a data set, counted by a short stable reason with the first row numbers (1-based) of each,
+    so one line tells a user what was skipped and where to look."""
+
+    total: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, reason: str, row: int) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        numbers = self.rows.setdefault(reason, [])
+        if len(numbers) < LOG_ROWS:
+            numbers.append(row)
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def kept(self) -> int:
+        return self.total - self.dropped
+
+    def reasons(self) -> str:
+        """E.g. "2 missing 'output' (rows 4, 9), 1 unknown role 'bot' (row 17)": most frequent first."""
+        parts = []
+        for reason, count in sorted(self.counts.items(), key=lambda item: -item[1]):
+            rows = self.rows[reason]
+            more = ", ..." if count > len(rows) else ""
+            parts.append(f"{count} {reason} (row{'s' if count > 1 else ''} {', '.join(map(str, rows))}{more})")
+        return ", ".join(parts)
+
+    def message(self, where: str) -> str:
+        if not self.dropped:
+            return ""
+        return f"data: dropped {self.dropped} of {self.total} rows of {where}: {self.reasons()}"
 
 
 @dataclass(frozen=True)
@@ -93,8 +145,9 @@ def _guess_encoding(raw: bytes) -> str:
     return "<its encoding, e.g. latin1 or cp1252>"
 
 
-def load_rows(path: str) -> list[dict[str, Any]]:
-    """Read a JSON list or JSON Lines file (told apart by the first character, not the file name)."""
+def load_rows(path: str) -> list[Any]:
+    """Read a JSON list or JSON Lines file (told apart by the first character, not the file name). A row that is
+    not a JSON object is kept: read_conversations drops it and counts it with the other unusable rows."""
     if not os.path.isfile(path):
         raise _bad_file(path, "the file does not exist")
     with open(path, "rb") as f:
@@ -117,95 +170,64 @@ def load_rows(path: str) -> list[dict[str, Any]]:
                 raise _bad_file(path, f"invalid JSON at line {lineno}: {err.msg}") from err
     if not rows:
         raise _bad_file(path, "the file holds no rows")
-    for index, row in enumerate(rows, start=1):
-        if not isinstance(row, dict):
-            raise _bad_file(path, f"row {index}: expected a JSON object, got {type(row).__name__}")
     return rows
 
 
-def _bad_row(path: str, fmt: str, index: int, problem: str) -> LauncherError:
-    shape = ALPACA_SHAPE if fmt == "alpaca" else SHAREGPT_SHAPE
-    return LauncherError("data.path", path, f"with data.format={fmt}, {shape}", problem=f"row {index}: {problem}")
+def expected_shape(mapping: RowMapping) -> str:
+    """What a row should look like under this mapping, in the names the user's data uses."""
+    if mapping.formatting == "alpaca":
+        return ALPACA_SHAPE.format(**mapping.columns)
+    shape = SHAREGPT_SHAPE.format(**mapping.columns, **(mapping.tags or TAGS))
+    return shape + (SHAREGPT_AUTO if mapping.tags is None else "")
 
 
-def _text(row: dict[str, Any], key: str, required: bool, fail: Fail) -> str:
-    value = row.get(key)
-    if value is None:
-        if required:
-            raise fail(f"missing key '{key}'")
-        return ""
-    if not isinstance(value, str):
-        raise fail(f"'{key}' must be a string, got {type(value).__name__}")
-    return value
+def _mapping(formatting: str, columns: dict[str, str] | None, tags: dict[str, str] | None) -> RowMapping:
+    if formatting not in FORMATS:
+        raise LauncherError("data.format", formatting, f"use one of: {', '.join(FORMATS)}")
+    return row_mapping(formatting, columns, tags)
 
 
-def _alpaca_messages(row: dict[str, Any], fail: Fail) -> Messages:
-    instruction = _text(row, "instruction", True, fail)
-    input_text = _text(row, "input", False, fail)
-    output = _text(row, "output", True, fail)
-    system = _text(row, "system", False, fail)
-    user = "\n\n".join(part for part in (instruction, input_text) if part)
-    if not user.strip():
-        raise fail("'instruction' is empty")
-    if not output.strip():
-        raise fail("'output' is empty")
-    messages = [{"role": "system", "content": system}] if system else []
-    history = row.get("history") or []
-    if not isinstance(history, list):
-        raise fail(f"'history' must be a list of [question, answer] pairs, got {type(history).__name__}")
-    for number, pair in enumerate(history, start=1):
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) and p.strip() for p in pair)):
-            raise fail(f"'history' item {number} must be a [question, answer] pair of non-empty strings")
-        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
-    return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+def read_conversations(rows: Iterable[Any], formatting: str, columns: dict[str, str] | None,
+                       tags: dict[str, str] | None, where: str) -> tuple[list[Conversation], Drops]:
+    """Every usable row as a Conversation, and the rows dropped by reason; refused (naming `where`, the reasons
+    and the expected shape) only when no row is usable, since then the columns or format are surely wrong."""
+    mapping = _mapping(formatting, columns, tags)
+    conversations: list[Conversation] = []
+    drops = Drops()
+    for index, row in enumerate(rows, start=1):
+        drops.total = index
+        try:
+            if not isinstance(row, dict):
+                raise RowDrop("not a JSON object")
+            conversations.append(Conversation(*read_row(row, mapping)))
+        except RowDrop as drop:
+            drops.add(drop.reason, index)
+    if not conversations:
+        count = f"none of its {drops.total} rows is" if drops.total > 1 else "its one row is not"
+        problem = f"{count} usable: {drops.reasons()}" if drops.total else "it holds no rows"
+        raise LauncherError("data", where, f"with data.format={formatting}, {expected_shape(mapping)}",
+                            problem=problem)
+    return conversations, drops
 
 
-def _sharegpt_turn(turn: Any, number: int, fail: Fail) -> dict[str, str]:
-    keys = ("from", "value") if isinstance(turn, dict) and "from" in turn else ("role", "content")
-    if not isinstance(turn, dict) or any(key not in turn for key in keys):
-        raise fail(f"turn {number} needs 'from' and 'value' (or 'role' and 'content')")
-    speaker, content = turn[keys[0]], turn[keys[1]]
-    if speaker not in SHAREGPT_ROLES:
-        raise fail(f"turn {number} has {keys[0]}={speaker!r}; use one of {', '.join(SHAREGPT_ROLES)}")
-    if not isinstance(content, str):
-        raise fail(f"turn {number} '{keys[1]}' must be a string, got {type(content).__name__}")
-    return {"role": SHAREGPT_ROLES[speaker], "content": content}
+def load_conversations(path: str, fmt: str, columns: dict[str, str] | None = None,
+                       tags: dict[str, str] | None = None) -> list[Conversation]:
+    """All usable rows of a data file; the dropped ones are logged as one line with their reasons."""
+    conversations, drops = read_conversations(load_rows(path), fmt, columns, tags, path)
+    if drops.dropped:
+        log.warning(drops.message(path))
+    return conversations
 
 
-def _sharegpt_messages(row: dict[str, Any], fail: Fail) -> Messages:
-    key = "conversations" if "conversations" in row or "messages" not in row else "messages"
-    turns = row.get(key)
-    if turns is None:
-        raise fail("missing key 'conversations'")
-    if not isinstance(turns, list):
-        raise fail(f"'{key}' must be a list of turns, got {type(turns).__name__}")
-    messages = [_sharegpt_turn(turn, number, fail) for number, turn in enumerate(turns, start=1)]
-    start = 1 if messages and messages[0]["role"] == "system" else 0
-    if len(messages) == start:
-        raise fail("the conversation has no human or gpt turns")
-    for number, message in enumerate(messages[start:], start=start + 1):
-        expected = "user" if (number - start) % 2 == 1 else "assistant"
-        if message["role"] != expected:
-            raise fail(f"turn {number} is from {message['role']} but {expected} was expected: "
-                       "after an optional first system turn, user and assistant turns must alternate")
-        if not message["content"].strip():
-            raise fail(f"turn {number} ({message['role']}) is empty")
-    if messages[-1]["role"] != "assistant":
-        raise fail("the conversation ends with a user turn; it must end with an assistant (gpt) turn")
-    return messages
-
-
-def to_messages(row: dict[str, Any], fmt: str, index: int, path: str = "") -> Messages:
-    """One row as chat messages (roles system|user|assistant); `index` is the 1-based row number used in errors."""
-    if fmt not in FORMATS:
-        raise LauncherError("data.format", fmt, f"use one of: {', '.join(FORMATS)}")
-
-    def fail(problem: str) -> LauncherError:
-        return _bad_row(path, fmt, index, problem)
-
-    return _alpaca_messages(row, fail) if fmt == "alpaca" else _sharegpt_messages(row, fail)
-
-
-def load_conversations(path: str, fmt: str) -> list[Messages]:
-    """All rows of a data file as chat messages, checked row by row so the first bad row is named."""
-    return [to_messages(row, fmt, index, path) for index, row in enumerate(load_rows(path), start=1)]
+def to_messages(row: Any, fmt: str, index: int, path: str = "") -> Messages:
+    """One row as chat messages (roles system|user|assistant|tool), or a LauncherError naming the file, the
+    1-based row number `index`, the problem and the expected shape: the single-row check."""
+    mapping = _mapping(fmt, None, None)
+    try:
+        if not isinstance(row, dict):
+            raise RowDrop("not a JSON object", f"got {type(row).__name__}")
+        return read_row(row, mapping)[0]
+    except RowDrop as drop:
+        problem = f"row {index}: {drop.reason}" + (f" ({drop.detail})" if drop.detail else "")
+        raise LauncherError("data.path", path, f"with data.format={fmt}, {expected_shape(mapping)}",
+                            problem=problem) from drop

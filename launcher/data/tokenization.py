@@ -1,17 +1,35 @@
 """Conversations -> token ids with labels that train only the answers: the tokenizer (shipped, local or hub) with a
-default chat template and pad token, and the masking of each assistant turn through the template itself."""
+default chat template and pad token, and the masking of each assistant turn through the template itself.
+
+What is trained (labels hold the token ids there, IGNORE_INDEX everywhere else):
+
+    part of a conversation                trained
+    ------------------------------------  ---------------------------------------------
+    system prompt                         no
+    tools (function specs)                no
+    user turn                             no
+    assistant answer                      yes, with the template's end-of-turn marker
+    function call (assistant tool_calls)  yes, with the template's end-of-turn marker
+    observation (tool output)             no
+
+A conversation with tools, function calls or observations is rendered as tools.py says.
+Either way only assistant messages (answers, function calls) are labelled; tool outputs never are.
+"""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from jinja2.exceptions import TemplateError
 
 from launcher.assets import DEFAULT_TOKENIZER_DIR
 from launcher.errors import LauncherError
-from launcher.data.formats import IGNORE_INDEX, Example, Messages
+from launcher.data.formats import IGNORE_INDEX, Conversation, Example
+from launcher.data.rows import Messages, Tools
+from launcher.data.tools import has_tool_parts, plain_messages, template_supports_tools
 
 if TYPE_CHECKING:  # transformers costs seconds to import: load_tokenizer imports it when called
     from transformers import PreTrainedTokenizerBase
@@ -21,6 +39,9 @@ log = logging.getLogger(__name__)
 TOKENIZE_BATCH = 1024  # conversations per tokenizer call: all cores busy, the rendered text of one batch in memory
 TOO_LONG_WARNING = "sequence-length-is-longer-than-the-specified-maximum"  # transformers' key for it
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+Conversations = Sequence["Messages | Conversation"]
+Rendered = tuple[Messages, "Tools | None"]  # what apply_chat_template gets: messages, and tools= (None: none)
 
 # For tokenizers that ship without a template (base models). Turns are separated before, not after, so an answer's
 # trained tokens end with eos; the generation prompt stops before the space so it stays a token prefix of the answer.
@@ -70,15 +91,44 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], add_generation_prompt: bool
+def _prepare(tokenizer: PreTrainedTokenizerBase, conversations: Conversations) -> list[Rendered]:
+    """What each conversation is rendered from: as it is, with its tools when the template takes them, or the plain
+    rendering when it does not."""
+    structured = template_supports_tools(tokenizer)
+    prepared: list[Rendered] = []
+    for item in conversations:
+        conversation = item if isinstance(item, Conversation) else Conversation(list(item))
+        if not has_tool_parts(conversation):
+            prepared.append((conversation.messages, None))
+        elif structured:
+            prepared.append((conversation.messages, conversation.tools or None))
+        else:
+            prepared.append((plain_messages(conversation), None))
+    return prepared
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, items: list[Rendered], add_generation_prompt: bool
             ) -> list[list[int]]:
+    """Token ids of each (messages, tools), in order: apply_chat_template takes one `tools` for a whole batch, so
+    conversations are grouped by their tools and each group is one call."""
+    groups: dict[str, list[int]] = {}
+    for i, (_, tools) in enumerate(items):
+        groups.setdefault(json.dumps(tools, sort_keys=True), []).append(i)
+    ids: list[list[int]] = [[] for _ in items]
+    for indices in groups.values():
+        batch = [items[i][0] for i in indices]
+        for i, rendered in zip(indices, _apply(tokenizer, batch, items[indices[0]][1], add_generation_prompt)):
+            ids[i] = rendered
+    return ids
+
+
+def _apply(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], tools: Tools | None,
+           add_generation_prompt: bool) -> list[list[int]]:
     """Token ids of the chat template for a batch of conversations; control tokens typed inside the data are
     encoded as plain text. One call for the batch: the fast tokenizer encodes a batch on every core."""
-    if not conversations:
-        return []
     try:
         return tokenizer.apply_chat_template(
-            conversations, tokenize=True, add_generation_prompt=add_generation_prompt,
+            conversations, tools=tools, tokenize=True, add_generation_prompt=add_generation_prompt,
             return_dict=False, sanitize_control_tokens=True,
         )
     except TemplateError as err:
@@ -102,9 +152,10 @@ def _check_prefix(tokenizer: PreTrainedTokenizerBase, prefix: list[int], full: l
     return len(prefix)
 
 
-def tokenize_examples(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], seq_len: int
+def tokenize_examples(tokenizer: PreTrainedTokenizerBase, conversations: Conversations, seq_len: int
                       ) -> list[Example]:
-    """Render with the chat template and label each assistant turn (its closing marker included), cut to seq_len.
+    """Render with the chat template and label each assistant turn (its closing marker included), cut to seq_len;
+    a plain list of messages is a Conversation without tools.
 
     Each answer's span is found by rendering the conversation up to it (with the generation prompt) and up to its
     end: the difference is exactly what the model must produce, whatever the template's markers look like.
@@ -112,7 +163,7 @@ def tokenize_examples(tokenizer: PreTrainedTokenizerBase, conversations: list[Me
     return _tokenize(tokenizer, conversations, seq_len)[0]
 
 
-def _tokenize(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], seq_len: int
+def _tokenize(tokenizer: PreTrainedTokenizerBase, conversations: Conversations, seq_len: int
               ) -> tuple[list[Example], int]:
     """The examples cut to seq_len, and how many were longer. The tokenizer's own warning about texts longer than
     its model_max_length is turned off: the launcher cuts every example to seq_len and counts what it cut."""
@@ -126,14 +177,16 @@ def _tokenize(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages],
     return examples, too_long
 
 
-def _tokenize_batch(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], seq_len: int
+def _tokenize_batch(tokenizer: PreTrainedTokenizerBase, conversations: Conversations, seq_len: int
                     ) -> tuple[list[Example], int]:
-    fulls = _render(tokenizer, conversations, add_generation_prompt=False)
-    turns = [(c, k) for c, messages in enumerate(conversations) for k, message in enumerate(messages)
+    """Only assistant messages (answers and function calls) are labelled: tool and user turns never are."""
+    items = _prepare(tokenizer, conversations)
+    fulls = _render(tokenizer, items, add_generation_prompt=False)
+    turns = [(c, k) for c, (messages, _) in enumerate(items) for k, message in enumerate(messages)
              if message["role"] == "assistant" and k > 0]
-    starts = iter(_render(tokenizer, [conversations[c][:k] for c, k in turns], add_generation_prompt=True))
-    inner = [(c, k) for c, k in turns if k + 1 < len(conversations[c])]  # the last turn ends where the whole does
-    inner_ends = dict(zip(inner, _render(tokenizer, [conversations[c][:k + 1] for c, k in inner], False)))
+    starts = iter(_render(tokenizer, [(items[c][0][:k], items[c][1]) for c, k in turns], add_generation_prompt=True))
+    inner = [(c, k) for c, k in turns if k + 1 < len(items[c][0])]  # the last turn ends where the whole does
+    inner_ends = dict(zip(inner, _render(tokenizer, [(items[c][0][:k + 1], items[c][1]) for c, k in inner], False)))
     labels = [[IGNORE_INDEX] * len(full) for full in fulls]
     for c, k in turns:
         full = fulls[c]
@@ -153,20 +206,21 @@ class LengthCut:
     too_long: int
     dropped: int
     seq_len: int
+    where: str = ""  # which data set (and part), for a run that reads several
 
     @property
     def truncated(self) -> int:
         return self.too_long - self.dropped
 
     def message(self) -> str:
-        return (f"{self.too_long} of {self.total} examples were longer than train.seq_len={self.seq_len}: "
+        return (f"{self.where + ': ' if self.where else ''}{self.too_long} of {self.total} examples were longer than train.seq_len={self.seq_len}: "
                 f"{self.truncated} truncated, {self.dropped} dropped (no answer token left)")
 
 
-def build_examples(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], seq_len: int,
-                   max_samples: int = 0) -> list[Example]:
+def build_examples(tokenizer: PreTrainedTokenizerBase, conversations: Conversations, seq_len: int,
+                   max_samples: int = 0, where: str = "") -> list[Example]:
     """Tokenize the first `max_samples` conversations (0: all), dropping those cut before any answer token; logs how
-    many train.seq_len cut."""
+    many train.seq_len cut (naming `where`, the data set, when given)."""
     if max_samples:
         conversations = conversations[:max_samples]
     examples, too_long = _tokenize(tokenizer, conversations, seq_len)
@@ -174,9 +228,10 @@ def build_examples(tokenizer: PreTrainedTokenizerBase, conversations: list[Messa
     if not kept:
         raise LauncherError(
             "train.seq_len", seq_len, "raise train.seq_len so at least the first answer fits",
-            problem=f"all {len(examples)} examples lose every answer token when cut to {seq_len} tokens",
+            problem=f"all {len(examples)} examples{' of ' + where if where else ''} lose every answer token when cut "
+                    f"to {seq_len} tokens",
         )
-    log_cut(LengthCut(len(examples), too_long, len(examples) - len(kept), seq_len))
+    log_cut(LengthCut(len(examples), too_long, len(examples) - len(kept), seq_len, where))
     return kept
 
 

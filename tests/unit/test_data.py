@@ -19,7 +19,7 @@ from launcher.train.batching import (
     pack_examples,
     sample_stream_indices,
 )
-from launcher.data.formats import IGNORE_INDEX, Example, load_conversations, load_rows, to_messages
+from launcher.data.formats import IGNORE_INDEX, Conversation, Example, load_conversations, load_rows, to_messages
 from launcher.data.tokenization import build_examples, load_tokenizer, tokenize_examples
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,11 +48,11 @@ def _chat(*turns: tuple[str, str]) -> list[dict[str, str]]:
 def test_shipped_alpaca_data_loads_as_400_question_answer_pairs():
     conversations = load_conversations(default_data_path("alpaca"), "alpaca")
     assert len(conversations) == 400
-    assert all([m["role"] for m in c] == ["user", "assistant"] for c in conversations)
+    assert all([m["role"] for m in c.messages] == ["user", "assistant"] and c.tools is None for c in conversations)
 
 
 def test_shipped_sharegpt_data_has_system_turns_and_multi_turn_conversations():
-    conversations = load_conversations(default_data_path("sharegpt"), "sharegpt")
+    conversations = [c.messages for c in load_conversations(default_data_path("sharegpt"), "sharegpt")]
     assert len(conversations) == 60
     assert any(c[0]["role"] == "system" for c in conversations)
     assert any(sum(m["role"] == "assistant" for m in c) > 1 for c in conversations)
@@ -63,17 +63,18 @@ def test_alpaca_row_becomes_system_history_then_instruction_with_input_after_a_b
     row = {"instruction": "Add the two numbers.", "input": "2 + 3", "output": "5", "system": "Be brief.",
            "history": [["Hi", "Hello"]]}
     path = _write_jsonl(tmp_path / "d.jsonl", [row])
-    assert load_conversations(path, "alpaca") == [_chat(
+    assert load_conversations(path, "alpaca") == [Conversation(_chat(
         ("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"),
         ("user", "Add the two numbers.\n\n2 + 3"), ("assistant", "5"),
-    )]
+    ))]
 
 
 def test_json_list_and_jsonl_files_load_the_same_rows(tmp_path):
     rows = [{"instruction": "Say hi.", "output": "hi"}, {"instruction": "Say yo.", "input": "", "output": "yo"}]
     (tmp_path / "d.json").write_text(json.dumps(rows, indent=2))
     assert load_rows(str(tmp_path / "d.json")) == load_rows(_write_jsonl(tmp_path / "d.jsonl", rows)) == rows
-    assert load_conversations(str(tmp_path / "d.json"), "alpaca")[1] == _chat(("user", "Say yo."), ("assistant", "yo"))
+    assert load_conversations(str(tmp_path / "d.json"), "alpaca")[1].messages == _chat(("user", "Say yo."),
+                                                                                         ("assistant", "yo"))
 
 
 def test_sharegpt_role_content_messages_load_like_from_value_conversations(tmp_path):
@@ -83,7 +84,7 @@ def test_sharegpt_role_content_messages_load_like_from_value_conversations(tmp_p
                                  {"role": "assistant", "content": "A"}]}
     path = _write_jsonl(tmp_path / "d.jsonl", [from_value, role_content])
     first, second = load_conversations(path, "sharegpt")
-    assert first == second == _chat(("system", "S"), ("user", "Q"), ("assistant", "A"))
+    assert first == second == Conversation(_chat(("system", "S"), ("user", "Q"), ("assistant", "A")))
 
 
 def test_missing_data_file_is_reported_on_data_path(tmp_path):
@@ -118,39 +119,56 @@ ALPACA_OK = {"instruction": "Say hi.", "output": "hi"}
 SHAREGPT_OK = {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}
 
 
-@pytest.mark.parametrize("fmt, bad_row, problem", [
-    ("alpaca", {"instruction": "Say hi."}, "row 2: missing key 'output'"),
-    ("alpaca", {"instruction": "Say hi.", "output": "  "}, "row 2: 'output' is empty"),
-    ("alpaca", {"input": "x", "output": "y"}, "row 2: missing key 'instruction'"),
-    ("alpaca", {"instruction": "Add.", "output": 5}, "row 2: 'output' must be a string, got int"),
-    ("alpaca", {"instruction": "Q", "output": "A", "history": [["only one"]]},
-     "row 2: 'history' item 1 must be a [question, answer] pair"),
-    ("sharegpt", {"turns": []}, "row 2: missing key 'conversations'"),
+@pytest.mark.parametrize("fmt, bad_row, reason, detail", [
+    ("alpaca", {"instruction": "Say hi."}, "missing 'output'", ""),
+    ("alpaca", {"instruction": "Say hi.", "output": "  "}, "empty answer", "'output' is empty"),
+    ("alpaca", {"input": "x", "output": "y"}, "missing 'instruction'", ""),
+    ("alpaca", {"instruction": "Add.", "output": 5}, "'output' is not a string", "got int"),
+    ("alpaca", {"instruction": "Q", "output": "A", "history": [["only one"]]}, "bad history",
+     "'history' item 1 must be a [question, answer] pair of non-empty strings"),
+    ("alpaca", ["Say hi.", "hi"], "not a JSON object", "got list"),
+    ("sharegpt", {"turns": []}, "missing 'conversations'", ""),
     ("sharegpt", {"conversations": [{"from": "human", "value": "Q"}]},
-     "row 2: the conversation ends with a user turn; it must end with an assistant (gpt) turn"),
+     "ends with a user turn", "it must end with an assistant or function-call turn"),
     ("sharegpt", {"conversations": [{"from": "human", "value": "Q"}, {"from": "human", "value": "Q"},
                                     {"from": "gpt", "value": "A"}]},
-     "row 2: turn 2 is from user but assistant was expected"),
+     "turns out of order", "turn 2 is user but assistant or function_call was expected"),
     ("sharegpt", {"conversations": [{"from": "human", "value": "Q"}, {"from": "system", "value": "S"}]},
-     "row 2: turn 2 is from system but assistant was expected"),
+     "turns out of order", "turn 2 is system but assistant or function_call was expected"),
     ("sharegpt", {"conversations": [{"from": "bot", "value": "Q"}]},
-     "row 2: turn 1 has from='bot'; use one of human, user, gpt, assistant, system"),
+     "unknown role 'bot'", "turn 1; use one of human, user, gpt, assistant, system, observation, tool, function_call"),
     ("sharegpt", {"conversations": [{"from": "human"}]},
-     "row 2: turn 1 needs 'from' and 'value' (or 'role' and 'content')"),
+     "turn missing 'from'/'value' (or 'role'/'content')", "turn 1"),
     ("sharegpt", {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": ""}]},
-     "row 2: turn 2 (assistant) is empty"),
+     "empty answer", "turn 2 is empty"),
     ("sharegpt", {"conversations": [{"from": "system", "value": "S"}]},
-     "row 2: the conversation has no human or gpt turns"),
+     "no turns", "the conversation has no turns besides the system prompt"),
 ])
-def test_malformed_row_names_the_file_row_and_problem_and_shows_the_expected_shape(tmp_path, fmt, bad_row, problem):
+def test_malformed_row_is_dropped_by_reason_and_named_with_file_row_and_shape(tmp_path, caplog, fmt, bad_row, reason,
+                                                                               detail):
+    """The single-row check names the file, row and problem; a file keeps its good rows and logs the bad one; a file
+    with no usable row is refused with the reasons and the expected shape."""
+    path = str(tmp_path / "d.jsonl")
+    with pytest.raises(LauncherError) as err:
+        to_messages(bad_row, fmt, 2, path)
+    single = str(err.value)
+    problem = f"row 2: {reason}" + (f" ({detail}" if detail else ".")
+    assert single.startswith(f"error: data.path='{path}' cannot be used. {problem}")
+
     good = ALPACA_OK if fmt == "alpaca" else SHAREGPT_OK
-    path = _write_jsonl(tmp_path / "d.jsonl", [good, bad_row])
+    _write_jsonl(tmp_path / "d.jsonl", [good, bad_row])
+    with caplog.at_level("WARNING", logger="launcher.data.formats"):
+        assert len(load_conversations(path, fmt)) == 1
+    assert caplog.messages == [f"data: dropped 1 of 2 rows of {path}: 1 {reason} (row 2)"]
+
+    (tmp_path / "d.jsonl").write_text(json.dumps([bad_row]))  # a JSON list: a JSONL line "[...]" reads as one
     with pytest.raises(LauncherError) as err:
         load_conversations(path, fmt)
-    message = str(err.value)
-    assert message.startswith(f"error: data.path='{path}' cannot be used. {problem}")
-    assert f"with data.format={fmt}, each {fmt} row needs" in message
-    assert ('"output"' if fmt == "alpaca" else '"conversations"') in message
+    refusal = str(err.value)
+    assert refusal.startswith(f"error: data='{path}' cannot be used. its one row is not usable: 1 {reason} (row 1).")
+    for text in (single, refusal):
+        assert f"with data.format={fmt}, each {fmt} row needs" in text
+        assert ('"output"' if fmt == "alpaca" else '"conversations"') in text
 
 
 # --- tokenizer and masking ---------------------------------------------------------------------------------------
@@ -185,7 +203,7 @@ def test_control_tokens_typed_in_the_data_are_encoded_as_text(tokenizer):
 
 
 def test_chat_template_renders_each_conversation_prefix_as_a_token_prefix(tokenizer):
-    for messages in load_conversations(default_data_path("sharegpt"), "sharegpt"):
+    for messages, _ in load_conversations(default_data_path("sharegpt"), "sharegpt"):
         for k in range(1, len(messages)):
             shorter = tokenizer.apply_chat_template(
                 messages[:k], add_generation_prompt=messages[k]["role"] == "assistant", return_dict=False)
@@ -362,7 +380,7 @@ def test_committed_assets_equal_a_fresh_build(tmp_path):
     build_assets.main(["--out", str(tmp_path)])
     fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert [str(p) for p in fresh] == [
-        "data/default.jsonl", "data/sharegpt_sample.json",
+        "data/dataset_info.json", "data/default.jsonl", "data/sharegpt_sample.json", "data/toolcall_sample.json",
         "tokenizer/chat_template.jinja", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
     ]
     for relative in fresh:
