@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerFast
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "launcher" / "assets"
 NUM_ALPACA_ROWS = 400
 NUM_SHAREGPT_ROWS = 60
+NUM_TOOLCALL_ROWS = 80
 VOCAB_SIZE = 512
 MODEL_MAX_LENGTH = 2048
 
@@ -138,6 +139,55 @@ def sharegpt_rows(rng: random.Random, count: int) -> list[dict[str, list[dict[st
     return rows
 
 
+TOOLS = [  # short, so a conversation with its tools stays well inside the default train.seq_len
+    {"name": "count_letters", "description": "Count letters.",
+     "parameters": {"type": "object", "properties": {"word": {"type": "string"}}}},
+    {"name": "add", "description": "Add numbers.",
+     "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}},
+]
+
+
+def _tool_exchange(rng: random.Random) -> list[dict[str, str]]:
+    """human -> function_call -> observation -> gpt, as LLaMA-Factory's tool-call sharegpt data holds it."""
+    if rng.random() < 0.5:
+        word = rng.choice(WORDS)
+        call, result = {"name": "count_letters", "arguments": {"word": word}}, len(word)
+        question, answer = f"How many letters has {word}?", f"{word} has {result} letters."
+    else:
+        a, b = rng.randint(0, 20), rng.randint(0, 20)
+        call, result = {"name": "add", "arguments": {"a": a, "b": b}}, a + b
+        question, answer = f"What is {a} plus {b}?", f"It is {result}."
+    return [{"from": "human", "value": question},
+            {"from": "function_call", "value": json.dumps(call)},
+            {"from": "observation", "value": json.dumps({"result": result})},
+            {"from": "gpt", "value": answer}]
+
+
+def toolcall_rows(rng: random.Random, count: int) -> list[dict]:
+    """Tool-call conversations with a `tools` column (a JSON string, as in LLaMA-Factory's glaive_toolcall demo)
+    offering the tool the row calls; a quarter answer a plain question without calling the tool offered."""
+    rows = []
+    for _ in range(count):
+        if rng.random() < 0.25:
+            instruction, input_text, output = rng.choice(TASKS)(rng)
+            turns = [{"from": "human", "value": _user_text(instruction, input_text)}, {"from": "gpt", "value": output}]
+            tool = TOOLS[0]  # the shorter spec: a plain task's long input and a tool list still fit seq_len 256
+        else:
+            turns = _tool_exchange(rng)
+            tool = next(t for t in TOOLS if t["name"] in turns[1]["value"])
+        rows.append({"conversations": turns, "tools": json.dumps([tool], separators=(",", ":"))})
+    return rows
+
+
+# LLaMA-Factory's registry of the shipped sets: data.registry=launcher/assets/data/dataset_info.json
+REGISTRY = {
+    "alpaca_sample": {"file_name": "default.jsonl"},
+    "sharegpt_sample": {"file_name": "sharegpt_sample.json", "formatting": "sharegpt"},
+    "toolcall_sample": {"file_name": "toolcall_sample.json", "formatting": "sharegpt",
+                        "columns": {"messages": "conversations", "tools": "tools"}},
+}
+
+
 def _texts(alpaca: list[dict[str, str]], sharegpt: list[dict]) -> list[str]:
     texts = [text for row in alpaca for text in row.values() if text]
     return texts + [turn["value"] for row in sharegpt for turn in row["conversations"]]
@@ -167,7 +217,8 @@ def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
 
 
 def build(out: Path) -> None:
-    """Write out/data/default.jsonl, out/data/sharegpt_sample.json and out/tokenizer/."""
+    """Write out/data/{default.jsonl, sharegpt_sample.json, toolcall_sample.json, dataset_info.json} and
+    out/tokenizer/."""
     rng = random.Random(0)
     alpaca = alpaca_rows(rng, NUM_ALPACA_ROWS)
     sharegpt = sharegpt_rows(rng, NUM_SHAREGPT_ROWS)
@@ -179,6 +230,15 @@ def build(out: Path) -> None:
         json.dump(sharegpt, f, ensure_ascii=False, indent=1)
         f.write("\n")
     build_tokenizer(_texts(alpaca, sharegpt)).save_pretrained(str(out / "tokenizer"))
+    # Drawn after the rest and not fed to the tokenizer, so the files above stay as they were before it existed.
+    _write_json(data_dir / "toolcall_sample.json", toolcall_rows(random.Random(1), NUM_TOOLCALL_ROWS))
+    _write_json(data_dir / "dataset_info.json", REGISTRY)
+
+
+def _write_json(path: Path, value: object) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, ensure_ascii=False, indent=1)
+        f.write("\n")
 
 
 def main(argv: list[str] | None = None) -> None:
