@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from launcher.checkpoint.store import (HF_TAG_RE, TRAINER_STATE, candidates, hf_problems, problems, resolve_resume,
                                  tag_for)
@@ -63,25 +64,27 @@ def arch_from_hf_config(hf: dict, fallback: ArchConfig) -> ArchConfig:
     )
 
 
-def check_data(cfg: LauncherConfig, cwd: str) -> tuple[LauncherConfig, int]:
-    """Read and parse every row now, as the ranks will (a malformed row is a user error, not a rank crash); returns
-    the row count."""
-    from launcher.assets import default_data_path
-    from launcher.data.formats import load_conversations
+def check_data(cfg: LauncherConfig, cwd: str) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Read and parse every row of every data set now, as the ranks will (a set with no usable row is a user error,
+    not a rank crash; dropped rows are counted by reason once, here): the training and validation sets, counted."""
+    from launcher.data.selection import plan_sets
 
-    path = absolute(cfg.data.path, cwd) if cfg.data.path else default_data_path(cfg.data.format)
-    problem = _data_file_problem(Path(path))
-    if problem:
-        raise LauncherError("data.path", cfg.data.path, "give a JSON or JSONL file in alpaca or sharegpt format",
-                            problem=f"{path} {problem}")
-    rows = load_conversations(path, cfg.data.format)
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=path)), len(rows)
+    for field, path in (("data.path", cfg.data.path), ("data.eval_path", cfg.data.eval_path)):
+        problem = _data_file_problem(Path(absolute(path, cwd))) if path and looks_local(path) else ""
+        if problem:
+            raise LauncherError(field, path, "give a data file (.json, .jsonl, .parquet, .csv, .arrow) in alpaca "
+                                "or sharegpt form, a folder of them, or a hub id", problem=f"{absolute(path, cwd)} {problem}")
+    train, evals = plan_sets(cfg.data, cfg.train.seed, cwd)
+    if cfg.train.eval_every and not (evals or any(s.val_rows for s in train)):
+        raise LauncherError("train.eval_every", cfg.train.eval_every, "hold out validation rows with "
+                            "data.val_size=0.05 (a fraction) or data.val_size=200 (rows), or give data.eval_path / "
+                            "data.eval_datasets", problem="there is no validation set to score")
+    return train, evals
 
 
 def _data_file_problem(path: Path) -> str:
     if path.is_dir():
-        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".json", ".jsonl"))[:3]
-        return "is a directory" + (f" (it holds {', '.join(inside)})" if inside else "")
+        return "" if any(p.is_file() for p in path.iterdir()) else "is an empty directory"
     if not path.exists():
         return "does not exist"
     if not path.is_file():

@@ -86,17 +86,53 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """An instruction data set in alpaca or sharegpt format; empty `path` is the small set the project ships."""
+    """Instruction data in alpaca or sharegpt form (LLaMA-Factory's shapes): one file (`path`; empty is the small set
+    the project ships) or `datasets`, a list of registry names (`registry`: a LLaMA-Factory dataset_info.json), files
+    or hub ids, mixed by `weights`. Validation: `val_size` rows held out of the training sets (a fraction, or a row
+    count when >= 1), or separate `eval_path` / `eval_datasets`; train.eval_every says how often it is scored."""
 
     name: str = "default"
     path: str = ""
-    format: str = "alpaca"  # alpaca | sharegpt
+    format: str = "alpaca"  # alpaca | sharegpt: for data.path, data.eval_path and plain files in data.datasets
+    registry: str = ""
+    datasets: List[str] = field(default_factory=list)
+    weights: List[float] = field(default_factory=list)
+    val_size: float = 0.0
+    eval_path: str = ""
+    eval_datasets: List[str] = field(default_factory=list)
     packing: bool = False
-    max_samples: int = 0
+    max_samples: int = 0  # per data set: its first N usable rows (0: all)
     cache: bool = True  # keep the tokenized set in $LAUNCHER_CACHE_DIR (~/.cache/launcher): relaunches skip tokenizing
 
     def __post_init__(self) -> None:
         choice("data.format", self.format, ("alpaca", "sharegpt"))
+        positive("data.max_samples", self.max_samples, allow_zero=True)
+        if self.path and self.datasets:
+            raise LauncherError("data.datasets", list(self.datasets), "give one file as data.path or a list as "
+                                "data.datasets (a plain path may stand in that list), not both",
+                                problem=f"data.path={self.path} is set too")
+        if self.registry and not self.datasets and not self.eval_datasets:
+            raise LauncherError("data.registry", self.registry, "name the entries to train on: "
+                                "data.datasets=[NAME,...] (and data.eval_datasets=[NAME] for a validation set)",
+                                problem="no data.datasets are named")
+        if self.val_size < 0 or (self.val_size >= 1 and self.val_size != int(self.val_size)):
+            raise LauncherError("data.val_size", self.val_size, "give a fraction between 0 and 1 (0.1 holds out a "
+                                "tenth of each training set) or a whole number of rows (200); 0 holds out nothing")
+        if self.val_size and (self.eval_path or self.eval_datasets):
+            raise LauncherError("data.val_size", self.val_size, "use data.val_size=0 with a separate validation set, "
+                                "or drop data.eval_path / data.eval_datasets to split one off the training data",
+                                problem="a separate validation set is given too")
+        if self.eval_path and self.eval_datasets:
+            raise LauncherError("data.eval_datasets", list(self.eval_datasets), "give data.eval_path or "
+                                "data.eval_datasets, not both", problem=f"data.eval_path={self.eval_path} is set too")
+        if self.weights:
+            from launcher.data.mixing import check_mix
+
+            check_mix(list(self.datasets) or [self.path or "the shipped data set"], list(self.weights))
+
+    @property
+    def has_validation(self) -> bool:
+        return bool(self.val_size or self.eval_path or self.eval_datasets)
 
 
 @dataclass
@@ -140,11 +176,12 @@ class TrainConfig:
     keep_last: int = 3
     profile_steps: str = ""  # "8-10": torch.profiler over these global steps, trace and top operators in profile/
     gc_interval: int = 50  # Python's collector runs every N global steps on every rank at once; 0: its own thresholds
+    eval_every: int = 0  # score the validation set every N global steps (and after the last); 0: after the last only
 
     def __post_init__(self) -> None:
         for name in ("global_batch_size", "micro_batch_size", "seq_len", "log_every"):
             positive(f"train.{name}", getattr(self, name))
-        for name in ("max_steps", "epochs", "save_every", "warmup_steps", "keep_last", "gc_interval"):
+        for name in ("max_steps", "epochs", "save_every", "warmup_steps", "keep_last", "gc_interval", "eval_every"):
             positive(f"train.{name}", getattr(self, name), allow_zero=True)
         if self.max_steps == 0 and self.epochs == 0:
             raise LauncherError("train.max_steps", 0, "set train.max_steps to a positive number or train.epochs")

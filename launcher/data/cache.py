@@ -2,8 +2,9 @@
 
 Every rank renders every conversation through the chat template and the tokenizer before its first step: seconds
 for the shipped set, minutes for a large one, paid again by each relaunch and each restart after a crash. The
-result is kept in one file per (data file, format, seq_len, max_samples, tokenizer, library versions), like the
-`datasets` library's cache: a changed data file (size or mtime), tokenizer or chat template gets a new file. A
+result is kept in one file per (data set and its part, every input that shapes it, seq_len, tokenizer, library
+versions), like the `datasets` library's cache: a changed data file (size or mtime), column mapping, validation
+split, tokenizer or chat template gets a new file. A
 cache that cannot be read or written only costs the tokenization; it never stops a run.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from launcher.data.tokenization import warn_dropped
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # raise when tokenization starts producing different ids or labels for the same inputs
+CACHE_VERSION = 2  # raise when tokenization starts producing different ids or labels for the same inputs
 CACHE_DIR_VAR = "LAUNCHER_CACHE_DIR"
 
 
@@ -43,24 +44,20 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def cache_path(environ: dict[str, str], data_path: str, fmt: str, seq_len: int, max_samples: int, tokenizer: Any
-               ) -> Path | None:
-    """None when the data file cannot be read here: loading it then fails with the error that names data.path."""
-    if not os.path.isfile(data_path):
-        return None
-    return cache_root(environ) / "tokenized" / f"{cache_key(data_path, fmt, seq_len, max_samples, tokenizer)}.pt"
+def cache_path(environ: dict[str, str], inputs: dict[str, Any], seq_len: int, tokenizer: Any) -> Path:
+    """The cache file for tokenized examples made from `inputs` (what the caller read: each data file's path, size
+    and mtime, the format and column mapping, the split; JSON-able)."""
+    return cache_root(environ) / "tokenized" / f"{cache_key(inputs, seq_len, tokenizer)}.pt"
 
 
-def cache_key(data_path: str, fmt: str, seq_len: int, max_samples: int, tokenizer: Any) -> str:
+def cache_key(inputs: dict[str, Any], seq_len: int, tokenizer: Any) -> str:
     import tokenizers
     import transformers
 
-    stat = os.stat(data_path)
-    parts = {"version": CACHE_VERSION, "data": os.path.realpath(data_path), "size": stat.st_size,
-             "mtime_ns": stat.st_mtime_ns, "format": fmt, "seq_len": seq_len, "max_samples": max_samples,
+    parts = {"version": CACHE_VERSION, "inputs": inputs, "seq_len": seq_len,
              "tokenizer": tokenizer_fingerprint(tokenizer), "transformers": transformers.__version__,
              "tokenizers": tokenizers.__version__}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def cached_examples(path: Path | None, build: Callable[[], tuple[list[Example], int]], write: bool,

@@ -20,6 +20,7 @@ def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None, scrip
     if script is not None:  # the script loads its own model and data; the launcher's config only sizes the estimate
         model = f"the script's own (the memory estimate is for the launcher's model config: {model})"
         seq = "seq: the script's"
+    data = [] if script is not None else _data_lines(plan)
     return [
         f"run        {plan.run_name}  ->  {plan.run_dir}",
         f"topology   {plan.topo_name} ({plan.backend}): {plan.num_hosts} host(s) [{hosts}] x {plan.procs_per_host} "
@@ -28,6 +29,7 @@ def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None, scrip
         f"{' offload(opt)' if plan.offload_optimizer else ''}{' offload(params)' if plan.offload_params else ''}, "
         f"{plan.precision}",
         f"model      {model}",
+        *data,
         f"batch      global {plan.global_batch_size} = micro {plan.micro_batch_size} x dp {plan.dp} x accum "
         f"{plan.grad_accum}; {seq}; {steps(plan, script)}",
         f"memory     ~{m.total_gb:.2f} GiB per {'GPU' if plan.accelerator == 'cuda' else 'process'} (params "
@@ -36,6 +38,17 @@ def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None, scrip
         f"resume     {f'from global step {resume.global_step} ({resume.path})' if resume else 'none (fresh start)'}",
         f"command    {shlex.join(spec.argv)}",
     ]
+
+
+def _data_lines(plan: Plan) -> list[str]:
+    """Each data set's rows, what was held out for validation and its share of an epoch (data.weights)."""
+    from launcher.data.selection import describe
+
+    lines = describe(plan.train_sets, plan.eval_sets, list(plan.data.weights))
+    every = plan.train.eval_every
+    if plan.has_validation:
+        lines[-1] += f"; scored every {every} steps and after the last" if every else "; scored after the last step"
+    return [f"{'data' if i == 0 else '':<11}{line}" for i, line in enumerate(lines)]
 
 
 def model_name(plan: Plan) -> str:

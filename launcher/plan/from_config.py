@@ -24,8 +24,8 @@ def plan_job(cfg: LauncherConfig, cwd: str, environ: dict[str, str]) -> tuple[La
     field, value = ("run.dir", cfg.run.dir) if cfg.run.dir else ("run.output_dir", cfg.run.output_dir)
     inputs.check_run_dir(run_dir, field, value)
     inputs.check_resume(cfg.run.resume, run_dir, cwd, script=bool(cfg.script or cfg.script_module))
-    cfg, num_rows = inputs.check_data(cfg, cwd)
+    data_sets = inputs.check_data(cfg, cwd)
     wandb_env = (environ.get("WANDB_MODE", ""), bool(services.wandb_key(environ)),
                  importlib.util.find_spec("wandb") is not None)
-    plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, num_samples=num_rows, wandb_env=wandb_env)
+    plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, data_sets=data_sets, wandb_env=wandb_env)
     return cfg, plan, hw

@@ -18,15 +18,18 @@ from launcher.plan.memory import MemoryJob, estimate, liger_applies
 from launcher.plan.checks import check_deepspeed_extra, check_method, check_model_parallel
 from launcher.plan.comm_sizes import comm_sizes
 from launcher.plan.types import Plan, launch_settings
+from launcher.data.selection import DataSet
 
 
-def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_samples: int = 0,
+def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
+            data_sets: tuple[tuple[DataSet, ...], tuple[DataSet, ...]] = ((), ()),
             wandb_env: tuple[str, bool, bool] = ("", False, True)) -> Plan:
     """Turn what the user asked for into what will run. Raises LauncherError for anything that cannot work.
 
-    wandb_env is (WANDB_MODE, whether WANDB_API_KEY is set, whether wandb is installed), read by the caller.
+    data_sets are the training and validation sets the launching host counted (data/selection.py); wandb_env is
+    (WANDB_MODE, whether WANDB_API_KEY is set, whether wandb is installed), read by the caller.
     +plan=auto picks the plan here; a plan whose memory estimate does not fit carries what would (memory_hint)."""
-    evaluate = functools.partial(_resolve, hw=hw, run_dir=run_dir, run_name=run_name, num_samples=num_samples,
+    evaluate = functools.partial(_resolve, hw=hw, run_dir=run_dir, run_name=run_name, data_sets=data_sets,
                                  wandb_env=wandb_env)
     if cfg.plan.name == autoplan.AUTO:
         return autoplan.choose(cfg, evaluate)
@@ -36,8 +39,8 @@ def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_
     return dataclasses.replace(plan, memory_hint=autoplan.what_fits(cfg, plan, evaluate))
 
 
-def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num_samples: int,
-             wandb_env: tuple[str, bool, bool]) -> Plan:
+def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
+             data_sets: tuple[tuple[DataSet, ...], tuple[DataSet, ...]], wandb_env: tuple[str, bool, bool]) -> Plan:
     wandb_mode = _wandb_mode(cfg.logging.wandb.mode, wandb_env)
     backend, hosts, slots = where.placement(cfg)
     accelerator = where.accelerator(cfg, hw, backend)
@@ -50,7 +53,7 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num
     precision = _precision(cfg.train.precision, accelerator, hw)
     check_method(cfg, accelerator)
     check_deepspeed_extra(cfg)
-    max_steps = _max_steps(cfg.train, num_samples)
+    max_steps = _max_steps(cfg.train, sum(s.samples for s in data_sets[0]))
     liger = liger_applies(cfg.model.liger_kernel, accelerator, tp, pp, cfg.method.name, cfg.plan.compile)
     p = cfg.plan
     sizes = comm_sizes(cfg.model.arch, cfg.method.name, cfg.method.lora_r, tuple(cfg.method.target_modules), tp * pp,
@@ -107,6 +110,8 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str, num
         compile=cfg.plan.compile,
         deepspeed=dict(cfg.plan.deepspeed),
         launch=launch_settings(cfg, hw),
+        train_sets=data_sets[0],
+        eval_sets=data_sets[1],
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from launcher.config.schema import DataConfig, LauncherConfig, MethodConfig, ModelConfig, TrainConfig
 from launcher.config.topology import SlurmConfig
+from launcher.data.selection import DataSet
 from launcher.plan.hardware import Hardware
 from launcher.plan.memory import MemoryEstimate
 from launcher.secrets import mask_secrets
@@ -84,6 +85,8 @@ class Plan:
     auto_reason: str = ""  # +plan=auto: why this plan, and the runner-up
     memory_hint: str = ""  # when the estimate does not fit: what would
     launch: LaunchSettings = field(default_factory=LaunchSettings)
+    train_sets: tuple[DataSet, ...] = ()  # what the ranks read (data/selection.py); counted on the launching host
+    eval_sets: tuple[DataSet, ...] = ()  # separate validation sets (data.eval_path / data.eval_datasets)
 
     def __post_init__(self) -> None:
         if self.dp * self.tp * self.pp != self.world_size:
@@ -102,6 +105,10 @@ class Plan:
         return len(self.hosts)
 
     @property
+    def has_validation(self) -> bool:
+        return bool(self.eval_sets) or any(s.val_rows for s in self.train_sets)
+
+    @property
     def checkpoint_bytes(self) -> int:
         """One checkpoint's size: weights in the training precision, fp32 master weights and two Adam moments of the
         trained part (what the free-disk checks compare against before the first save)."""
@@ -112,6 +119,8 @@ class Plan:
         """What plan.json and wandb's config hold: a secret-named value, should one ever get here, is masked."""
         d = dataclasses.asdict(self)
         d["hosts"] = list(self.hosts)
+        d["train_sets"] = [s.to_dict() for s in self.train_sets]
+        d["eval_sets"] = [s.to_dict() for s in self.eval_sets]
         d["world_size"] = self.world_size
         return mask_secrets(d)
 
@@ -128,6 +137,8 @@ class Plan:
         d["method"] = MethodConfig(**d["method"])
         d["train"] = TrainConfig(**d["train"])
         d["memory"] = MemoryEstimate(**d["memory"])
+        for key in ("train_sets", "eval_sets"):
+            d[key] = tuple(DataSet.from_dict(s) for s in d.get(key, ()))
         if "launch" in d:
             launch = dict(d["launch"])
             launch["slurm"] = SlurmConfig(**launch.get("slurm", {}))

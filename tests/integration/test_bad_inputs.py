@@ -4,6 +4,7 @@ dir exactly as it was, or not there at all."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -136,13 +137,62 @@ def output_dir_is_a_file(places: Places) -> Bad:
                [f"run.output_dir='{runs}'", f"so {runs}/mine cannot be created"])
 
 
-def data_path_is_a_directory(places: Places) -> Bad:
+def data_path_is_a_directory_of_notes(places: Places) -> Bad:
     data = places.tmp_path / "data"
     data.mkdir()
-    shutil.copy(default_data_path("alpaca"), data / "train.jsonl")
+    (data / "notes.txt").write_text("not rows\n")
     run_dir = places.tmp_path / "run"
     return Bad(["data=alpaca", f"data.path={data}", f"run.dir={run_dir}"], run_dir,
-               [f"data.path='{data}'", "is a directory (it holds train.jsonl)"])
+               [f"data.path='{data}'", "notes.txt has the extension '.txt', which is not a data file kind",
+                ".json .jsonl .parquet .csv .arrow"])
+
+
+def registry(places: Places, entries: dict) -> Path:
+    """A dataset_info.json beside a copy of the shipped alpaca rows (data.jsonl)."""
+    shutil.copy(default_data_path("alpaca"), places.tmp_path / "data.jsonl")
+    path = places.tmp_path / "dataset_info.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def registry_name_that_is_not_there(places: Places) -> Bad:
+    info = registry(places, {"mine": {"file_name": "data.jsonl"}, "theirs": {"file_name": "data.jsonl"}})
+    run_dir = places.tmp_path / "run"
+    return Bad([f"data.registry={info}", "data.datasets=[mien]", f"run.dir={run_dir}"], run_dir,
+               ["data.datasets='mien'", "the registry holds: mine, theirs"])
+
+
+def registry_columns_naming_a_missing_key(places: Places) -> Bad:
+    info = registry(places, {"mine": {"file_name": "data.jsonl", "columns": {"prompt": "question"}}})
+    run_dir = places.tmp_path / "run"
+    return Bad([f"data.registry={info}", "data.datasets=[mine]", f"run.dir={run_dir}"], run_dir,
+               ["data.datasets='mine'", "none of its 400 rows is usable: 400 missing 'question' (rows 1, 2, 3, ...)"])
+
+
+def registry_entry_of_a_kind_not_trained(places: Places) -> Bad:
+    info = registry(places, {"pairs": {"file_name": "data.jsonl", "ranking": True}})
+    run_dir = places.tmp_path / "run"
+    return Bad([f"data.registry={info}", "data.datasets=[pairs]", f"run.dir={run_dir}"], run_dir,
+               ["data.datasets='pairs'", "preference"])
+
+
+def weights_that_do_not_match_the_sets(places: Places) -> Bad:
+    info = registry(places, {"a": {"file_name": "data.jsonl"}, "b": {"file_name": "data.jsonl"}})
+    run_dir = places.tmp_path / "run"
+    return Bad([f"data.registry={info}", "data.datasets=[a,b]", "data.weights=[1.0]", f"run.dir={run_dir}"], run_dir,
+               ["data.weights=[1.0]", "there are 1 weights for 2 data sets"])
+
+
+def val_size_larger_than_the_set(places: Places) -> Bad:
+    run_dir = places.tmp_path / "run"
+    return Bad(["data.val_size=500", f"run.dir={run_dir}"], run_dir,
+               ["data.val_size=500.0", "it asks for 500 validation rows but the training sets hold 400 rows"])
+
+
+def eval_every_without_a_validation_set(places: Places) -> Bad:
+    run_dir = places.tmp_path / "run"
+    return Bad(["train.eval_every=5", f"run.dir={run_dir}"], run_dir,
+               ["train.eval_every=5", "there is no validation set to score", "data.val_size"])
 
 
 def data_path_is_empty(places: Places) -> Bad:
@@ -201,8 +251,10 @@ def resume_word_that_is_not_a_choice(places: Places) -> Bad:
 
 CASES: dict[str, Callable[[Places], Bad]] = {case.__name__: case for case in (
     run_dir_is_a_file, run_dir_under_a_file, run_dir_on_a_read_only_filesystem, run_dir_on_a_full_disk,
-    run_dir_not_writable_by_this_user, output_dir_is_a_file, data_path_is_a_directory, data_path_is_empty,
-    data_path_is_binary, data_path_is_latin1, resume_step_on_a_fresh_run_dir, resume_step_that_was_never_saved,
+    run_dir_not_writable_by_this_user, output_dir_is_a_file, data_path_is_a_directory_of_notes, data_path_is_empty,
+    data_path_is_binary, data_path_is_latin1, registry_name_that_is_not_there, registry_columns_naming_a_missing_key,
+    registry_entry_of_a_kind_not_trained, weights_that_do_not_match_the_sets, val_size_larger_than_the_set,
+    eval_every_without_a_validation_set, resume_step_on_a_fresh_run_dir, resume_step_that_was_never_saved,
     resume_path_that_does_not_exist, resume_word_that_is_not_a_choice,
 )}
 

@@ -5,14 +5,20 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from launcher.assets import default_data_path
 from launcher.data.formats import load_conversations
+from launcher.errors import LauncherError
 from launcher.data.tokenization import build_examples, load_tokenizer
 from launcher.data.cache import cache_key, cache_path, cache_root, cached_examples, read
+from launcher.data.selection import plan_sets
+from launcher.plan.resolve import resolve
+from launcher.train.examples import cache_inputs
+from tests.unit.test_plan import CPU, compose
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +41,18 @@ def builder(tokenizer, data: str, seq_len: int, calls: list[int]):
     return build
 
 
+def plan_with(data: str, *overrides: str):
+    cfg, _ = compose([f"data.path={data}", *overrides])
+    return resolve(cfg, CPU, run_dir="/runs/x", run_name="x", data_sets=plan_sets(cfg.data, cfg.train.seed, "/"))
+
+
+def key(plan, tokenizer, part: str = "train", index: int = 0) -> str:
+    return cache_key(cache_inputs(plan, part, index), plan.train.seq_len, tokenizer)
+
+
 def test_a_relaunch_reads_the_tokenized_set_instead_of_tokenizing_again(tokenizer, data, tmp_path):
-    path = cache_path({"LAUNCHER_CACHE_DIR": str(tmp_path / "cache")}, data, "alpaca", 256, 0, tokenizer)
+    path = cache_path({"LAUNCHER_CACHE_DIR": str(tmp_path / "cache")}, cache_inputs(plan_with(data), "train", 0), 256,
+                      tokenizer)
     calls: list[int] = []
     first = cached_examples(path, builder(tokenizer, data, 256, calls), write=True, seq_len=256)
     again = cached_examples(path, builder(tokenizer, data, 256, calls), write=True, seq_len=256)
@@ -53,18 +69,25 @@ def test_a_rank_that_does_not_write_leaves_no_file(tokenizer, data, tmp_path):
 
 
 def test_what_changes_the_tokens_changes_the_key(tokenizer, data):
-    base = cache_key(data, "alpaca", 256, 0, tokenizer)
-    assert cache_key(data, "alpaca", 256, 0, tokenizer) == base
-    assert cache_key(data, "alpaca", 128, 0, tokenizer) != base
-    assert cache_key(data, "alpaca", 256, 10, tokenizer) != base
-    assert cache_key(data, "sharegpt", 256, 0, tokenizer) != base
+    plan = plan_with(data)
+    base = key(plan, tokenizer)
+    assert key(plan_with(data), tokenizer) == base
+    assert key(plan_with(data, "train.seq_len=128"), tokenizer) != base
+    assert key(plan_with(data, "data.max_samples=10"), tokenizer) != base
+    split = plan_with(data, "data.val_size=0.1")
+    assert len({key(split, tokenizer), key(split, tokenizer, "val"), base}) == 3
+    assert key(plan_with(data, "data.val_size=0.1", "train.seed=7"), tokenizer, "val") != key(split, tokenizer, "val")
+    source = plan.train_sets[0].source
+    for changed in (replace(source, columns={"prompt": "instruction"}), replace(source, formatting="sharegpt"),
+                    replace(source, tags={"role_tag": "from"})):
+        assert key(replace(plan, train_sets=(replace(plan.train_sets[0], source=changed),)), tokenizer) != base
     other = load_tokenizer("")
     other.chat_template = other.chat_template + " "
-    assert cache_key(data, "alpaca", 256, 0, other) != base
+    assert key(plan, other) != base
     before = os.stat(data).st_mtime_ns
     Path(data).write_text(Path(data).read_text().replace("a", "b", 1))  # an edit: same size, a later mtime
     os.utime(data, ns=(before + 10**9, before + 10**9))  # a second later, whatever the clock's tick
-    assert cache_key(data, "alpaca", 256, 0, tokenizer) != base
+    assert key(plan, tokenizer) != base
 
 
 def test_a_damaged_cache_file_is_tokenized_again_and_replaced(tokenizer, data, tmp_path, caplog):
@@ -103,8 +126,13 @@ def test_examples_dropped_for_seq_len_are_reported_again_from_the_cache(tokenize
     assert "from the cache" in caplog.text and "dropped 1 of 2 examples" in caplog.text
 
 
-def test_a_data_file_missing_on_this_host_is_left_to_the_loader_s_error(tokenizer, tmp_path):
-    assert cache_path({}, str(tmp_path / "gone.jsonl"), "alpaca", 256, 0, tokenizer) is None
+def test_a_data_file_missing_on_this_host_is_refused_by_name(tokenizer, data):
+    plan = plan_with(data)
+    os.unlink(data)
+    with pytest.raises(LauncherError) as err:
+        cache_inputs(plan, "train", 0)
+    assert err.value.field == "data.path" and "No such file or directory" in err.value.problem
+    assert cache_path({}, {"files": []}, 256, tokenizer).parent == cache_root({}) / "tokenized"
 
 
 def test_the_cache_lives_where_the_environment_says():

@@ -11,6 +11,8 @@ from launcher.plan.hardware import Hardware
 from launcher.launch.job import check_host_fits
 from launcher.plan.types import Plan
 from launcher.plan.resolve import resolve
+from launcher.data.selection import DataSet
+from launcher.data.sources import DataSource
 
 CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
 H200x2 = Hardware("cuda", 2, "NVIDIA H200", 139.8, "9.0", True, 32, 256.0, "x86_64")
@@ -19,7 +21,8 @@ GB10 = Hardware("cuda", 1, "NVIDIA GB10", 119.0, "12.1", True, 20, 119.0, "aarch
 
 def plan_for(*overrides: str, hw: Hardware = CPU, num_samples: int = 0) -> Plan:
     cfg, _ = compose(list(overrides))
-    return resolve(cfg, hw, run_dir="/runs/x", run_name="x", num_samples=num_samples)
+    sets = (DataSet(DataSource("set", path="/data/set.json"), rows=num_samples, samples=num_samples),)
+    return resolve(cfg, hw, run_dir="/runs/x", run_name="x", data_sets=(sets, ()))
 
 
 def test_cpu_machine_gets_two_processes_and_zero2():
