@@ -23,8 +23,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def summary(run_dir: Path, metrics: list[dict]) -> str:
+def split_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(training step rows, validation rows): metrics.jsonl holds both, told apart by `eval_loss`."""
+    return [r for r in rows if "eval_loss" not in r], [r for r in rows if "eval_loss" in r]
+
+
+def summary(run_dir: Path, rows: list[dict]) -> str:
     plan = json.loads((run_dir / PLAN_FILE).read_text()) if (run_dir / PLAN_FILE).exists() else {}
+    metrics, evals = split_rows(rows)
     steady = metrics[len(metrics) // 4:] or metrics
     mfu = [m["mfu"] for m in steady if m.get("mfu") is not None]
     head = f"run {plan.get('run_name', run_dir.name)}: {len(metrics)} steps"
@@ -39,6 +45,11 @@ def summary(run_dir: Path, metrics: list[dict]) -> str:
         + (f", MFU median {statistics.median(mfu):.1%}" if mfu else ""),
         f"memory     peak {max(m.get('memory_gb', 0.0) for m in metrics):.2f} GiB per rank",
     ]
+    if evals:
+        best = min(evals, key=lambda m: m["eval_loss"])
+        lines.insert(2, f"eval loss  first {evals[0]['eval_loss']:.4f} (step {evals[0]['step']})  last "
+                        f"{evals[-1]['eval_loss']:.4f} (step {evals[-1]['step']})  min {best['eval_loss']:.4f} "
+                        f"(step {best['step']})")
     return "\n".join(lines)
 
 
@@ -57,15 +68,21 @@ def _import_matplotlib() -> None:
     import matplotlib.pyplot  # noqa: F401
 
 
-def plot(run_dir: Path, metrics: list[dict]) -> list[Path]:
+def plot(run_dir: Path, rows: list[dict]) -> list[Path]:
+    """loss.png (the training loss per step, and the eval loss where it was scored) and throughput.png."""
     _import_matplotlib()
     import matplotlib.pyplot as plt
 
+    metrics, evals = split_rows(rows)
     steps = [m["step"] for m in metrics]
     out = []
     for name, key, label in (("loss.png", "loss", "loss"), ("throughput.png", "tokens_per_s", "tokens / s")):
         fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-        ax.plot(steps, [m[key] for m in metrics], linewidth=1.5)
+        ax.plot(steps, [m[key] for m in metrics], linewidth=1.5, label="training loss" if key == "loss" else None)
+        if key == "loss" and evals:
+            ax.plot([m["step"] for m in evals], [m["eval_loss"] for m in evals], marker="o", linewidth=1.5,
+                    label="eval loss")
+            ax.legend()
         ax.set_xlabel("global step")
         ax.set_ylabel(label)
         ax.set_title(f"{run_dir.name}: {label}")

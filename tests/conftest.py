@@ -56,7 +56,9 @@ def run_launcher(*overrides: str, cwd: Path | None = None, timeout: float = 600,
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    """The training steps' rows of metrics.jsonl (validation scores have rows of their own, with eval_loss)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [row for row in rows if "eval_loss" not in row]
 
 
 @pytest.fixture

@@ -44,8 +44,10 @@ def train(
     should_save: Callable[[int], bool],
     save: Callable[[int], None],
     stop_requested: Callable[[], bool],
+    evaluate_at: Callable[[int], None] = lambda step: None,
 ) -> int:
-    """Run from start_step to plan.max_steps; returns the last completed global step."""
+    """Run from start_step to plan.max_steps; returns the last completed global step. evaluate_at(step) runs after
+    every step on every rank (it decides whether the validation set is due), before the step's save."""
     step = start_step
     step_fn = train_step
     if plan.pp > 1:
@@ -72,6 +74,8 @@ def train(
                 )
             )
             preempted = stops > 0
+            if not preempted:  # a stop request wants the save now; the resumed run scores its next due step
+                evaluate_at(step)
             if should_save(step) or step == plan.max_steps or preempted:
                 save(step)
             if preempted:

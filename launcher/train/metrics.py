@@ -49,6 +49,17 @@ class StepMetrics:
     memory_gb: float = 0.0
 
 
+@dataclass
+class EvalMetrics:
+    """A validation score: its own metrics.jsonl row (`eval_loss` with the global step it was taken after)."""
+
+    step: int
+    eval_loss: float
+    eval_tokens: int
+    eval_time_s: float
+    time: float
+
+
 class MetricsWriter:
     """Appends (a resumed run continues the same file), flushing each line so a crash loses nothing written."""
 
@@ -57,7 +68,7 @@ class MetricsWriter:
         self.max_steps = max_steps
         self.file = open(path, "a", buffering=1)
 
-    def write(self, m: StepMetrics) -> None:
+    def write(self, m: StepMetrics | EvalMetrics) -> None:
         self.file.write(json.dumps(asdict(m)) + "\n")
 
     def line(self, m: StepMetrics) -> str:
@@ -65,6 +76,10 @@ class MetricsWriter:
         mfu = f" | MFU {m.mfu:.1%}" if m.mfu is not None else ""
         return (f"step {m.step}/{self.max_steps} | loss {m.loss:.4f} | lr {m.lr:.2e} | grad norm {grad} | "
                 f"{m.tokens_per_s:,.0f} tok/s{mfu} | mem {m.memory_gb:.1f} GiB | {m.step_time_s:.2f} s")
+
+    def eval_line(self, m: EvalMetrics) -> str:
+        return (f"eval after step {m.step}/{self.max_steps} | eval loss {m.eval_loss:.4f} over {m.eval_tokens:,} "
+                f"tokens | {m.eval_time_s:.2f} s")
 
     def close(self) -> None:
         self.file.close()

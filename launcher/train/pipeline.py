@@ -213,3 +213,26 @@ def train_step(engine: Any, examples: Sequence[Any], plan: Plan, info: Any, pad_
     grad_norm = engine.get_global_grad_norm()
     return loss_sum, tokens, float(grad_norm) if grad_norm is not None else None
 
+
+
+def eval_loss_sum(engine: Any, batches: list[list[Any]], pad_id: int) -> float:
+    """Summed token loss of this rank's validation batches through the pipeline, on its last stage (0.0 on the
+    others). DeepSpeed's eval_batch averages per micro batch; the loss function here returns each micro batch's sum
+    instead (per_micro = 1), so the caller can weight by tokens."""
+    from launcher.train.batching import collate
+
+    loss_fn: NormalisedLoss = engine.module.loss_fn
+    per_micro, step_losses, step_loss = loss_fn.per_micro, list(loss_fn.losses), engine.total_loss
+    loss_fn.per_micro = 1.0
+    loss_fn.losses.clear()
+    engine.total_loss = None  # eval_batch adds its outputs to the last step's summed loss; train_batch resets it
+    micro_batches = [pipeline_inputs(collate(rows, pad_id)) for rows in batches]
+    try:
+        engine.eval_batch(iter(micro_batches), return_logits=False, compute_loss=True, reduce_output=None,
+                          bcast_loss=False, num_micro_batches=len(micro_batches))
+        return float(sum(loss.double().item() for loss in loss_fn.losses))
+    finally:
+        engine.module.train()
+        engine.total_loss = step_loss
+        loss_fn.per_micro = per_micro
+        loss_fn.losses[:] = step_losses

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import torch
 
 from launcher.plan.types import Plan
 from launcher.rundir import METRICS_FILE
-from launcher.train.metrics import MetricsWriter, StepMetrics, flops_per_token, memory_gb, peak_flops, truncate_after
+from launcher.train.metrics import EvalMetrics, MetricsWriter, StepMetrics, flops_per_token, memory_gb, peak_flops, truncate_after
 from launcher.train.progress import Progress
 from launcher.train.tracking import Tracker
+
+log = logging.getLogger("launcher")
 
 
 class Reporter:
@@ -30,6 +33,12 @@ class Reporter:
         self.writer.write(m)
         self.progress.update(m)
         self.tracker.log(m)
+
+    def eval(self, m: EvalMetrics) -> None:
+        """A validation score: a metrics.jsonl row, a console line (above the bar), wandb's eval_loss."""
+        self.writer.write(m)
+        log.info(self.writer.eval_line(m))
+        self.tracker.log_eval(m)
 
     def close(self) -> None:
         self.progress.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.plan.types import Plan
-from launcher.train.metrics import StepMetrics
+from launcher.train.metrics import EvalMetrics, StepMetrics
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,13 @@ class Tracker:
                 self.run.log({k: v for k, v in asdict(m).items() if k != "step" and v is not None}, step=m.step)
             except Exception as err:  # noqa: BLE001 - any failure of an outside service; training goes on
                 self._stop(f"logging step {m.step} failed: {type(err).__name__}: {err}")
+
+    def log_eval(self, m: EvalMetrics) -> None:
+        if self.run is not None:
+            try:
+                self.run.log({"eval_loss": m.eval_loss, "eval_tokens": m.eval_tokens}, step=m.step)
+            except Exception as err:  # noqa: BLE001 - any failure of an outside service; training goes on
+                self._stop(f"logging the eval loss of step {m.step} failed: {type(err).__name__}: {err}")
 
     def finish(self) -> None:
         if self.run is not None:

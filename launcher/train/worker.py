@@ -21,7 +21,9 @@ from launcher.errors import LauncherError
 from launcher.plan.types import Plan
 from launcher.rundir import CHECKPOINTS, DS_CONFIG_FILE, DS_UNIVERSAL_FILE, LOGS, PLAN_FILE, rank_log
 from launcher.train import parallel
+from launcher.train.evaluate import eval_due, evaluate
 from launcher.train.loop import RankInfo, train
+from launcher.train.metrics import EvalMetrics
 from launcher.train.failures import CollectiveFailure, Watchdog, record_crash, record_user_error, user_facing_failures
 from launcher.train.profiling import StepProfiler, parse_steps
 from launcher.train.reporter import Reporter
@@ -61,24 +63,6 @@ def disable_shm_comm_op() -> None:
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-
-
-def load_examples(plan: Plan, tokenizer: Any, local_rank: int, env: dict[str, str]) -> list[Any]:
-    """The tokenized data set, from the cache when an earlier launch left it there (one rank per host writes it)."""
-    from launcher.train.batching import pack_examples
-    from launcher.data.formats import load_conversations
-    from launcher.data.tokenization import build_examples
-    from launcher.data.cache import cache_path, cached_examples
-
-    d, seq_len = plan.data, plan.train.seq_len
-
-    def build() -> tuple[list[Any], int]:
-        conversations = load_conversations(d.path, d.format)[: d.max_samples or None]
-        return build_examples(tokenizer, conversations, seq_len), len(conversations)
-
-    path = cache_path(env, d.path, d.format, seq_len, d.max_samples, tokenizer) if d.cache else None
-    examples = cached_examples(path, build, write=local_rank == 0, seq_len=seq_len)
-    return pack_examples(examples, seq_len) if d.packing else examples
 
 
 def rank_info(plan: Plan, env: dict[str, str]) -> RankInfo:
@@ -179,12 +163,13 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
         ds_config = _universal_config(run_dir, ds_config)
 
     from launcher.data.tokenization import load_tokenizer
+    from launcher.train.examples import load_examples
     from launcher.train.model import build_model
     from launcher.train.pipeline import build_pipeline_module
 
     marks = {"imports and process group": time.time()}
     tokenizer = load_tokenizer(plan.model.tokenizer or plan.model.path)
-    examples = load_examples(plan, tokenizer, info.local_rank, env)
+    examples, eval_examples = load_examples(plan, tokenizer, info.local_rank, env)
     marks["data"] = time.time()
     hf_ds = _zero3_init_context(plan, ds_config)
     model = build_model(plan, tokenizer, info.local_rank)
@@ -227,10 +212,20 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
         saver(step)
         watchdog.pause(False)
 
+    def evaluate_at(step: int) -> None:
+        if eval_due(step, plan):
+            watchdog.pause(True)
+            t0 = time.perf_counter()
+            loss, tokens = evaluate(engine, eval_examples, plan, info, tokenizer.pad_token_id)
+            if reporter:
+                reporter.eval(EvalMetrics(step, loss, tokens, time.perf_counter() - t0, time.time()))
+            watchdog.pause(False)
+
     every = plan.train.save_every
     with user_facing_failures(plan, info.rank, current):
         last = train(engine, examples, plan, info, tokenizer.pad_token_id, start, on_step,
-                     should_save=lambda s: every > 0 and s % every == 0, save=save, stop_requested=preempt)
+                     should_save=lambda s: every > 0 and s % every == 0, save=save, stop_requested=preempt,
+                     evaluate_at=evaluate_at)
     profiler.close(last)
     if reporter:
         reporter.close()

@@ -19,7 +19,7 @@ from launcher.plan.types import Plan
 from tests.conftest import read_metrics, run_launcher
 
 pytestmark = pytest.mark.integration
-STEPS = ("train.max_steps=20", "train.save_every=10", "train.keep_last=0")
+STEPS = ("train.max_steps=20", "train.save_every=10", "train.keep_last=0", "data.val_size=40", "train.eval_every=10")
 RUNS = {
     "ddp": ("+plan=ddp",),
     "tp_zero1": ("+plan=tp",),  # tp=2, dp=1 on 2 processes
@@ -64,6 +64,23 @@ def test_parallel_run_matches_ddp_losses_for_20_steps(trained, name):
     assert plan["dp"] * plan["tp"] * plan["pp"] == plan["world_size"]
 
 
+def eval_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [row for row in rows if "eval_loss" in row]
+
+
+@pytest.mark.parametrize("name", PARALLEL)
+def test_parallel_run_scores_the_validation_set_as_ddp_does(trained, name):
+    """The eval loss is a token-weighted mean over the whole validation set: the same under tp and pp (the
+    pipeline sums its own token losses rather than averaging micro batches)."""
+    ddp, run = eval_rows(trained("ddp")), eval_rows(trained(name))
+    assert [(r["step"], r["eval_tokens"]) for r in run] == [(r["step"], r["eval_tokens"]) for r in ddp]
+    assert [r["step"] for r in run] == [10, 20]
+    worst = max(relative(a["eval_loss"], b["eval_loss"]) for a, b in zip(run, ddp))
+    print(f"{name}: eval loss vs DDP within {worst:.1e} relative")
+    assert worst < 1e-5
+
+
 @pytest.mark.parametrize("name", PARALLEL)
 def test_parallel_run_resumes_from_its_checkpoint_bit_for_bit(trained, tmp_path, name):
     """Same plan, same world size: the resumed steps repeat the uninterrupted run's losses exactly."""
@@ -77,6 +94,8 @@ def test_parallel_run_resumes_from_its_checkpoint_bit_for_bit(trained, tmp_path,
     resumed = read_metrics(again)
     assert [m["step"] for m in resumed] == list(range(1, 21))
     assert [m["loss"] for m in resumed] == [m["loss"] for m in read_metrics(whole)]
+    assert [(r["step"], r["eval_loss"]) for r in eval_rows(again)] == [(r["step"], r["eval_loss"])
+                                                                      for r in eval_rows(whole)]
     assert (again / "checkpoints" / "global_step20" / "complete.json").exists()
 
 
