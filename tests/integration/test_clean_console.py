@@ -34,7 +34,7 @@ def test_terminal_shows_bar_log_lines_and_counts_without_wandb_or_tokenizer_nois
         assert "Token indices sequence length" not in shown and "longer than the specified maximum" not in shown
     count = [line for line in lines if "examples were longer than train.seq_len=32" in line]
     assert len(count) == 1 and re.fullmatch(
-        r"(\d+) of 402 examples were longer than train.seq_len=32: (\d+) truncated, 1 dropped \(no answer token left\)",
+        re.escape(str(data)) + r": (\d+) of 402 examples were longer than train.seq_len=32: (\d+) truncated, 1 dropped \(no answer token left\)",
         count[0])
 
     assert not [line for line in lines if "wandb:" in line]  # wandb's banner and history stay in its files

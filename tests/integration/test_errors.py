@@ -22,7 +22,7 @@ def assert_user_error(result, *fragments: str) -> str:
 
 
 def test_unknown_preset_lists_the_presets():
-    assert_user_error(run_launcher("+plan=zero4"), "plan='zero4'", "use one of auto, ddp, pp, tp, zero1, zero2, zero3, zero3_offload")
+    assert_user_error(run_launcher("+plan=zero4"), "plan='zero4'", "use one of auto, ddp, pp, sp, tp, zero1, zero2, zero3, zero3_offload")
 
 
 def test_unknown_field_lists_the_fields_of_its_group():
@@ -57,11 +57,13 @@ def test_missing_data_file(tmp_path):
                       "data.path=", "does not exist")
 
 
-def test_malformed_data_row_names_the_row(tmp_path):
+def test_a_data_file_with_no_usable_row_names_the_row_and_the_reason(tmp_path):
+    """A bad row among good ones is dropped and counted (tests/unit/test_data_tools.py); a file of nothing but bad
+    rows is refused before any rank starts."""
     data = tmp_path / "bad.jsonl"
-    data.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"instruction": "c"}) + "\n")
+    data.write_text(json.dumps({"instruction": "c"}) + "\n")
     assert_user_error(run_launcher("data=alpaca", f"data.path={data}", f"run.dir={tmp_path}/r"),
-                      "row 2", "'output'")
+                      "its one row is not usable: 1 missing 'output' (row 1)")
 
 
 def test_qlora_without_cuda(tmp_path):
