@@ -21,7 +21,10 @@ LAYOUT_KEYS = ("world_size", "dp", "tp", "pp", "zero_stage")
 
 
 def layout(plan: Plan) -> dict[str, int]:
-    return {"world_size": plan.world_size, "dp": plan.dp, "tp": plan.tp, "pp": plan.pp, "zero_stage": plan.zero_stage}
+    """How the checkpoint's shards are laid out. ZeRO shards over dp x sp (the whole sequence-data-parallel group), so
+    a change of sp at the same world size keeps the layout and needs no conversion."""
+    return {"world_size": plan.world_size, "dp": plan.dp * plan.sp, "tp": plan.tp, "pp": plan.pp,
+            "zero_stage": plan.zero_stage}
 
 
 def needs_conversion(meta: dict, plan: Plan) -> bool:

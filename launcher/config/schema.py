@@ -25,6 +25,7 @@ class PlanConfig:
     offload_params: bool = False
     tp: int = 1
     pp: int = 1
+    sp: int = 1  # Ulysses sequence parallel: each sequence split over sp ranks (DeepSpeed ALST); dp = world / sp
     overlap_comm: bool = True
     # Communication sizes in 2**20 elements; 0 chooses them from the model (launcher/plan/comm_sizes.py says how).
     reduce_bucket_mb: int = 0
@@ -48,6 +49,7 @@ class PlanConfig:
         positive("plan.stage3_param_persistence_kb", self.stage3_param_persistence_kb, allow_zero=True)
         positive("plan.tp", self.tp)
         positive("plan.pp", self.pp)
+        positive("plan.sp", self.sp)
         if self.offload_params and self.zero_stage != 3:
             raise LauncherError("plan.offload_params", True, "parameter offload needs ZeRO-3: use +plan=zero3_offload")
         if self.offload_optimizer and self.zero_stage == 0:
@@ -170,6 +172,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     gradient_checkpointing: bool = False
+    # DeepSpeed's tiled MLP (long sequences: the MLP's activations of one slice at a time, for a second MLP forward):
+    # auto = on CUDA when a rank holds long enough rows (plan/memory.py: tiled_mlp_applies) | on | off
+    tiled_mlp: str = "auto"
     seed: int = 1234
     save_every: int = 20
     log_every: int = 1
@@ -186,6 +191,7 @@ class TrainConfig:
         if self.max_steps == 0 and self.epochs == 0:
             raise LauncherError("train.max_steps", 0, "set train.max_steps to a positive number or train.epochs")
         choice("train.precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
+        choice("train.tiled_mlp", self.tiled_mlp, ("auto", "on", "off"))
         self.profile_steps = str(self.profile_steps).strip()
         span = re.fullmatch(r"(\d+)(?:-(\d+))?", self.profile_steps)
         if self.profile_steps and not (span and 0 < int(span[1]) <= int(span[2] or span[1])):

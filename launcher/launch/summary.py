@@ -26,6 +26,7 @@ def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None, scrip
         f"topology   {plan.topo_name} ({plan.backend}): {plan.num_hosts} host(s) [{hosts}] x {plan.procs_per_host} "
         f"{'GPU(s)' if plan.accelerator == 'cuda' else 'CPU process(es)'} = world size {plan.world_size}",
         f"plan       {plan.plan_name}: ZeRO-{plan.zero_stage} dp={plan.dp} tp={plan.tp} pp={plan.pp}"
+        f"{f' sp={plan.sp}' if plan.sp > 1 else ''}"
         f"{' offload(opt)' if plan.offload_optimizer else ''}{' offload(params)' if plan.offload_params else ''}, "
         f"{plan.precision}",
         f"model      {model}",
@@ -88,8 +89,8 @@ def plan_table(plan: Plan) -> list[str]:
                          if on) or "none"
     lines = [
         f"plan table ({plan.plan_name}, estimated per {per})",
-        f"  degrees            world {plan.world_size} = dp {plan.dp} x tp {plan.tp} x pp {plan.pp}; {stage}; "
-        f"offload {offload}; {plan.precision}",
+        f"  degrees            world {plan.world_size} = dp {plan.dp} x tp {plan.tp} x pp {plan.pp}"
+        f"{f' x sp {plan.sp}' if plan.sp > 1 else ''}; {stage}; offload {offload}; {plan.precision}",
         f"  batch              global {plan.global_batch_size} = micro {plan.micro_batch_size} x dp {plan.dp} x accum "
         f"{plan.grad_accum}; seq {t.seq_len} = {plan.micro_batch_size * t.seq_len:,} tokens per micro batch",
         f"  model              {model_name(plan)}: {m.params / 1e9:.2f}B parameters; {_method(plan)}",
@@ -99,7 +100,7 @@ def plan_table(plan: Plan) -> list[str]:
         row("optimizer states", m.optimizer_gb, f"fp32 master weights + 2 Adam moments, {_share(plan, 1)}"),
         row("activations", m.activations_gb, f"{'with' if ckpt else 'without'} gradient checkpointing "
             f"({m.activations_checkpointed_gb if not ckpt else m.activations_full_gb:.2f} GiB "
-            f"{'with' if not ckpt else 'without'})"),
+            f"{'with' if not ckpt else 'without'}){_sp_tokens(plan)}"),
         row("optimizer step", m.step_gb, "fp32 gradient copy at the step; activations are freed by then, so the "
             "peak counts the larger of the two"),
         row("buffers", m.buffers_gb, "ZeRO gradient buckets, gathered ZeRO-3 weights, dequantized nf4 weights"),
@@ -125,12 +126,21 @@ def _method(plan: Plan) -> str:
 
 
 def _share(plan: Plan, stage: int) -> str:
-    """Which share of it a GPU holds."""
-    split = plan.tp * plan.pp
-    sharded = plan.zero_stage >= stage and plan.dp > 1
-    parts = ([f"1/{plan.dp} (ZeRO-{plan.zero_stage} over dp)"] if sharded else []) + (
+    """Which share of it a GPU holds. Under sequence parallel ZeRO shards over every rank (dp x sp)."""
+    split, shards = plan.tp * plan.pp, plan.dp * plan.sp
+    over = "dp x sp" if plan.sp > 1 else "dp"
+    sharded = plan.zero_stage >= stage and shards > 1
+    parts = ([f"1/{shards} (ZeRO-{plan.zero_stage} over {over})"] if sharded else []) + (
         [f"1/{split} by tp x pp"] if split > 1 else [])
     return " and ".join(parts) or "all of it on every GPU"
+
+
+def _sp_tokens(plan: Plan) -> str:
+    """Under sequence parallel a rank holds seq_len / sp tokens of each row (attention: all tokens, heads / sp)."""
+    if plan.sp == 1:
+        return ""
+    local = -(-plan.train.seq_len // plan.sp)
+    return f", per seq_len/sp = {local:,} tokens of each row (attention: all {plan.train.seq_len:,}, heads/{plan.sp})"
 
 
 def _verdict(m: MemoryEstimate) -> str:

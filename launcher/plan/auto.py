@@ -3,7 +3,9 @@ sizes or how many GPUs would. Pure: candidate configs are resolved by the `evalu
 
 Expected speed is an order, not a model: ddp, zero1, zero2, zero3 (more sharding, more traffic), then the same with
 gradient checkpointing (one more forward pass), then tensor or pipeline parallel (traffic per layer, or a pipeline
-bubble; they also split the activations), and CPU offload last (the optimizer step runs on the CPU).
+bubble; they also split the activations), and CPU offload (the optimizer step runs on the CPU). Ulysses sequence
+parallel (plan.sp) comes only after all of them: it is for a sequence whose activations fit no other plan, and it costs
+all-to-alls in every layer.
 """
 from __future__ import annotations
 
@@ -23,20 +25,23 @@ COST = {"ddp": "no sharding traffic", "zero1": "shards the optimizer states",
         "zero2": "also shards the gradients (one reduction per bucket)",
         "zero3": "also shards the weights (gathered again for every layer, ~1.5x the traffic of ddp)",
         "tp": "two all-reduces per layer", "pp": "a pipeline bubble per step",
-        "zero3_offload": "steps the optimizer on the CPU and moves the weights over PCIe"}
+        "zero3_offload": "steps the optimizer on the CPU and moves the weights over PCIe",
+        "sp": "four all-to-alls per layer (q, k, v and the attention output), again in the backward pass"}
+SP_PRESET = (2, 3)  # conf/plan/sp.yaml: plan.sp and plan.zero_stage
 Evaluate = Callable[[LauncherConfig], "Plan"]
 
 
 def variant(cfg: LauncherConfig, name: str, stage: int, tp: int = 1, pp: int = 1, offload: bool = False,
-            checkpointing: bool | None = None) -> LauncherConfig:
-    plan = dataclasses.replace(cfg.plan, name=name, zero_stage=stage, tp=tp, pp=pp, offload_optimizer=offload,
+            checkpointing: bool | None = None, sp: int = 1) -> LauncherConfig:
+    plan = dataclasses.replace(cfg.plan, name=name, zero_stage=stage, tp=tp, pp=pp, sp=sp, offload_optimizer=offload,
                                offload_params=offload)
     train = cfg.train if checkpointing is None else dataclasses.replace(cfg.train, gradient_checkpointing=checkpointing)
     return dataclasses.replace(cfg, plan=plan, train=train)
 
 
 def candidates(cfg: LauncherConfig, world: int, procs_per_host: int) -> Iterator[LauncherConfig]:
-    """Every plan auto may pick, fastest first; checkpointing only after every plan without it."""
+    """Every plan auto may pick, fastest first; checkpointing only after every plan without it, sequence parallel
+    only after every plan without it."""
     layers = cfg.model.arch.num_layers
     for ckpt in (True,) if cfg.train.gradient_checkpointing else (False, True):
         for name, stage in ZERO:
@@ -48,6 +53,22 @@ def candidates(cfg: LauncherConfig, world: int, procs_per_host: int) -> Iterator
             yield variant(cfg, "pp", 1, pp=pp, checkpointing=ckpt)
     for ckpt in (True,) if cfg.train.gradient_checkpointing else (False, True):
         yield variant(cfg, "zero3_offload", 3, offload=True, checkpointing=ckpt)
+    for ckpt in (True,) if cfg.train.gradient_checkpointing else (False, True):
+        for sp in sp_degrees(cfg, world):
+            for _, stage in ZERO:
+                yield variant(cfg, "sp", stage, sp=sp, checkpointing=ckpt)
+
+
+def sp_degrees(cfg: LauncherConfig, world: int) -> list[int]:
+    """Sequence-parallel degrees DeepSpeed's Ulysses attention accepts here: powers of two dividing the world size and
+    the attention heads, and dividing the kv heads or a multiple of them (it then repeats the kv heads)."""
+    heads, kv = cfg.model.arch.num_heads, cfg.model.arch.num_kv_heads
+    out, sp = [], 2
+    while sp <= world:
+        if world % sp == 0 and heads % sp == 0 and (kv % sp == 0 or sp % kv == 0):
+            out.append(sp)
+        sp *= 2
+    return out
 
 
 def _plans(cfg: LauncherConfig, evaluate: Evaluate, base: Plan) -> Iterator[Plan]:
@@ -65,6 +86,9 @@ def label(plan: Plan, asked_checkpointing: bool = False) -> str:
         text += f" plan.tp={plan.tp}"
     if plan.plan_name == "pp":
         text += f" plan.pp={plan.pp}"
+    if plan.plan_name == "sp":
+        text += f" plan.sp={plan.sp}" if plan.sp != SP_PRESET[0] else ""
+        text += f" plan.zero_stage={plan.zero_stage}" if plan.zero_stage != SP_PRESET[1] else ""
     if plan.train.gradient_checkpointing and not asked_checkpointing:
         text += " train.gradient_checkpointing=true"
     return text
@@ -97,21 +121,41 @@ def choose(cfg: LauncherConfig, evaluate: Evaluate) -> Plan:
     chosen = fitting[0]
     reason = (f"plan=auto chose {label(chosen, asked)}: the fastest plan that fits ({_gib(chosen)} of "
               f"{chosen.memory.capacity_gb:.0f} GiB)")
+    if chosen.sp > 1:
+        reason += _why_sp(chosen, ruled_out, asked)
     if ruled_out:
         reason += "; faster ones do not: " + ", ".join(f"{label(p, asked)} {_gib(p)}" for p in ruled_out[:4])
         reason += ", ..." if len(ruled_out) > 4 else ""
     if len(fitting) > 1:
         runner = fitting[1]
-        more_ckpt = runner.train.gradient_checkpointing and not chosen.train.gradient_checkpointing
-        why = "recomputes the forward pass" if more_ckpt else COST.get(runner.plan_name, "")
-        reason += f". Runner-up: {label(runner, asked)} ({_gib(runner)}; {why})"
+        reason += f". Runner-up: {label(runner, asked)} ({_gib(runner)}; {_cost(runner, chosen)})"
     return dataclasses.replace(chosen, auto_reason=reason + ".")
+
+
+def _cost(runner: Plan, chosen: Plan) -> str:
+    """What makes the runner-up slower than the chosen plan."""
+    if runner.train.gradient_checkpointing and not chosen.train.gradient_checkpointing:
+        return "recomputes the forward pass"
+    if runner.sp != chosen.sp:
+        return f"sequence parallel over {runner.sp} ranks: {COST['sp']}"
+    name = dict((stage, n) for n, stage in ZERO)[runner.zero_stage] if runner.plan_name == "sp" else runner.plan_name
+    return COST.get(name, "")  # two sp plans differ in their ZeRO stage: the cost of that stage
+
+
+def _why_sp(chosen: Plan, ruled_out: list[Plan], asked: bool) -> str:
+    """Sequence parallel is picked only when no plan without it fits: say which came closest, and what sp costs."""
+    flat = [p for p in ruled_out if p.sp == 1]
+    text = "; no plan without sequence parallel fits"
+    if flat:
+        closest = min(flat, key=lambda p: p.memory.need_gb)
+        text += f" (the smallest, {label(closest, asked)}, needs {_gib(closest)})"
+    return text + f", so each sequence is split over {chosen.sp} ranks, at the cost of {COST['sp']}"
 
 
 def config_of(cfg: LauncherConfig, plan: Plan) -> LauncherConfig:
     """The config that resolves to `plan` (one of the candidates)."""
     return variant(cfg, plan.plan_name, plan.zero_stage, plan.tp, plan.pp, plan.offload_optimizer,
-                   plan.train.gradient_checkpointing)
+                   plan.train.gradient_checkpointing, plan.sp)
 
 
 def what_fits(cfg: LauncherConfig, plan: Plan, evaluate: Evaluate) -> str:
@@ -170,7 +214,7 @@ def memory_job(plan: Plan) -> MemoryJob:
         target_modules=tuple(plan.method.target_modules), precision=plan.precision, accelerator=plan.accelerator,
         micro_batch_size=plan.micro_batch_size, seq_len=plan.train.seq_len, grad_accum=plan.grad_accum,
         gradient_checkpointing=plan.train.gradient_checkpointing, zero_stage=plan.zero_stage, dp=plan.dp, tp=plan.tp,
-        pp=plan.pp, offload_optimizer=plan.offload_optimizer, offload_params=plan.offload_params,
+        pp=plan.pp, sp=plan.sp, offload_optimizer=plan.offload_optimizer, offload_params=plan.offload_params,
         procs_per_host=plan.procs_per_host, overlap_comm=plan.overlap_comm, reduce_bucket_mb=plan.reduce_bucket_mb,
         liger=liger, fused_loss=liger and plan.model.liger_fused_loss,
     )
@@ -181,7 +225,7 @@ def min_gpus(plan: Plan, limit: int = 4096) -> tuple[int, float] | None:
     m = plan.memory
     if m.capacity_gb <= 0:
         return None
-    job = dataclasses.replace(memory_job(plan), zero_stage=3, gradient_checkpointing=True, tp=1, pp=1,
+    job = dataclasses.replace(memory_job(plan), zero_stage=3, gradient_checkpointing=True, tp=1, pp=1, sp=1,
                               offload_optimizer=False, offload_params=False)
     step = plan.procs_per_host
     for n in range(plan.world_size + step, limit + 1, step):

@@ -20,6 +20,8 @@ DEEPCOMPILE_REFUSED = (
 def check_model_parallel(cfg: LauncherConfig, world: int) -> None:
     """Degrees that DeepSpeed can run and that this model's shape allows; each refusal says what works instead."""
     tp, pp, arch, zero = cfg.plan.tp, cfg.plan.pp, cfg.model.arch, cfg.plan.zero_stage
+    if cfg.plan.sp > 1:
+        _check_sequence_parallel(cfg, world)
     if tp > 1 and pp > 1:
         raise LauncherError(
             "plan.pp", pp, "use tp alone (+plan=tp, with ZeRO-1/2 over the remaining ranks) or pp alone (+plan=pp); "
@@ -53,6 +55,45 @@ def check_model_parallel(cfg: LauncherConfig, world: int) -> None:
         if cfg.method.name == "qlora":
             raise LauncherError("method", "qlora", "use method=lora with plan.pp, or method=qlora with plan.pp=1",
                                 problem="4-bit (bitsandbytes) weights are not supported in a DeepSpeed pipeline here")
+
+
+def _check_sequence_parallel(cfg: LauncherConfig, world: int) -> None:
+    """What DeepSpeed's Ulysses path (0.19.8) can run: each refusal names what works instead."""
+    sp, arch, p = cfg.plan.sp, cfg.model.arch, cfg.plan
+    if p.tp > 1 or p.pp > 1:
+        field_name, value = ("plan.tp", p.tp) if p.tp > 1 else ("plan.pp", p.pp)
+        raise LauncherError(field_name, value, f"use plan.sp={sp} with plan.tp=1 plan.pp=1 (ZeRO-3 shards the model "
+                            "over every rank), or tp/pp without sp",
+                            problem="sequence parallel is not combined with tensor or pipeline parallel here: "
+                            "DeepSpeed's Ulysses groups and AutoTP's or the pipeline's groups would both claim the mpu")
+    if world % sp:
+        divisors = [d for d in range(2, world + 1) if world % d == 0]
+        raise LauncherError("plan.sp", sp, f"use a degree that divides the world size: one of {divisors}",
+                            problem=f"world size {world} is not divisible by sp={sp}")
+    if arch.num_heads % sp or (arch.num_kv_heads % sp and sp % arch.num_kv_heads):
+        options = [d for d in range(2, arch.num_heads + 1) if arch.num_heads % d == 0 and world % d == 0
+                   and (arch.num_kv_heads % d == 0 or d % arch.num_kv_heads == 0)]
+        raise LauncherError("plan.sp", sp, f"use a degree that divides the attention heads: one of {options}",
+                            problem=f"the model has {arch.num_heads} attention heads and {arch.num_kv_heads} key/value "
+                            f"heads; Ulysses gives each rank heads/sp of them (key/value heads are replicated when sp "
+                            "is a multiple of their count)")
+    attn = cfg.model.attn_implementation
+    if attn == "eager" or attn.startswith("paged"):
+        raise LauncherError("model.attn_implementation", attn, "use sdpa (the default) or a flash attention kernel",
+                            problem="Ulysses sequence parallel needs an attention that takes no 4D mask")
+    if cfg.data.packing and not attn.startswith("flash_attention"):
+        raise LauncherError("data.packing", True, "use data.packing=false with sp, or model.attn_implementation="
+                            "flash_attention_2 (on GPUs with flash-attn installed)",
+                            problem=f"with {attn} attention, Ulysses drops the mask that keeps packed examples apart, "
+                            "so tokens would attend across examples; only flash attention separates them by position ids")
+    zero = p.deepspeed.get("zero_optimization", {}) if isinstance(p.deepspeed, dict) else {}
+    if isinstance(zero, dict) and zero.get("reduce_scatter") is False:
+        raise LauncherError("plan.deepspeed.zero_optimization.reduce_scatter", False, "drop the override with sp",
+                            problem="the gradient scaling under sequence parallel follows DeepSpeed's reduce-scatter; "
+                            "an all-reduce would average the sp group's gradients instead of adding them")
+    if p.compile != "off":
+        raise LauncherError("plan.compile", p.compile, "use plan.compile=off with sp",
+                            problem="compiling through Ulysses' all-to-all attention has not been measured here")
 
 
 def _check_tensor_parallel(cfg: LauncherConfig, tp: int) -> None:
@@ -96,7 +137,8 @@ PLAN_OWNED_DS_KEYS = {
     "train_batch_size": "train.global_batch_size", "train_micro_batch_size_per_gpu": "train.micro_batch_size",
     "gradient_accumulation_steps": "train.global_batch_size and train.micro_batch_size",
     "bf16": "train.precision", "fp16": "train.precision", "gradient_clipping": "train.grad_clip",
-    "tensor_parallel": "plan.tp", "pipeline": "plan.pp", "zero_optimization.stage": "plan.zero_stage",
+    "tensor_parallel": "plan.tp", "pipeline": "plan.pp", "sequence_parallel_size": "plan.sp",
+    "zero_optimization.stage": "plan.zero_stage",
     "zero_optimization.offload_optimizer": "plan.offload_optimizer (+plan=zero3_offload)",
     "zero_optimization.offload_param": "plan.offload_params (+plan=zero3_offload)",
     "zero_optimization.overlap_comm": "plan.overlap_comm",

@@ -2,9 +2,9 @@
 
 Model states follow what DeepSpeed allocates (its estimate_zero2/3_model_states_mem_needs: 16-bit weights and
 gradients, fp32 master weights, an fp32 gradient copy at the step and two fp32 Adam moments, sharded by the ZeRO stage
-over the dp ranks). Activations are counted tensor by tensor for a Hugging Face Llama-style decoder layer with sdpa
-attention (no s^2 term). The peak is at the start of the backward pass (activations live) or at the optimizer step
-(activations freed, fp32 gradients made), whichever is larger.
+over the dp x sp ranks: under sequence parallel DeepSpeed's ZeRO uses the sequence-data-parallel group, the whole
+world). Activations are counted tensor by tensor (plan/activations.py). The peak is at the start of the backward pass
+(activations live) or at the optimizer step (activations freed, fp32 gradients made), whichever is larger.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from launcher.config.schema import ArchConfig
+from launcher.plan.activations import activation_bytes, kv_width, vocab_rows
 
 GIB = 1024**3
 CUDA_CONTEXT_GB = 1.0  # CUDA context, cuBLAS workspaces, NCCL buffers: outside torch's allocator
@@ -48,6 +49,7 @@ class MemoryJob:
     dp: int = 1
     tp: int = 1
     pp: int = 1
+    sp: int = 1  # Ulysses sequence parallel: each rank holds seq_len / sp tokens of every row; ZeRO shards over dp x sp
     offload_optimizer: bool = False
     offload_params: bool = False
     procs_per_host: int = 1
@@ -98,57 +100,26 @@ def liger_applies(enabled: bool, accelerator: str, tp: int, pp: int, method: str
     return enabled and accelerator == "cuda" and tp == pp == 1 and method != "qlora" and compile_mode == "off"
 
 
-def _kv(arch: ArchConfig) -> int:
-    return arch.num_kv_heads * (arch.hidden_size // arch.num_heads)
-
-
-def _vocab(arch: ArchConfig) -> int:
-    return arch.vocab_size or 512  # 0: the shipped tokenizer's size
-
-
 def linear_params(arch: ArchConfig) -> int:
     """Weights of the attention and MLP projections: what QLoRA stores in 4 bits and tensor parallel shards."""
-    h, i, kv = arch.hidden_size, arch.intermediate_size, _kv(arch)
+    h, i, kv = arch.hidden_size, arch.intermediate_size, kv_width(arch)
     return arch.num_layers * (2 * h * h + 2 * h * kv + 3 * h * i)
 
 
 def count_params(arch: ArchConfig, vocab_size: int = 0) -> int:
     """Parameters of a Llama-style decoder (GQA attention, SwiGLU MLP, RMSNorm)."""
     h = arch.hidden_size
-    vocab = vocab_size or _vocab(arch)
+    vocab = vocab_size or vocab_rows(arch)
     head = 0 if arch.tie_word_embeddings else vocab * h
     return vocab * h + linear_params(arch) + arch.num_layers * 2 * h + h + head
 
 
 def lora_params(arch: ArchConfig, r: int, target_modules: Sequence[str] = TARGETS) -> int:
     """LoRA adds r x (in + out) parameters per adapted projection."""
-    h, i, kv = arch.hidden_size, arch.intermediate_size, _kv(arch)
+    h, i, kv = arch.hidden_size, arch.intermediate_size, kv_width(arch)
     shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h), "gate_proj": (h, i),
               "up_proj": (h, i), "down_proj": (i, h)}
     return arch.num_layers * sum(r * sum(shapes[t]) for t in target_modules if t in shapes)
-
-
-def activation_bytes(arch: ArchConfig, micro: int, seq: int, bytes_per: int, checkpointing: bool, tp: int = 1,
-                     pp: int = 1, in_flight: int = 1, liger: bool = False, fused_loss: bool = False) -> float:
-    """Saved activations at the start of the backward pass, per GPU.
-
-    Per token and layer: each RMSNorm keeps an fp32 copy of its input (liger: the 16-bit input) and the normalized
-    output; attention keeps the rotated q and k, v, the sdpa output and o_proj's input; the SwiGLU MLP keeps gate,
-    silu(gate) (not with liger, which recomputes it), up and their product. The loss keeps the 16-bit logits, fp32
-    log-probabilities and, at the start of the backward pass, two fp32 gradients of them; liger's fused loss keeps
-    only the gradient of its input and a chunk of logits. With checkpointing each layer keeps only its input and the
-    backward pass recomputes one layer at a time (counted twice: its activations and their gradients). A pipeline
-    stage holds its layers for up to `in_flight` micro batches (1F1B keeps at most pp in flight on the first stage).
-    """
-    h, i, kv, b = arch.hidden_size, arch.intermediate_size, _kv(arch), bytes_per
-    norm = 2 * b * h if liger else (4 + b) * h
-    layer = 2 * norm + b * (3 * h + 2 * kv) / tp + (3 if liger else 4) * b * i / tp
-    layers = -(-arch.num_layers // pp)
-    logits = (b + 8) * h if fused_loss else (b + 12) * _vocab(arch)
-    stack, work = (layers * b * h, 2 * layer) if checkpointing else (layers * layer, 0.0)
-    last = stack + norm + max(logits, work)
-    first = stack * in_flight + work if pp > 1 else last
-    return micro * seq * max(first, last)
 
 
 def _model_parallel_share(arch: ArchConfig, n: int, tp: int, pp: int) -> float:
@@ -156,7 +127,7 @@ def _model_parallel_share(arch: ArchConfig, n: int, tp: int, pp: int) -> float:
     tp_plan; the embedding and norms stay whole), pp gives a stage its layers plus the embedding (first) or the head
     (last)."""
     linear = linear_params(arch)
-    h, vocab, layers = arch.hidden_size, _vocab(arch), arch.num_layers
+    h, vocab, layers = arch.hidden_size, vocab_rows(arch), arch.num_layers
     per_layer = (linear / tp + layers * 2 * h) / layers
     head = 0 if arch.tie_word_embeddings else vocab * h / tp
     stage_layers = -(-layers // pp)
@@ -168,7 +139,8 @@ def _model_parallel_share(arch: ArchConfig, n: int, tp: int, pp: int) -> float:
 def estimate(job: MemoryJob, capacity_gb: float, host_memory_gb: float = 0.0, unified: bool = False
              ) -> MemoryEstimate:
     """Per-GPU peak for `job`, and whether it fits `capacity_gb` (0: unknown, counted as fitting)."""
-    arch, zero, dp = job.arch, job.zero_stage, job.dp
+    arch, zero = job.arch, job.zero_stage
+    dp = job.dp * job.sp  # the ranks ZeRO shards over and gradients are reduced over (sequence-data-parallel group)
     n = count_params(arch)
     lora = job.method in ("lora", "qlora")
     trainable = lora_params(arch, job.lora_r, job.target_modules) if lora else n
@@ -183,7 +155,7 @@ def estimate(job: MemoryJob, capacity_gb: float, host_memory_gb: float = 0.0, un
     master = 0 if (b == 4 and zero == 0) else MASTER_BYTES  # only plain fp32 data parallel steps the weights in place
     optim = t * (master + ADAM_BYTES)
     step = 0.0 if (b == 4 and zero == 0) else t * FP32_GRAD_BYTES
-    if zero == 0 and job.dp > 1:
+    if zero == 0 and dp > 1:
         step += min(t, DDP_BUCKET) * b
     if zero >= 1:
         optim /= dp
@@ -205,13 +177,7 @@ def estimate(job: MemoryJob, capacity_gb: float, host_memory_gb: float = 0.0, un
     if job.offload_params:
         cpu += params
         params = 0.0  # the gathered layers are in buffers
-    in_flight = min(job.pp, job.grad_accum)
-    kernels = {"liger": job.liger, "fused_loss": job.fused_loss}
-    act_full = activation_bytes(arch, job.micro_batch_size, job.seq_len, b, False, job.tp, job.pp, in_flight, **kernels)
-    act_ckpt = activation_bytes(arch, job.micro_batch_size, job.seq_len, b, True, job.tp, job.pp, in_flight, **kernels)
-    if job.fused_loss and not lora:  # the fused loss computes lm_head's weight gradient during the forward pass
-        head = arch.hidden_size * _vocab(arch) * b
-        act_full, act_ckpt = act_full + head, act_ckpt + head
+    act_full, act_ckpt = _activations(job, b, lora)
     act = act_ckpt if job.gradient_checkpointing else act_full
     allocated = (params + grads + optim + buffers + max(act, step)) / GIB
     overhead = CUDA_CONTEXT_GB + ALLOCATOR_SLACK * allocated
@@ -244,10 +210,21 @@ def estimate(job: MemoryJob, capacity_gb: float, host_memory_gb: float = 0.0, un
     )
 
 
+def _activations(job: MemoryJob, b: int, lora: bool) -> tuple[float, float]:
+    """Activation bytes without and with gradient checkpointing; the fused loss of a full fine-tune also holds
+    lm_head's weight gradient, computed during the forward pass."""
+    arch = job.arch
+    kw = {"tp": job.tp, "pp": job.pp, "in_flight": min(job.pp, job.grad_accum), "liger": job.liger,
+          "fused_loss": job.fused_loss, "sp": job.sp}
+    full, ckpt = (activation_bytes(arch, job.micro_batch_size, job.seq_len, b, c, **kw) for c in (False, True))
+    head = arch.hidden_size * vocab_rows(arch) * b if job.fused_loss and not lora else 0
+    return full + head, ckpt + head
+
+
 def _buffers(job: MemoryJob, params_here: float, b: int) -> float:
     """GPU buffers besides the model states: ZeRO's gradient buckets (torch.empty of reduce_bucket_size elements,
     two with overlap_comm; with offload also a staging buffer), the parameters ZeRO-3 keeps gathered, and QLoRA's
-    dequantized weight of one projection."""
+    dequantized weight of one projection. None of them depends on sequence parallel."""
     if job.accelerator != "cuda":
         return 0.0  # untouched pages of a CPU torch.empty cost no memory
     bucket = job.reduce_bucket_mb * 1024**2 * b
@@ -256,7 +233,7 @@ def _buffers(job: MemoryJob, params_here: float, b: int) -> float:
         out += bucket * (2 if job.overlap_comm else 1)
         if job.offload_optimizer:  # temp_grad_buffer_for_gpu_offload: the largest parameter, staged for the copy out
             arch = job.arch
-            out += max(_vocab(arch) * arch.hidden_size, arch.hidden_size * arch.intermediate_size) * b
+            out += max(vocab_rows(arch) * arch.hidden_size, arch.hidden_size * arch.intermediate_size) * b
     if job.zero_stage == 3:
         out += bucket + min(STAGE3_MAX_LIVE_PARAMS, params_here) * b
     if job.method == "qlora":

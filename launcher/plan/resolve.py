@@ -46,9 +46,9 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
     accelerator = where.accelerator(cfg, hw, backend)
     procs = slots or where.procs_per_host(cfg, hw, accelerator)
     world = len(hosts) * procs
-    tp, pp = cfg.plan.tp, cfg.plan.pp
+    tp, pp, sp = cfg.plan.tp, cfg.plan.pp, cfg.plan.sp
     check_model_parallel(cfg, world)
-    dp = world // (tp * pp)
+    dp = world // (tp * pp * sp)
     grad_accum = _grad_accum(cfg.train, dp)
     precision = _precision(cfg.train.precision, accelerator, hw)
     check_method(cfg, accelerator)
@@ -63,6 +63,7 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
         target_modules=tuple(cfg.method.target_modules), precision=precision, accelerator=accelerator,
         micro_batch_size=cfg.train.micro_batch_size, seq_len=cfg.train.seq_len, grad_accum=grad_accum,
         gradient_checkpointing=cfg.train.gradient_checkpointing, zero_stage=cfg.plan.zero_stage, dp=dp, tp=tp, pp=pp,
+        sp=sp,
         offload_optimizer=cfg.plan.offload_optimizer, offload_params=cfg.plan.offload_params, procs_per_host=procs,
         overlap_comm=cfg.plan.overlap_comm, reduce_bucket_mb=sizes.reduce_bucket_mb,
         liger=liger, fused_loss=liger and cfg.model.liger_fused_loss,
@@ -80,6 +81,7 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
         dp=dp,
         tp=tp,
         pp=pp,
+        sp=sp,
         zero_stage=cfg.plan.zero_stage,
         offload_optimizer=cfg.plan.offload_optimizer,
         offload_params=cfg.plan.offload_params,
@@ -110,9 +112,29 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
         compile=cfg.plan.compile,
         deepspeed=dict(cfg.plan.deepspeed),
         launch=launch_settings(cfg, hw),
+        tiled_mlp=_tiled_mlp(cfg, accelerator),
         train_sets=data_sets[0],
         eval_sets=data_sets[1],
     )
+
+
+TILED_MLP_AUTO_TOKENS = 8192  # train.tiled_mlp=auto: rows a rank holds from this long on (bench/results/long_context.md)
+
+
+def _tiled_mlp(cfg: LauncherConfig, accelerator: str) -> bool:
+    """train.tiled_mlp: on, off, or auto (on CUDA once a rank holds seq_len / sp >= TILED_MLP_AUTO_TOKENS tokens of
+    a row, where the MLP's activations are the largest part of a layer's). Under ZeRO-3 it needs whole-layer fetches:
+    with per-module fetches each slice would gather the MLP's weights again, a different number of times on ranks
+    whose rows differ in length."""
+    asked, t, p = cfg.train.tiled_mlp, cfg.train, cfg.plan
+    per_module = p.zero_stage == 3 and p.stage3_fetch == "module"
+    if asked == "on" and per_module:
+        raise LauncherError("train.tiled_mlp", "on", "use plan.stage3_fetch=layer (the default) with it, or "
+                            "train.tiled_mlp=off", problem="ZeRO-3 with plan.stage3_fetch=module would gather the "
+                            "MLP's weights once per slice, a different number of times on ranks with other row lengths")
+    if asked == "auto":
+        return accelerator == "cuda" and not per_module and t.seq_len // p.sp >= TILED_MLP_AUTO_TOKENS
+    return asked == "on"
 
 
 def _what_runs(model: ModelConfig, liger: bool) -> ModelConfig:

@@ -85,12 +85,15 @@ class Plan:
     auto_reason: str = ""  # +plan=auto: why this plan, and the runner-up
     memory_hint: str = ""  # when the estimate does not fit: what would
     launch: LaunchSettings = field(default_factory=LaunchSettings)
+    tiled_mlp: bool = False  # DeepSpeed's tiled MLP on the decoder's MLP blocks (train.tiled_mlp, resolved)
+    sp: int = 1  # Ulysses sequence parallel: sp consecutive ranks share each micro batch, a slice of its tokens each
     train_sets: tuple[DataSet, ...] = ()  # what the ranks read (data/selection.py); counted on the launching host
     eval_sets: tuple[DataSet, ...] = ()  # separate validation sets (data.eval_path / data.eval_datasets)
 
     def __post_init__(self) -> None:
-        if self.dp * self.tp * self.pp != self.world_size:
-            raise ValueError(f"dp {self.dp} x tp {self.tp} x pp {self.pp} != world size {self.world_size}")
+        if self.dp * self.tp * self.pp * self.sp != self.world_size:
+            raise ValueError(f"dp {self.dp} x tp {self.tp} x pp {self.pp} x sp {self.sp} != world size "
+                             f"{self.world_size}")
         if self.micro_batch_size * self.dp * self.grad_accum != self.global_batch_size:
             raise ValueError(
                 f"micro {self.micro_batch_size} x dp {self.dp} x accum {self.grad_accum} != global {self.global_batch_size}"

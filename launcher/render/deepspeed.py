@@ -32,6 +32,8 @@ def render_ds_config(plan: Plan) -> dict[str, Any]:
         ds["tensor_parallel"] = {"autotp_size": plan.tp}
     if plan.pp > 1:
         ds["pipeline"] = _pipeline(plan)
+    if plan.sp > 1:
+        ds["sequence_parallel_size"] = plan.sp
     if not plan.deepspeed:
         return ds
     # plan.deepspeed over the rendered config, key by key at every depth (plan_checks refused the plan's own keys)

@@ -18,6 +18,7 @@ from launcher.plan.types import Plan
 from launcher.train.batching import batch_tokens, rank_micro_batches, step_target_tokens
 from launcher.train.metrics import StepMetrics
 from launcher.train.parallel import replicated_grad_norm
+from launcher.train.sequence_parallel import loss_factor
 
 FULL_GC_EVERY = 20  # train.gc_interval collections
 
@@ -31,6 +32,21 @@ class RankInfo:
     dp_size: int
     device: torch.device
     reports: bool = True  # loss and tokens enter the step totals: one rank per data-parallel replica (tp/pp)
+    sp_rank: int = 0  # sequence parallel: which slice of each micro batch's tokens this rank holds
+    sp: int = 1
+
+    def shard(self, batch: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
+        """This rank's part of a collated micro batch: all of it, or under sequence parallel its slice of tokens."""
+        if self.sp == 1:
+            return batch
+        from launcher.train.sequence_parallel import slice_batch
+
+        return slice_batch(batch, self.sp_rank, self.sp, pad_id)
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Every rank of a sequence-parallel group reports its slice's loss; the group's tokens are counted once."""
+        return self.sp_rank == 0
 
 
 def train(
@@ -64,7 +80,7 @@ def train(
             on_step(
                 StepMetrics(
                     step=step,
-                    loss=loss_total / (info.dp_size * plan.grad_accum),
+                    loss=loss_total / (info.dp_size * plan.grad_accum * loss_factor(plan)),
                     lr=lr,
                     grad_norm=float(grad_norm) if grad_norm is not None else None,
                     tokens=int(tokens_total),
@@ -127,12 +143,14 @@ def train_step(engine: Any, examples: Sequence[Any], plan: Plan, info: RankInfo,
     and the grad norm (a float or a device tensor; read after the step's sync)."""
     t, g = plan.train, plan.global_batch_size
     targets = step_target_tokens(examples, t.seed, g, step)
-    per_micro = to_device(torch.tensor(max(targets, 1) / (info.dp_size * plan.grad_accum)), info.device)
+    per_micro = to_device(torch.tensor(max(targets, 1) / (info.dp_size * plan.grad_accum * loss_factor(plan))),
+                          info.device)
     loss_sum, tokens, grad_norm = torch.zeros((), dtype=torch.float64, device=info.device), 0, None
     batches = rank_micro_batches(examples, t.seed, g, plan.micro_batch_size, plan.grad_accum, info.dp_rank,
                                  info.dp_size, step, pad_id)
     for micro, batch in enumerate(batches):
-        tokens += batch_tokens(batch)
+        tokens += batch_tokens(batch) if info.counts_tokens else 0
+        batch = info.shard(batch, pad_id)
         out = engine(**{k: to_device(v, info.device) for k, v in batch.items()}, num_items_in_batch=per_micro,
                      use_cache=False)
         engine.backward(out.loss)

@@ -57,6 +57,10 @@ def build_model(plan: Plan, tokenizer: Any, local_rank: int) -> torch.nn.Module:
             model = AutoModelForCausalLM.from_config(tiny_config(plan, tokenizer), **kwargs)
     model.config.use_cache = False
     apply_liger_kernels(model, plan)
+    if plan.tiled_mlp:
+        from launcher.train.tiled_mlp import apply_tiled_mlp
+
+        log.info(f"tiled MLP (DeepSpeed's TiledMLP) on {apply_tiled_mlp(model)} MLP blocks (train.tiled_mlp)")
     if plan.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if plan.method.name in ("lora", "qlora"):

@@ -15,9 +15,14 @@ import torch.distributed as dist
 from launcher.plan.types import Plan
 
 
-def initialize_kwargs(plan: Plan) -> dict[str, Any]:
+def initialize_kwargs(plan: Plan, model: Any) -> dict[str, Any]:
     """Extra deepspeed.initialize arguments for a plan. Under AutoTP the (data x tensor) groups are made first and
-    passed as mpu: without one DeepSpeed checks train_batch_size against the whole world size, not the dp size."""
+    passed as mpu: without one DeepSpeed checks train_batch_size against the whole world size, not the dp size.
+    Under sequence parallel the mpu is the one Ulysses' registration with transformers returns."""
+    if plan.sp > 1:
+        from launcher.train.sequence_parallel import register
+
+        return {"mpu": register(model, plan)}
     if plan.tp == 1:
         return {}
     from deepspeed.utils import groups
@@ -43,6 +48,8 @@ def coords(engine: Any, plan: Plan) -> ParallelCoords:
 
         c = ParallelCoords(groups.get_data_parallel_rank(), groups.get_data_parallel_world_size(),
                            groups.get_tensor_model_parallel_rank() == 0)
+    elif plan.sp > 1:  # DeepSpeed's sequence-parallel groups are consecutive ranks (parallel_state_sp.py)
+        c = ParallelCoords(dist.get_rank() // plan.sp, dist.get_world_size() // plan.sp, True)
     else:
         c = ParallelCoords(dist.get_rank(), dist.get_world_size(), True)
     if c.dp_size != plan.dp:

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from launcher.checkpoint import store as checkpoint
+from launcher.checkpoint.universal import layout
 from launcher.errors import LauncherError
 from launcher.plan.types import Plan
 from launcher.train import parallel
@@ -62,10 +63,15 @@ def check_free_disk(root: Path, plan: Plan, rank: int, device: torch.device) -> 
         )
 
 
-def probe(engine: Any, example_ids: list[int], device: torch.device, pp: int = 1) -> dict[str, torch.Tensor] | None:
+def probe(engine: Any, example_ids: list[int], device: torch.device, plan: Plan) -> dict[str, torch.Tensor] | None:
     """Logits of a fixed prompt, taken by the engine itself: export checks its weights against them. Every rank
     calls it; under a pipeline only rank 0 gets them."""
-    if pp > 1:
+    if plan.sp > 1:
+        from launcher.train.sequence_parallel import probe_logits as sp_probe_logits
+
+        cpu_ids = torch.tensor([example_ids[:PROBE_TOKENS]])
+        return {"input_ids": cpu_ids, "logits": sp_probe_logits(engine, cpu_ids, plan, device)}
+    if plan.pp > 1:
         from launcher.train.pipeline import probe_logits
 
         cpu_ids = torch.tensor([example_ids[:PROBE_TOKENS]])
@@ -89,8 +95,7 @@ def throughput(meta: dict[str, Any], seconds: float) -> str:
 
 def make_saver(engine: Any, plan: Plan, rank: int, device: torch.device, root: Path, probe_ids: list[int]
                ) -> Callable[[int], None]:
-    meta = {"world_size": dist.get_world_size(), "dp": plan.dp, "tp": plan.tp, "pp": plan.pp,
-            "zero_stage": plan.zero_stage, "plan_name": plan.plan_name, "model": plan.model.name,
+    meta = {**layout(plan), "sp": plan.sp, "plan_name": plan.plan_name, "model": plan.model.name,
             "method": plan.method.name, "global_batch_size": plan.global_batch_size}
 
     def save(step: int) -> None:
@@ -102,7 +107,7 @@ def make_saver(engine: Any, plan: Plan, rank: int, device: torch.device, root: P
         engine.save_checkpoint(str(root), tag=tmp_tag, client_state={"global_step": step}, save_latest=False)
         (root / tmp_tag).mkdir(parents=True, exist_ok=True)
         torch.save(rng_state(), root / tmp_tag / f"rng_state_rank{rank}.pt")
-        probe_out = probe(engine, probe_ids, device, plan.pp)
+        probe_out = probe(engine, probe_ids, device, plan)
         if rank == 0 and probe_out is not None:
             torch.save(probe_out, root / tmp_tag / "probe.pt")
         dist.barrier()

@@ -69,7 +69,8 @@ def rank_info(plan: Plan, env: dict[str, str]) -> RankInfo:
     """Provisional data-parallel coordinates: parallel.with_engine_coords replaces them from the engine's groups."""
     rank, local_rank, world = int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"])
     device = torch.device("cuda", local_rank) if plan.accelerator == "cuda" else torch.device("cpu")
-    return RankInfo(rank, local_rank, world, dp_rank=rank // (plan.tp * plan.pp), dp_size=plan.dp, device=device)
+    return RankInfo(rank, local_rank, world, dp_rank=rank // (plan.tp * plan.pp * plan.sp), dp_size=plan.dp,
+                    device=device, sp_rank=rank % plan.sp, sp=plan.sp)
 
 
 def find_resume(plan: Plan, info: RankInfo, root: Path, mode: str) -> tuple[checkpoint.Checkpoint | None, bool]:
@@ -181,7 +182,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=params, config=ds_config,
         lr_scheduler=lambda opt: warmup_cosine(opt, min(t.warmup_steps, plan.max_steps - 1), plan.max_steps, t.min_lr_ratio),
-        **parallel.initialize_kwargs(plan),
+        **parallel.initialize_kwargs(plan, model),
     )
     info = parallel.with_engine_coords(info, engine, plan)
     del hf_ds

@@ -48,7 +48,7 @@ def test_dual_pgx_fields_are_overridable():
     "override, field, text",
     [
         ("topo=nope", "topo", "use one of dual_pgx, local, multi_gpu, single_pgx"),
-        ("+plan=zero9", "plan", "use one of auto, ddp, pp, tp, zero1, zero2, zero3, zero3_offload"),
+        ("+plan=zero9", "plan", "use one of auto, ddp, pp, sp, tp, zero1, zero2, zero3, zero3_offload"),
         ("method=dora", "method", "use one of full, lora, qlora"),
         ("train.foo=1", "train.foo", "train has: global_batch_size"),
         ("train.micro_batch_size=abc", "train.micro_batch_size", "it must be of type integer"),

@@ -10,11 +10,13 @@ import functools
 
 import pytest
 
-from launcher.plan.auto import memory_error
+from launcher.plan.activations import exchange_bytes
+from launcher.plan.auto import memory_error, sp_degrees
 from launcher.config.compose import compose
 from launcher.config.schema import LauncherConfig
 from launcher.errors import LauncherError
 from launcher.plan.hardware import Hardware
+from launcher.plan.memory import GIB
 from launcher.launch.job import check_memory_fits
 from launcher.plan.types import Plan
 from launcher.plan.resolve import resolve
@@ -151,3 +153,64 @@ def test_dry_run_table_matches_golden():
     check_golden("plan/llama3_3_70b-qlora-single_pgx.txt", "\n".join(plan_table(p)) + "\n")
     auto = plan_for("+topo=multi_gpu", "+plan=auto", "model=llama3_1_8b", *JOB, hw=H200x8)
     check_golden("plan/llama3_1_8b-full-auto-multi_gpu.txt", "\n".join(plan_table(auto)) + "\n")
+
+
+# Ulysses sequence parallel (plan.sp): Llama 3.1 8B LoRA on two GB10 boxes at long sequences.
+LONG = ("+topo=dual_pgx", "model=llama3_1_8b", "method=lora", "train.micro_batch_size=1", "train.global_batch_size=8")
+CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
+
+
+def test_sequence_parallel_halves_the_activations_but_adds_the_all_to_all_buffers():
+    """sp=2 holds half of each row's tokens: without checkpointing exactly the activations of a row half as long
+    (the fused loss's chunk outweighs the all-to-all buffers); with checkpointing also the send and receive buffers
+    of one layer's exchange, 2 bytes x (h + 2 kv + 2 h) per local token."""
+    one = plan_for(*LONG, "+plan=zero3", "train.seq_len=65536").memory
+    half = plan_for(*LONG, "+plan=zero3", "train.seq_len=32768").memory
+    sp2 = plan_for(*LONG, "+plan=sp", "train.seq_len=65536").memory
+    assert sp2.activations_full_gb == half.activations_full_gb == pytest.approx(one.activations_full_gb / 2, abs=2e-3)
+    exchange = 32768 * exchange_bytes(_composed(LONG).model.arch, 2, 2) / GIB
+    assert exchange == pytest.approx(32768 * 2 * (4096 + 2 * 1024 + 2 * 4096) / GIB)
+    assert sp2.activations_checkpointed_gb == pytest.approx(one.activations_checkpointed_gb / 2 + exchange, abs=2e-3)
+
+
+@pytest.mark.parametrize("hw, job", [(H200x8, ("+topo=multi_gpu", "model=llama3_1_8b", *JOB)), (CPU, ())],
+                         ids=["8xH200-8b", "cpu-tiny"])
+def test_sequence_parallel_shards_model_states_over_every_rank(hw, job):
+    """DeepSpeed's ZeRO uses the sequence-data-parallel group: dp x sp ranks, the whole world (on CPU too, where
+    tests/integration/test_memory_engine.py measures the engine)."""
+    sp_cfg, flat_cfg = _composed((*job, "+plan=sp")), _composed((*job, "+plan=zero3"))
+    for stage in (1, 2, 3):
+        sp, flat = (resolve(dataclasses.replace(c, plan=dataclasses.replace(c.plan, zero_stage=stage)), hw,
+                            run_dir="/runs/x", run_name="x") for c in (sp_cfg, flat_cfg))
+        assert sp.sp == 2 and sp.dp == flat.dp // 2
+        for part in ("params_gb", "grads_gb", "optimizer_gb", "step_gb", "buffers_gb"):
+            assert getattr(sp.memory, part) == getattr(flat.memory, part), (stage, part)
+
+
+def test_plan_auto_takes_sequence_parallel_only_when_nothing_else_fits():
+    """At 64k the default liger fused loss leaves room for ddp with checkpointing; without it only sp=2 fits (the
+    table in bench/results/sp_memory.md)."""
+    fused = plan_for(*LONG, "+plan=auto", "train.seq_len=65536")
+    assert (fused.plan_name, fused.sp, fused.train.gradient_checkpointing) == ("ddp", 1, True)
+    assert "sequence parallel" not in fused.auto_reason
+    logits = plan_for(*LONG, "+plan=auto", "train.seq_len=65536", "model.liger_fused_loss=false")
+    assert (logits.plan_name, logits.sp, logits.dp, logits.zero_stage) == ("sp", 2, 1, 0)
+    assert logits.memory.fits and logits.train.gradient_checkpointing
+    assert logits.auto_reason.startswith("plan=auto chose +plan=sp plan.zero_stage=0 train.gradient_checkpointing=true")
+    assert "no plan without sequence parallel fits" in logits.auto_reason and "all-to-alls" in logits.auto_reason
+    short = plan_for(*LONG, "+plan=auto", "train.seq_len=32768", "model.liger_fused_loss=false")
+    assert short.sp == 1 and short.plan_name == "ddp"
+
+
+def test_sequence_parallel_degrees_divide_the_world_and_the_heads():
+    cfg = _composed(("model=llama3_1_8b",))  # 32 heads, 8 kv heads: sp 16 repeats each kv head twice
+    assert sp_degrees(cfg, 16) == [2, 4, 8, 16] and sp_degrees(cfg, 6) == [2] and sp_degrees(cfg, 1) == []
+    tiny = _composed(())  # 4 heads, 2 kv heads
+    assert sp_degrees(tiny, 8) == [2, 4]
+
+
+def test_sequence_parallel_dry_run_table_matches_golden():
+    p = plan_for(*LONG, "+plan=sp", "train.seq_len=65536", "train.gradient_checkpointing=true")
+    table = "\n".join(plan_table(p)) + "\n"
+    assert "world 2 = dp 1 x tp 1 x pp 1 x sp 2" in table and "per seq_len/sp = 32,768 tokens" in table
+    check_golden("plan/llama3_1_8b-lora-sp-dual_pgx.txt", table)

@@ -41,10 +41,14 @@ def test_deepspeed_accepts_every_rendered_config(preset):
     from deepspeed.runtime.config import DeepSpeedConfig
 
     cfg, _ = compose(["+topo=single_pgx", f"+plan={preset}"])
-    if cfg.plan.tp * cfg.plan.pp > 1:  # still one data-parallel rank: the box gets tp x pp GPUs
-        cfg, _ = compose(["+topo=single_pgx", f"topo.gpus_per_host={cfg.plan.tp * cfg.plan.pp}", f"+plan={preset}"])
+    degrees = cfg.plan.tp * cfg.plan.pp * cfg.plan.sp
+    if degrees > 1:  # still one data-parallel rank: the box gets tp x pp x sp GPUs
+        cfg, _ = compose(["+topo=single_pgx", f"topo.gpus_per_host={degrees}", f"+plan={preset}"])
     plan = resolve(cfg, H200x2, run_dir="/runs/x", run_name="x")
-    ds = DeepSpeedConfig(render_ds_config(plan))
+    rendered = render_ds_config(plan)
+    # DeepSpeedConfig divides the world it sees (1 here) by sequence_parallel_size; the sp runs are integration tests
+    assert rendered.pop("sequence_parallel_size", 1) == plan.sp
+    ds = DeepSpeedConfig(rendered)
     assert ds.train_batch_size == plan.global_batch_size == 8
     assert ds.gradient_accumulation_steps == plan.grad_accum == 4
     assert ds.zero_optimization_stage == plan.zero_stage
