@@ -1,10 +1,11 @@
 """Where a user's script starts on each rank, at every (re)start:
 
-    python -m launcher.script.entry rank RUN_DIR API -- SCRIPT.py|-m MODULE ARGS...
+    python -m launcher.script.entry rank RUN_DIR API [NAME=VALUE...] -- SCRIPT.py|-m MODULE ARGS...
     python -m launcher.script.entry node RUN_DIR -- ACCELERATE_LAUNCH_ARGV...   (accelerate over a hostfile)
 
 `rank` finds the newest complete checkpoint (so a restarted, requeued or rerun job resumes), passes it on
-(LAUNCHER_RESUME_FROM; `--resume_from_checkpoint` for a Trainer script), runs the script with its output in
+(LAUNCHER_RESUME_FROM; `--resume_from_checkpoint` for a Trainer script), sets the variables rendered for it
+(NAME=VALUE: a Trainer script's parallelism config under sequence parallel), runs the script with its output in
 logs/rank<N>.log (rank 0 also on the console), passes signals on to it, and when the script fails on its own leaves
 a report naming the rank and the last lines of its log for the supervisor. `node` adds the host's --machine_rank
 (DeepSpeed's runner starts it as the only rank of its host) and execs `accelerate launch`.
@@ -198,12 +199,20 @@ def run_node(run_dir: Path, command: list[str], env: dict[str, str]) -> None:
     os.execve(argv[0], argv, child)
 
 
+def split_settings(words: list[str]) -> tuple[dict[str, str], list[str]]:
+    """`NAME=VALUE... -- COMMAND...` -> ({NAME: VALUE}, COMMAND); without a `--` after them, all is the command."""
+    at = words.index("--") if "--" in words else -1
+    if at < 0 or not all("=" in word for word in words[:at]):
+        return {}, words
+    return dict(word.split("=", 1) for word in words[:at]), words[at + 1:]
+
+
 def main(argv: list[str]) -> int:
     mode, run_dir, rest = argv[0], Path(argv[1]), argv[2:]
     if mode == "node":
         run_node(run_dir, rest[1:] if rest[:1] == ["--"] else rest, dict(os.environ))
-    api, rest = rest[0], rest[1:]
-    return run_rank(run_dir, api, rest[1:] if rest[:1] == ["--"] else rest, dict(os.environ))
+    settings, command = split_settings(rest[1:])
+    return run_rank(run_dir, rest[0], command, {**os.environ, **settings})
 
 
 if __name__ == "__main__":

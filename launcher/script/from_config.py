@@ -2,6 +2,7 @@
 holds the checks and the rank program); read at the entry with the rest of the config."""
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import shlex
 import sys
@@ -9,8 +10,8 @@ import sys
 from launcher.config.schema import LauncherConfig
 from launcher.errors import LauncherError
 from launcher.plan.types import Plan
-from launcher.script.launch import (ScriptLaunch, check_accelerate_installed, check_plan, load_script,
-                                    prepare_launch)
+from launcher.script.launch import (SP_MINIMUM, ScriptLaunch, check_accelerate_installed, check_plan,
+                                    check_sequence_parallel_support, load_script, prepare_launch)
 
 
 def script_from_config(cfg: LauncherConfig, plan: Plan, script_args: list[str] | tuple[str, ...], cwd: str
@@ -24,6 +25,14 @@ def script_from_config(cfg: LauncherConfig, plan: Plan, script_args: list[str] |
         return None
     loaded = load_script(cfg.script, cfg.script_module, cfg.script_api, list(script_args), cwd)
     check_accelerate_installed(loaded.api, importlib.util.find_spec("accelerate") is not None, sys.executable)
-    check_plan(plan)
+    check_plan(plan, loaded.api)
+    check_sequence_parallel_support(plan, loaded.api, {p: _version(p) for p in SP_MINIMUM})
     print(f"script     {loaded.name}: script_api={loaded.api} ({loaded.reason})")
     return prepare_launch(loaded, plan, cwd, cfg.topo.master_addr, cfg.topo.master_port)
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ""

@@ -98,14 +98,46 @@ def check_accelerate_installed(api: str, installed: bool, python: str) -> None:
                             "script_api=plain", problem=f"accelerate is not installed for {python}")
 
 
-def check_plan(plan: Plan) -> None:
-    """User scripts get data parallel with ZeRO: tensor and pipeline parallel need the model built for them."""
+def check_plan(plan: Plan, api: str) -> None:
+    """User scripts get data parallel with ZeRO, and sequence parallel through accelerate: tensor and pipeline
+    parallel need the model built for them."""
     for name in ("tp", "pp"):
         if getattr(plan, name) > 1:
             raise LauncherError(f"plan.{name}", getattr(plan, name), "use a ZeRO plan (+plan=zero2, +plan=zero3) for a "
                                 "script, or the built-in job (no script=) for tensor or pipeline parallel",
                                 problem="a user script builds its own model; the launcher cannot split it into shards "
                                 "or stages")
+    if plan.sp > 1 and api == "plain":
+        raise LauncherError("plan.sp", plan.sp, "run the built-in job (no script=) with +plan=sp, or a transformers "
+                            "Trainer or accelerate script (script_api=hf_trainer|accelerate), which gets sequence "
+                            "parallel from the launcher through accelerate's parallelism config; or plan.sp=1 for this "
+                            "script", problem="a plain DeepSpeed script cannot get Ulysses sequence parallel from "
+                            "ds_config.json: its sequence_parallel_size only sizes the batch, while the script itself "
+                            "would have to register DeepSpeed's attention with transformers "
+                            "(UlyssesSPAttentionHF.register_with_transformers), pass the mpu it returns to "
+                            "deepspeed.initialize and split every batch over the sp ranks (UlyssesSPDataLoaderAdapter)")
+
+
+# Where Ulysses sequence parallel arrived: accelerate's ParallelismConfig(sp_backend="deepspeed") (accelerate #3817),
+# the Trainer's batch splitting and loss (transformers #41832), and accelerate's own floor for DeepSpeed.
+SP_MINIMUM = {"accelerate": "1.12.0", "transformers": "5.0.0", "deepspeed": "0.18.2"}
+
+
+def check_sequence_parallel_support(plan: Plan, api: str, versions: dict[str, str]) -> None:
+    """`versions`: the installed version of each package in SP_MINIMUM ("" when missing). An older one would ignore
+    the parallelism config and train every rank on whole sequences with the wrong batch arithmetic."""
+    if plan.sp <= 1 or api not in ("hf_trainer", "accelerate"):
+        return
+    from packaging.version import Version
+
+    needed = [p for p in SP_MINIMUM if p != "transformers" or api == "hf_trainer"]
+    old = [f"{p} {versions.get(p) or 'is missing'}" for p in needed
+           if not versions.get(p) or Version(versions[p]) < Version(SP_MINIMUM[p])]
+    if old:
+        raise LauncherError("plan.sp", plan.sp, "upgrade: pip install " + " ".join(
+            f"'{p}>={SP_MINIMUM[p]}'" for p in needed), problem=f"a {api} script gets sequence parallel through "
+            f"accelerate's parallelism config, which needs {', '.join(f'{p}>={SP_MINIMUM[p]}' for p in needed)}; "
+            f"installed: {', '.join(old)}")
 
 
 def flag_values(args: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -183,8 +215,13 @@ def script_argv(script: Script, plan: Plan, cwd: str) -> tuple[str, ...]:
 
 
 def rank_args(script: Script, plan: Plan, cwd: str) -> tuple[str, ...]:
-    """Arguments of `python -m launcher.script.entry` on every rank."""
-    return ("rank", plan.run_dir, script.api, "--", *script.target, *script_argv(script, plan, cwd))
+    """Arguments of `python -m launcher.script.entry` on every rank: the variables it sets for the script come before
+    the `--` (a Trainer script's parallelism config; an accelerate script gets its own from accelerate launch)."""
+    from launcher.render.accelerate import parallelism_env  # not on every rank's start
+
+    env = parallelism_env(plan) if script.api == "hf_trainer" else {}
+    return ("rank", plan.run_dir, script.api, *(f"{k}={v}" for k, v in env.items()), "--", *script.target,
+            *script_argv(script, plan, cwd))
 
 
 @dataclass(frozen=True)
@@ -215,10 +252,15 @@ def prepare_launch(script: Script, plan: Plan, cwd: str, master_addr: str, maste
 
 def ds_config_for(ds: dict[str, Any], api: str) -> dict[str, Any]:
     """Trainer and accelerate scripts create their optimizer from their own arguments; a plain DeepSpeed script gets
-    the plan's (deepspeed.initialize builds it from the JSON)."""
-    if api in ("hf_trainer", "accelerate"):
-        return {k: v for k, v in ds.items() if k != "optimizer"}
-    return ds
+    the plan's (deepspeed.initialize builds it from the JSON). Under sequence parallel a Trainer's JSON has no
+    train_batch_size: the Trainer would check it against micro x accumulation x world size, counting the sp ranks as
+    data parallel; DeepSpeed derives it (micro x accumulation x dp) and the engine runs the plan's global batch."""
+    if api not in ("hf_trainer", "accelerate"):
+        return ds
+    dropped = {"optimizer"}
+    if api == "hf_trainer" and ds.get("sequence_parallel_size", 1) > 1:
+        dropped.add("train_batch_size")
+    return {k: v for k, v in ds.items() if k not in dropped}
 
 
 def load_script(path: str, module: str, api: str, args: list[str], cwd: str) -> Script:

@@ -4,6 +4,7 @@ be the rendered ds_config.json. Each training launch is shared by the tests that
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tests.integration.test_errors import assert_user_error
 
 pytestmark = pytest.mark.integration
 SMALL = ("--seq_len", "128")
+TRAINER_ARGS = ("--max_steps", "4", "--save_steps", "2", "--logging_steps", "1", *SMALL)
 
 
 def engine_settings(run_dir: Path) -> dict:
@@ -42,8 +44,7 @@ def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
 @pytest.fixture(scope="module")
 def trainer_zero3(tmp_path_factory: pytest.TempPathFactory):
     run_dir = tmp_path_factory.mktemp("trainer") / "run"
-    result = run_launcher(f"run.dir={run_dir}", "+plan=zero3", "script=examples/train_trainer.py", "--",
-                          "--max_steps", "4", "--save_steps", "2", "--logging_steps", "1", *SMALL)
+    result = run_launcher(f"run.dir={run_dir}", "+plan=zero3", "script=examples/train_trainer.py", "--", *TRAINER_ARGS)
     return result, run_dir
 
 
@@ -66,6 +67,46 @@ def test_trainer_script_under_zero3_runs_the_rendered_config_and_saves_checkpoin
     launch = (run_dir / "launch.sh").read_text()
     for fragment in ("launcher.script.entry", "examples/train_trainer.py", f"{run_dir}/ds_config.json", "--use_cpu"):
         assert fragment in launch
+
+
+def trainer_steps(run_dir: Path) -> list[tuple[float, float]]:
+    """(loss, grad_norm) of each step the Trainer logged on rank 0."""
+    log = (run_dir / "logs" / "rank0.log").read_text()
+    return [(float(m[1]), float(m[2])) for m in re.finditer(r"\{'loss': '([\d.]+)', 'grad_norm': '([\d.]+)'", log)]
+
+
+def test_trainer_script_under_sp_splits_each_sequence_over_two_ranks_and_trains_like_sp1(trainer_zero3, tmp_path):
+    """+plan=sp plan.sp=2 on 2 CPU processes: the unchanged example gets accelerate's parallelism config from the
+    launcher, the Trainer runs DeepSpeed's Ulysses (every batch split over both ranks, dp=1, the plan's global batch
+    of 8 in 4 micro batches), saves, and its steps see the same batches as the sp=1 run: the losses and gradient norms
+    agree up to the weighting (per micro batch under sp, per token over the step without). --pad_to_seq_len: gloo
+    gathers only equal shapes."""
+    run_dir = tmp_path / "run"
+    result = run_launcher(f"run.dir={run_dir}", "+plan=sp", "plan.sp=2", "script=examples/train_trainer.py", "--",
+                          *TRAINER_ARGS, "--pad_to_seq_len")
+    assert_ok(result)
+    assert "sequence parallel size 2" in result.stdout
+    ds = json.loads((run_dir / "ds_config.json").read_text())
+    assert ds["sequence_parallel_size"] == 2 and "train_batch_size" not in ds
+    engine = engine_settings(run_dir)
+    assert (engine["world_size"], engine["zero_stage"], engine["train_batch_size"]) == (2, 3, 8)
+    assert engine["gradient_accumulation_steps"] == ds["gradient_accumulation_steps"] == 4
+    assert "PARALLELISM_CONFIG_SP_SIZE=2" in (run_dir / "launch.sh").read_text()
+    assert [p.name for p in sorted((run_dir / "checkpoints").glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4"]
+    sp1, sp2 = trainer_steps(trainer_zero3[1]), trainer_steps(run_dir)
+    assert len(sp1) == len(sp2) == 4, (sp1, sp2)
+    for (loss1, norm1), (loss2, norm2) in zip(sp1, sp2):
+        assert abs(loss1 - loss2) < 0.03 and abs(norm1 - norm2) < 0.15 * norm1, (sp1, sp2)
+
+
+def test_a_plain_deepspeed_script_under_sp_is_refused_before_anything_starts(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_launcher(f"run.dir={run_dir}", "+plan=sp", "plan.sp=2", "script=examples/train_deepspeed.py", "--",
+                          "--max_steps", "2")
+    assert_user_error(result, "plan.sp=2 cannot be used", "a plain DeepSpeed script cannot get Ulysses sequence "
+                      "parallel from ds_config.json", "the built-in job (no script=) with +plan=sp",
+                      "script_api=hf_trainer|accelerate")
+    assert not run_dir.exists()
 
 
 def test_plain_deepspeed_script_under_zero3_reads_the_launcher_environment(plain_zero3):

@@ -21,9 +21,11 @@ from launcher.plan.resolve import resolve
 from launcher.render.deepspeed import render_ds_config
 from launcher.render.env import rank_env
 from launcher.render.launch import render_launch_sh
-from launcher.script.launch import (check_accelerate_installed, check_plan, choose_api, detect_api, flag_values,
-                             join_module_word, load_script, prepare_launch, script_argv)
-from launcher.script.entry import FORWARDED, resume_args, run_rank
+from launcher.render.accelerate import parallelism_env
+from launcher.script.launch import (SP_MINIMUM, check_accelerate_installed, check_plan,
+                                    check_sequence_parallel_support, choose_api, detect_api, flag_values,
+                                    join_module_word, load_script, prepare_launch, script_argv)
+from launcher.script.entry import FORWARDED, main as entry_main, resume_args, run_rank, split_settings
 from tests.conftest import REPO, check_golden, wait_for
 
 CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
@@ -155,7 +157,7 @@ def test_accelerate_missing_and_model_parallel_plans_are_refused():
         error_text(e)
     check_accelerate_installed("plain", installed=False, python="p")
     with pytest.raises(LauncherError) as e:
-        check_plan(plan_for("+topo=multi_gpu", "topo.gpus_per_host=2", "+plan=tp", hw=H200x2))
+        check_plan(plan_for("+topo=multi_gpu", "topo.gpus_per_host=2", "+plan=tp", hw=H200x2), "hf_trainer")
     assert "plan.tp=2" in error_text(e) and "+plan=zero2" in error_text(e)
 
 
@@ -194,6 +196,96 @@ def test_accelerate_config_and_launch_sh_match_golden():
     launch = prepare_launch(trainer, local, "/work", "", 0)
     spec = local_spec(local, "python3", 0, rank_env(local, {}), "/work", "torchrun", launch.program)
     check_golden("launch/script-trainer-local-cpu.sh", render_launch_sh(spec, "x"))
+
+
+def _launch(example: str, plan):
+    script = load_script(f"examples/{example}", "", "auto", [], str(Path(__file__).parents[2]))
+    return prepare_launch(script, plan, "/work", "", 0)
+
+
+@pytest.mark.parametrize("procs, dp", [(2, 1), (4, 2)])
+def test_trainer_script_under_sp_gets_accelerates_parallelism_config_and_a_ds_config_the_trainer_accepts(procs, dp):
+    """The Trainer builds its Accelerator from accelerate's PARALLELISM_CONFIG_* variables (the entry sets them from
+    its NAME=VALUE words); its DeepSpeed check would count the sp ranks as data parallel in train_batch_size, so the
+    JSON leaves that to DeepSpeed, which derives micro x accumulation x dp."""
+    plan = plan_for("+plan=sp", "plan.sp=2", f"topo.cpu_procs_per_host={procs}")
+    launch = _launch("train_trainer.py", plan)
+    args = launch.program.args
+    settings = dict(word.split("=", 1) for word in args[3:args.index("--")])
+    assert args[:3] == ("rank", "/runs/x", "hf_trainer") and settings == parallelism_env(plan) == {
+        "ACCELERATE_USE_PARALLELISM_CONFIG": "true", "PARALLELISM_CONFIG_DP_REPLICATE_SIZE": str(dp),
+        "PARALLELISM_CONFIG_SP_SIZE": "2", "PARALLELISM_CONFIG_SP_BACKEND": "deepspeed",
+        "PARALLELISM_CONFIG_SP_SEQ_LENGTH_IS_VARIABLE": "true", "PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION": "sdpa"}
+    ds = launch.ds_config(render_ds_config(plan))
+    assert ds["sequence_parallel_size"] == 2 and "train_batch_size" not in ds and "optimizer" not in ds
+    assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * dp == plan.global_batch_size
+    assert "--gradient_accumulation_steps" in args and args[args.index("--gradient_accumulation_steps") + 1] == \
+        str(ds["gradient_accumulation_steps"])
+
+
+def test_without_sp_a_script_gets_no_parallelism_config():
+    plan = plan_for("+plan=zero3")
+    assert parallelism_env(plan) == {} and _launch("train_trainer.py", plan).program.args[3] == "--"
+    assert "parallelism_config" not in _launch("train_accelerate.py", plan).files["accelerate_config.yaml"]
+
+
+def test_accelerate_launch_reads_the_rendered_sequence_parallel_section_into_the_trainers_variables(tmp_path):
+    """What the installed accelerate makes of accelerate_config.yaml (its own parser and environment builder) is what a
+    Trainer script gets directly; the JSON keeps train_batch_size (accelerate sets it from dp_replicate at prepare)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    plan = plan_for("+plan=sp", "plan.sp=2", "topo.cpu_procs_per_host=4")
+    launch = _launch("train_accelerate.py", plan)
+    assert "rank /runs/x accelerate --" in " ".join(launch.program.args)  # the yaml carries it, not the entry
+    config = tmp_path / "accelerate_config.yaml"
+    config.write_text(launch.files["accelerate_config.yaml"])
+    args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(
+        ["--config_file", str(config), "--machine_rank", "0", "train.py"]))
+    args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as launch_command sets it
+    _, env = prepare_deepspeed_cmd_env(args)
+    assert {k: env[k].lower() for k in parallelism_env(plan)} == parallelism_env(plan)
+    assert env["PARALLELISM_CONFIG_DP_REPLICATE_SIZE"] == "2" and env["PARALLELISM_CONFIG_SP_SIZE"] == "2"
+    assert launch.ds_config(render_ds_config(plan))["train_batch_size"] == plan.global_batch_size == 8
+
+
+def test_a_plain_script_under_sp_is_refused_with_what_works_instead():
+    plan = plan_for("+plan=sp", "plan.sp=2")
+    with pytest.raises(LauncherError) as e:
+        check_plan(plan, "plain")
+    text = error_text(e)
+    for fragment in ("plan.sp=2 cannot be used", "cannot get Ulysses sequence parallel from ds_config.json",
+                     "register_with_transformers", "mpu", "UlyssesSPDataLoaderAdapter",
+                     "the built-in job (no script=) with +plan=sp", "script_api=hf_trainer|accelerate"):
+        assert fragment in text, text
+    check_plan(plan, "hf_trainer")
+    check_plan(plan, "accelerate")
+
+
+def test_sequence_parallel_needs_the_accelerate_and_transformers_that_carry_it():
+    plan = plan_for("+plan=sp", "plan.sp=2")
+    recent = {"accelerate": "1.16.0", "transformers": "5.25.0", "deepspeed": "0.19.8"}
+    check_sequence_parallel_support(plan, "hf_trainer", recent)
+    check_sequence_parallel_support(plan, "accelerate", {**recent, "transformers": "4.57.1"})  # its own model code
+    check_sequence_parallel_support(plan_for("+plan=zero3"), "hf_trainer", {})  # no sp: nothing to check
+    with pytest.raises(LauncherError) as e:
+        check_sequence_parallel_support(plan, "hf_trainer", {**recent, "accelerate": "1.11.0", "transformers": ""})
+    text = error_text(e)
+    assert "plan.sp=2" in text and "installed: accelerate 1.11.0, transformers is missing" in text
+    assert "pip install 'accelerate>=1.12.0' 'transformers>=5.0.0' 'deepspeed>=0.18.2'" in text
+    assert set(SP_MINIMUM) == {"accelerate", "transformers", "deepspeed"}
+
+
+def test_the_entry_sets_its_name_value_words_for_the_script_only(tmp_path):
+    assert split_settings(["A=1", "B=x=y", "--", "t.py", "--", "k"]) == ({"A": "1", "B": "x=y"}, ["t.py", "--", "k"])
+    assert split_settings(["--", "-m", "pkg", "--lr=1"]) == ({}, ["-m", "pkg", "--lr=1"])
+    assert split_settings(["t.py", "--x=1", "--", "y"]) == ({}, ["t.py", "--x=1", "--", "y"])
+    script = tmp_path / "show.py"
+    script.write_text("import os\nprint('sp', os.environ.get('PARALLELISM_CONFIG_SP_SIZE'))\n")
+    assert entry_main(["rank", str(tmp_path / "run"), "hf_trainer", "PARALLELISM_CONFIG_SP_SIZE=2", "--",
+                       str(script)]) == 0
+    assert "sp 2" in (tmp_path / "run" / "logs" / "rank0.log").read_text()
+    assert "PARALLELISM_CONFIG_SP_SIZE" not in os.environ
 
 
 def _hf_checkpoint(root: Path, step: int) -> Path:
