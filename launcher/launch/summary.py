@@ -100,7 +100,8 @@ def plan_table(plan: Plan) -> list[str]:
         row("optimizer states", m.optimizer_gb, f"fp32 master weights + 2 Adam moments, {_share(plan, 1)}"),
         row("activations", m.activations_gb, f"{'with' if ckpt else 'without'} gradient checkpointing "
             f"({m.activations_checkpointed_gb if not ckpt else m.activations_full_gb:.2f} GiB "
-            f"{'with' if not ckpt else 'without'}){_sp_tokens(plan)}"),
+            f"{'with' if not ckpt else 'without'}){_sp_tokens(plan)}"
+            f"{'; tiled MLP (train.tiled_mlp): no MLP activations kept' if plan.tiled_mlp else ''}"),
         row("optimizer step", m.step_gb, "fp32 gradient copy at the step; activations are freed by then, so the "
             "peak counts the larger of the two"),
         row("buffers", m.buffers_gb, "ZeRO gradient buckets, gathered ZeRO-3 weights, dequantized nf4 weights"),

@@ -48,18 +48,29 @@ def exchange_bytes(arch: ArchConfig, bytes_per: int, sp: int) -> float:
     return bytes_per * (h + 2 * kv + 2 * max(h, kv))
 
 
-def _layer_bytes(arch: ArchConfig, b: int, norm: float, tp: int, sp: int, liger: bool) -> float:
+def _mlp_bytes(arch: ArchConfig, b: int, tp: int, liger: bool) -> float:
+    """The MLP's saved bytes per token: gate, silu(gate) (not with liger, which recomputes it), up and their product."""
+    return (3 if liger else 4) * b * arch.intermediate_size / tp
+
+
+def _layer_bytes(arch: ArchConfig, b: int, norm: float, tp: int, sp: int, liger: bool, tiled: bool) -> float:
     """Saved bytes per (local) token of one decoder layer: two RMSNorms, attention's rotated q and k, v, the sdpa
-    output and o_proj's input, and the MLP's gate, silu(gate) (not with liger, which recomputes it), up and their
-    product."""
-    h, i = arch.hidden_size, arch.intermediate_size
-    attention = b * (3 * h + 2 * _kv_held(arch, sp)) / tp
-    return 2 * norm + attention + (3 if liger else 4) * b * i / tp
+    output and o_proj's input, and the MLP's tensors (none under DeepSpeed's tiled MLP, which keeps only its input,
+    the second norm's output counted already, and recomputes a slice at a time in the backward pass)."""
+    attention = b * (3 * arch.hidden_size + 2 * _kv_held(arch, sp)) / tp
+    return 2 * norm + attention + (0.0 if tiled else _mlp_bytes(arch, b, tp, liger))
+
+
+def tiled_slice_bytes(arch: ArchConfig, micro: int, tokens: int, b: int, tp: int, liger: bool) -> float:
+    """What a tiled MLP holds at once: one slice of ceil(tokens / hidden) slices (about hidden-size tokens of each
+    row), its tensors and their gradients while the backward pass recomputes it."""
+    per_slice = math.ceil(tokens / math.ceil(tokens / arch.hidden_size))
+    return 2 * micro * per_slice * _mlp_bytes(arch, b, tp, liger)
 
 
 def activation_bytes(arch: ArchConfig, micro: int, seq: int, bytes_per: int, checkpointing: bool, tp: int = 1,
                      pp: int = 1, in_flight: int = 1, liger: bool = False, fused_loss: bool = False,
-                     sp: int = 1) -> float:
+                     sp: int = 1, tiled_mlp: bool = False) -> float:
     """Saved activations at the start of the backward pass, per GPU.
 
     Per token and layer: each RMSNorm keeps an fp32 copy of its input (liger: the 16-bit input) and the normalized
@@ -69,15 +80,17 @@ def activation_bytes(arch: ArchConfig, micro: int, seq: int, bytes_per: int, che
     backward pass recomputes one layer at a time (counted twice: its activations and their gradients). A pipeline
     stage holds its layers for up to `in_flight` micro batches (1F1B keeps at most pp in flight on the first stage).
     Under sequence parallel every term counts the rank's seq / sp tokens, and one layer's work adds the all-to-all
-    buffers (module docstring).
+    buffers (module docstring). A tiled MLP keeps none of the MLP's tensors and adds one slice's while it runs.
     """
     h, b = arch.hidden_size, bytes_per
     norm = 2 * b * h if liger else (4 + b) * h
-    layer = _layer_bytes(arch, b, norm, tp, sp, liger)
+    layer = _layer_bytes(arch, b, norm, tp, sp, liger, tiled_mlp)
     layers = -(-arch.num_layers // pp)
     logits = (b + 8) * h if fused_loss else (b + 12) * vocab_rows(arch)
     exchange = exchange_bytes(arch, b, sp)
     stack, work = (layers * b * h, 2 * layer + exchange) if checkpointing else (layers * layer, exchange)
-    last = stack + norm + max(logits, work)
-    first = stack * in_flight + work if pp > 1 else last
-    return micro * local_tokens(seq, sp) * max(first, last)
+    tokens = micro * local_tokens(seq, sp)
+    tiled = tiled_slice_bytes(arch, micro, local_tokens(seq, sp), b, tp, liger) if tiled_mlp else 0.0
+    last = tokens * (stack + norm) + max(tokens * logits, tokens * work + tiled)
+    first = tokens * (stack * in_flight + work) + tiled if pp > 1 else last
+    return max(first, last)

@@ -50,6 +50,7 @@ class MemoryJob:
     tp: int = 1
     pp: int = 1
     sp: int = 1  # Ulysses sequence parallel: each rank holds seq_len / sp tokens of every row; ZeRO shards over dp x sp
+    tiled_mlp: bool = False  # DeepSpeed's TiledMLP: the MLP keeps no activations, one slice at a time
     offload_optimizer: bool = False
     offload_params: bool = False
     procs_per_host: int = 1
@@ -215,7 +216,7 @@ def _activations(job: MemoryJob, b: int, lora: bool) -> tuple[float, float]:
     lm_head's weight gradient, computed during the forward pass."""
     arch = job.arch
     kw = {"tp": job.tp, "pp": job.pp, "in_flight": min(job.pp, job.grad_accum), "liger": job.liger,
-          "fused_loss": job.fused_loss, "sp": job.sp}
+          "fused_loss": job.fused_loss, "sp": job.sp, "tiled_mlp": job.tiled_mlp}
     full, ckpt = (activation_bytes(arch, job.micro_batch_size, job.seq_len, b, c, **kw) for c in (False, True))
     head = arch.hidden_size * vocab_rows(arch) * b if job.fused_loss and not lora else 0
     return full + head, ckpt + head

@@ -66,11 +66,16 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
         sp=sp,
         offload_optimizer=cfg.plan.offload_optimizer, offload_params=cfg.plan.offload_params, procs_per_host=procs,
         overlap_comm=cfg.plan.overlap_comm, reduce_bucket_mb=sizes.reduce_bucket_mb,
-        liger=liger, fused_loss=liger and cfg.model.liger_fused_loss,
+        liger=liger, fused_loss=liger and cfg.model.liger_fused_loss, tiled_mlp=_tiled_mlp(cfg) == "on",
     )
     unified = cfg.topo.unified_memory or (backend == "local" and hw.unified_memory)
     host_gb = cfg.topo.host_memory_gb or (hw.host_memory_gb if backend == "local" else 0.0)
-    mem = estimate(job, _capacity_gb(cfg, hw, accelerator), host_gb, unified)
+    fit = functools.partial(estimate, capacity_gb=_capacity_gb(cfg, hw, accelerator), host_memory_gb=host_gb,
+                            unified=unified)
+    mem = fit(job)
+    if _tiled_mlp(cfg) == "auto" and accelerator == "cuda" and not mem.fits:
+        tiled = fit(dataclasses.replace(job, tiled_mlp=True))  # only where it makes the plan fit: it costs speed
+        job, mem = (dataclasses.replace(job, tiled_mlp=True), tiled) if tiled.fits else (job, mem)
     return Plan(
         topo_name=cfg.topo.name if backend == cfg.topo.backend else backend,  # hostfile= on the default topology
         plan_name=cfg.plan.name,
@@ -112,29 +117,27 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
         compile=cfg.plan.compile,
         deepspeed=dict(cfg.plan.deepspeed),
         launch=launch_settings(cfg, hw),
-        tiled_mlp=_tiled_mlp(cfg, accelerator),
+        tiled_mlp=job.tiled_mlp,
         train_sets=data_sets[0],
         eval_sets=data_sets[1],
     )
 
 
-TILED_MLP_AUTO_TOKENS = 8192  # train.tiled_mlp=auto: rows a rank holds from this long on (bench/results/long_context.md)
-
-
-def _tiled_mlp(cfg: LauncherConfig, accelerator: str) -> bool:
-    """train.tiled_mlp: on, off, or auto (on CUDA once a rank holds seq_len / sp >= TILED_MLP_AUTO_TOKENS tokens of
-    a row, where the MLP's activations are the largest part of a layer's). Under ZeRO-3 it needs whole-layer fetches:
-    with per-module fetches each slice would gather the MLP's weights again, a different number of times on ranks
-    whose rows differ in length."""
-    asked, t, p = cfg.train.tiled_mlp, cfg.train, cfg.plan
-    per_module = p.zero_stage == 3 and p.stage3_fetch == "module"
-    if asked == "on" and per_module:
-        raise LauncherError("train.tiled_mlp", "on", "use plan.stage3_fetch=layer (the default) with it, or "
-                            "train.tiled_mlp=off", problem="ZeRO-3 with plan.stage3_fetch=module would gather the "
-                            "MLP's weights once per slice, a different number of times on ranks with other row lengths")
-    if asked == "auto":
-        return accelerator == "cuda" and not per_module and t.seq_len // p.sp >= TILED_MLP_AUTO_TOKENS
-    return asked == "on"
+def _tiled_mlp(cfg: LauncherConfig) -> str:
+    """train.tiled_mlp: on, off or auto, which turns it on only for a CUDA plan that does not fit without it and does
+    with it (measured on one H100, bench/results/long_context.md: it costs ~13% of the speed and cuts nothing where
+    the model states, not the MLP's activations, set the peak). Under ZeRO-3 it needs whole-layer fetches: with
+    per-module fetches each slice would gather the MLP's weights again, a different number of times on ranks whose
+    rows differ in length."""
+    asked, p = cfg.train.tiled_mlp, cfg.plan
+    if p.zero_stage == 3 and p.stage3_fetch == "module":
+        if asked == "on":
+            raise LauncherError("train.tiled_mlp", "on", "use plan.stage3_fetch=layer (the default) with it, or "
+                                "train.tiled_mlp=off", problem="ZeRO-3 with plan.stage3_fetch=module would gather "
+                                "the MLP's weights once per slice, a different number of times on ranks with other "
+                                "row lengths")
+        return "off"
+    return asked
 
 
 def _what_runs(model: ModelConfig, liger: bool) -> ModelConfig:

@@ -1,5 +1,7 @@
 """The model-state part of the memory estimate (weights, gradients, optimizer states) against what DeepSpeed's engine
-really holds on a rank: 2 CPU processes over gloo, ZeRO-2 and ZeRO-3, one training step each on a small Llama.
+really holds on a rank: 2 CPU processes over gloo, ZeRO-2 and ZeRO-3, one training step each on a small Llama; and
+the same under sequence parallel (sp=2: the states shard over dp x sp, the whole world). Ulysses registers itself
+process-wide, so each sp stage runs in processes of its own.
 
 The activation part is measured on a GPU by bench/memory_accuracy.py (CPU peaks are process RSS, not tensors).
 """
@@ -46,7 +48,7 @@ def _engine_bytes(engine, stage: int) -> dict[str, int]:
     return {"params": _storages(weights), "grads": _storages(grads), "optimizer": states}
 
 
-def _rank(rank: int, port: int, out_dir: str) -> None:
+def _rank(rank: int, port: int, out_dir: str, runs: list[tuple[int, int]]) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD), "DS_ACCELERATOR": "cpu"})
     import deepspeed
@@ -59,25 +61,33 @@ def _rank(rank: int, port: int, out_dir: str) -> None:
     from launcher.render.deepspeed import render_ds_config
     from launcher.data.tokenization import load_tokenizer
     from launcher.train.model import build_model
+    from launcher.train.parallel import initialize_kwargs
     from launcher.train.worker import disable_shm_comm_op
 
     disable_shm_comm_op()
     deepspeed.init_distributed(dist_backend="gloo")
     tokenizer = load_tokenizer("")
     found = {}
-    for stage in (2, 3):
-        cfg, _ = compose([f"+plan=zero{stage}", *SHAPE, "train.micro_batch_size=1", "train.global_batch_size=2"])
+    for stage, sp in runs:
+        # one micro batch per step (dp x micro = the global batch): engine.step() steps and allocates the moments
+        cfg, _ = compose([f"+plan=zero{stage}", f"plan.sp={sp}", *SHAPE, "train.micro_batch_size=1",
+                          f"train.global_batch_size={WORLD // sp}"])
         plan = resolve(cfg, cpu_only, run_dir=out_dir, run_name="x")
         model = build_model(plan, tokenizer, rank)
         engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()
                                                                           if p.requires_grad],
-                                          config=render_ds_config(plan))
+                                          config=render_ds_config(plan), **initialize_kwargs(plan, model))
         ids = torch.randint(0, 500, (1, 64))
-        engine.backward(engine(input_ids=ids, labels=ids).loss)
+        batch = {"input_ids": ids, "labels": ids}
+        if sp > 1:
+            from launcher.train.sequence_parallel import slice_batch
+
+            batch = slice_batch(batch, rank % sp, sp, pad_id=0)
+        engine.backward(engine(**batch).loss)
         measured = _engine_bytes(engine, stage)  # after backward: gradient partitions filled, states allocated
         engine.step()
         measured["optimizer"] = _engine_bytes(engine, stage)["optimizer"]
-        found[stage] = {"measured": measured, "estimate": {k: getattr(plan.memory, f"{k}_gb") * GIB
+        found[f"{stage}-sp{sp}"] = {"measured": measured, "estimate": {k: getattr(plan.memory, f"{k}_gb") * GIB
                                                            for k in ("params", "grads", "optimizer")}}
         del engine, model
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
@@ -89,11 +99,12 @@ def _rank(rank: int, port: int, out_dir: str) -> None:
     os._exit(0)  # and skip interpreter teardown, where gloo's threads can still abort a finished rank (seen twice)
 
 
-def test_estimated_weights_gradients_and_optimizer_states_match_the_zero2_and_zero3_engines(tmp_path):
+@pytest.mark.parametrize("runs", [[(2, 1), (3, 1)], [(3, 2)], [(2, 2)]], ids=["zero2-zero3", "zero3-sp2", "zero2-sp2"])
+def test_estimated_weights_gradients_and_optimizer_states_match_the_engine(tmp_path, runs):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_rank, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_rank, args=(port, str(tmp_path), runs), nprocs=WORLD, join=True)
     rows = [(stage, rank, part, r["measured"][part], r["estimate"][part])
             for rank in range(WORLD)
             for stage, r in json.loads((tmp_path / f"rank{rank}.json").read_text()).items()

@@ -156,7 +156,8 @@ def test_dry_run_table_matches_golden():
 
 
 # Ulysses sequence parallel (plan.sp): Llama 3.1 8B LoRA on two GB10 boxes at long sequences.
-LONG = ("+topo=dual_pgx", "model=llama3_1_8b", "method=lora", "train.micro_batch_size=1", "train.global_batch_size=8")
+LONG = ("+topo=dual_pgx", "model=llama3_1_8b", "method=lora", "train.micro_batch_size=1", "train.global_batch_size=8",
+        "train.tiled_mlp=off")
 CPU = Hardware("cpu", 0, "", 0.0, "", False, 2, 24.0, "x86_64")
 
 
@@ -214,3 +215,31 @@ def test_sequence_parallel_dry_run_table_matches_golden():
     table = "\n".join(plan_table(p)) + "\n"
     assert "world 2 = dp 1 x tp 1 x pp 1 x sp 2" in table and "per seq_len/sp = 32,768 tokens" in table
     check_golden("plan/llama3_1_8b-lora-sp-dual_pgx.txt", table)
+
+
+TILED_JOB = ("+topo=single_pgx", "model=llama3_1_8b", "method=lora", "train.micro_batch_size=1",
+             "train.global_batch_size=8", "model.liger_kernel=false")
+
+
+def test_tiled_mlp_auto_turns_on_only_where_it_makes_the_plan_fit():
+    """It costs speed (bench/results/long_context.md), so auto takes it only where the MLP's activations decide."""
+    short = plan_for(*TILED_JOB, "train.seq_len=4096")
+    assert short.memory.fits and not short.tiled_mlp
+    long = plan_for(*TILED_JOB, "train.seq_len=16384")
+    forced_off = plan_for(*TILED_JOB, "train.seq_len=16384", "train.tiled_mlp=off")
+    assert not forced_off.memory.fits and long.memory.fits and long.tiled_mlp
+    mlp = 16384 * 4 * 2 * 14336 * 32 / GIB  # gate, silu(gate), up and product, bf16, per layer, not kept any more
+    assert forced_off.memory.activations_full_gb - long.memory.activations_full_gb == pytest.approx(mlp, rel=0.02)
+    assert "tiled MLP (train.tiled_mlp)" in "\n".join(plan_table(long))
+    hopeless = plan_for(*TILED_JOB, "train.seq_len=131072")
+    assert not hopeless.memory.fits and not hopeless.tiled_mlp  # no use where it does not make the plan fit
+    cpu = resolve(_composed((*TILED_JOB, "train.seq_len=16384", "topo.accelerator=cpu")), GB10, run_dir="/runs/x",
+                  run_name="x")
+    assert not cpu.tiled_mlp
+
+
+def test_tiled_mlp_on_with_per_module_zero3_fetches_is_refused():
+    with pytest.raises(LauncherError) as err:
+        plan_for("+plan=zero3", "plan.stage3_fetch=module", "train.tiled_mlp=on")
+    assert "plan.stage3_fetch=layer" in err.value.paragraph()
+    assert not plan_for("+plan=zero3", "plan.stage3_fetch=module", "train.tiled_mlp=auto").tiled_mlp
