@@ -17,6 +17,7 @@ LOGS = "logs"  # logs/rank<N>.log (and .out), logs/engine.log
 METRICS_FILE = "metrics.jsonl"
 ENGINE_LOG = f"{LOGS}/engine.log"  # the engine's stderr: torchrun's or DeepSpeed's messages, rank 0's warnings
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: saved and stopped on request; rerunning the same command resumes
+OOM_REPLAN_EXIT_CODE = 76  # a rank ran out of memory in its first steps at an auto-chosen micro batch: re-plan
 
 
 USER_ERROR_FILE = "user_error.json"  # written by a rank that hit a user-facing failure (rank N>0: user_error.rankN.json)

@@ -158,7 +158,9 @@ class TrainConfig:
     """Optimization: the global batch is the invariant; micro batch and accumulation follow from the topology."""
 
     global_batch_size: int = 8
-    micro_batch_size: int = 2
+    # a number, or auto: on a GPU the largest that the memory estimate fits with headroom and that divides
+    # global batch / dp (plan/micro_batch.py); on a CPU, which the estimate models no device memory of, 2
+    micro_batch_size: Any = "auto"
     seq_len: int = 256
     max_steps: int = 40
     epochs: int = 0  # >0: train this many epochs instead of max_steps
@@ -184,7 +186,8 @@ class TrainConfig:
     eval_every: int = 0  # score the validation set every N global steps (and after the last); 0: after the last only
 
     def __post_init__(self) -> None:
-        for name in ("global_batch_size", "micro_batch_size", "seq_len", "log_every"):
+        self.micro_batch_size = _micro_batch(self.micro_batch_size)
+        for name in ("global_batch_size", "seq_len", "log_every"):
             positive(f"train.{name}", getattr(self, name))
         for name in ("max_steps", "epochs", "save_every", "warmup_steps", "keep_last", "gc_interval", "eval_every"):
             positive(f"train.{name}", getattr(self, name), allow_zero=True)
@@ -199,6 +202,16 @@ class TrainConfig:
                                 "them (8-10), counted from 1; empty profiles nothing")
         if self.lr <= 0:
             raise LauncherError("train.lr", self.lr, "the learning rate must be positive")
+
+
+def _micro_batch(value: Any) -> int | str:
+    """train.micro_batch_size: a positive number or "auto" (also as the string of a number, from a YAML file)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise LauncherError("train.micro_batch_size", value, "give a positive number of sequences per GPU and step, or "
+                        "auto (the largest that fits on a GPU; 2 on a CPU)")
 
 
 @dataclass

@@ -32,8 +32,9 @@ from launcher.secrets import mask_override
 from launcher.render.launch import LaunchSpec, render_launch_sh
 from launcher.render.slurm import AllocationCheck
 from launcher.script.launch import ScriptLaunch
-from launcher.rundir import (CHECKPOINTS, DS_CONFIG_FILE, DS_UNIVERSAL_FILE, LOGS, METRICS_FILE, PLAN_FILE,
-                             dry_run_dir, write_artifacts)
+from launcher.rundir import (CHECKPOINTS, DS_CONFIG_FILE, DS_UNIVERSAL_FILE, LOGS, METRICS_FILE,
+                             OOM_REPLAN_EXIT_CODE, PLAN_FILE, dry_run_dir, write_artifacts)
+from launcher.launch.replan import replanned
 from launcher.launch.summary import plan_table, print_summary
 
 
@@ -98,6 +99,12 @@ def _launch(plan: Plan, spec: LaunchSpec, environ: dict[str, str], held: lease_h
     try:
         code = run_supervised(spec, environ, run_dir, plan.launch.max_restarts, plan.launch.restart_backoff_s,
                               control=control)
+        while code == OOM_REPLAN_EXIT_CODE:
+            plan = replanned(plan)
+            if plan is None:
+                return 2
+            code = run_supervised(spec, environ, run_dir, plan.launch.max_restarts, plan.launch.restart_backoff_s,
+                                  control=control)
     finally:  # also on an error or Ctrl-C: an import cut off by the interpreter's exit can crash it
         preload.join()
     _plots(run_dir)

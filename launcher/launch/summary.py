@@ -32,7 +32,7 @@ def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None, scrip
         f"model      {model}",
         *data,
         f"batch      global {plan.global_batch_size} = micro {plan.micro_batch_size} x dp {plan.dp} x accum "
-        f"{plan.grad_accum}; {seq}; {steps(plan, script)}",
+        f"{plan.grad_accum}; {seq}; {steps(plan, script)}{_micro_note(plan)}",
         f"memory     ~{m.total_gb:.2f} GiB per {'GPU' if plan.accelerator == 'cuda' else 'process'} (params "
         f"{m.params_gb:.2f}, grads {m.grads_gb:.2f}, optimizer {m.optimizer_gb:.2f}, activations "
         f"{m.activations_gb:.2f}, offloaded {m.cpu_offload_gb:.2f}) of {m.capacity_gb:.0f} GiB: {fit}",
@@ -50,6 +50,11 @@ def _data_lines(plan: Plan) -> list[str]:
     if plan.has_validation:
         lines[-1] += f"; scored every {every} steps and after the last" if every else "; scored after the last step"
     return [f"{'data' if i == 0 else '':<11}{line}" for i, line in enumerate(lines)]
+
+
+def _micro_note(plan: Plan) -> str:
+    """Why this micro batch, when train.micro_batch_size=auto chose it on a GPU (on a CPU auto is the old default)."""
+    return f" (micro batch {plan.micro_batch_note})" if plan.micro_batch_note and plan.accelerator == "cuda" else ""
 
 
 def model_name(plan: Plan) -> str:
@@ -92,7 +97,8 @@ def plan_table(plan: Plan) -> list[str]:
         f"  degrees            world {plan.world_size} = dp {plan.dp} x tp {plan.tp} x pp {plan.pp}"
         f"{f' x sp {plan.sp}' if plan.sp > 1 else ''}; {stage}; offload {offload}; {plan.precision}",
         f"  batch              global {plan.global_batch_size} = micro {plan.micro_batch_size} x dp {plan.dp} x accum "
-        f"{plan.grad_accum}; seq {t.seq_len} = {plan.micro_batch_size * t.seq_len:,} tokens per micro batch",
+        f"{plan.grad_accum}; seq {t.seq_len} = {plan.micro_batch_size * t.seq_len:,} tokens per micro batch"
+        f"{'; micro batch ' + plan.micro_batch_note if plan.micro_batch_note else ''}",
         f"  model              {model_name(plan)}: {m.params / 1e9:.2f}B parameters; {_method(plan)}",
         row("parameters", m.params_gb, f"{_share(plan, 3)}, {m.base_bytes_per_param:.2f} bytes each"
             + (" (nf4 projections)" if plan.method.name == "qlora" else "")),

@@ -17,8 +17,8 @@ from typing import Callable
 from launcher.launch import spawn
 from launcher.checkpoint.store import latest_complete, latest_complete_any
 from launcher.render.launch import LaunchSpec
-from launcher.rundir import (CHECKPOINTS, ENGINE_LOG, EXCEPTION_LINE, LOGS, PREEMPTED_EXIT_CODE, USER_ERROR_GLOB,
-                             by_cause, is_consequence)
+from launcher.rundir import (CHECKPOINTS, ENGINE_LOG, EXCEPTION_LINE, LOGS, OOM_REPLAN_EXIT_CODE, PREEMPTED_EXIT_CODE,
+                             USER_ERROR_GLOB, by_cause, is_consequence)
 
 MAX_BACKOFF_S = 300.0
 SUBMITTED = re.compile(r"Submitted batch job (\d+)")
@@ -50,6 +50,8 @@ def run_supervised(spec: LaunchSpec, environ: dict[str, str], run_dir: Path, max
         before = latest_complete_any(ckpt_root, warn=lambda _m: None)
         code, signals = spawn.run(spec, env, control, run_dir / ENGINE_LOG)
         errors = by_cause(run_dir)
+        if errors and errors[0].get("replan"):
+            return OOM_REPLAN_EXIT_CODE  # the caller re-plans with a smaller micro batch and says so
         if errors:
             say(errors[0]["paragraph"])
             if not errors[0].get("restartable"):

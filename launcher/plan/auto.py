@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from launcher.config.schema import LauncherConfig
 from launcher.errors import LauncherError
 from launcher.plan.memory import UNIFIED_HOST_RESERVE_GB, MemoryJob, estimate, liger_applies
+from launcher.plan.micro_batch import speed
 
 if TYPE_CHECKING:
     from launcher.plan.types import Plan
@@ -98,11 +99,30 @@ def _gib(plan: Plan) -> str:
     return f"~{plan.memory.need_gb:.1f} GiB"
 
 
+def _fastest_flat(cfg: LauncherConfig, evaluate: Evaluate, base: Plan) -> list[Plan]:
+    """The data-parallel plans without checkpointing (unless asked for) that fit, fastest first by `speed`: with
+    train.micro_batch_size=auto each takes its own largest micro batch, so a ZeRO-2 plan at micro 8 can beat a DDP
+    plan at micro 4. Empty when none fits (the ordered tiers of `candidates` then decide)."""
+    plans = []
+    for name, stage in ZERO:
+        try:
+            p = evaluate(variant(cfg, name, stage, checkpointing=cfg.train.gradient_checkpointing))
+        except LauncherError:
+            continue
+        if p.memory.fits:
+            plans.append(p)
+    return sorted(plans, key=speed, reverse=True)
+
+
 def choose(cfg: LauncherConfig, evaluate: Evaluate) -> Plan:
-    """The first candidate that fits, with the reason and the runner-up in `auto_reason`. When none fits, the one
-    needing the least memory, with `memory_hint` set (the launch then refuses it; a dry run shows it)."""
+    """The fastest data-parallel plan that fits (plan and micro batch together), else the first candidate that fits,
+    with the reason and the runner-up in `auto_reason`. When none fits, the one needing the least memory, with
+    `memory_hint` set (the launch then refuses it; a dry run shows it)."""
     base = evaluate(cfg)  # the batch arithmetic and method checks, with the auto preset's neutral degrees
     asked = cfg.train.gradient_checkpointing
+    flat = _fastest_flat(cfg, evaluate, base) if cfg.train.micro_batch_size == "auto" else []
+    if flat:
+        return _by_speed(flat, asked)
     ruled_out: list[Plan] = []  # in order, until the first that fits
     fitting: list[Plan] = []
     for p in _plans(cfg, evaluate, base):
@@ -129,6 +149,18 @@ def choose(cfg: LauncherConfig, evaluate: Evaluate) -> Plan:
     if len(fitting) > 1:
         runner = fitting[1]
         reason += f". Runner-up: {label(runner, asked)} ({_gib(runner)}; {_cost(runner, chosen)})"
+    return dataclasses.replace(chosen, auto_reason=reason + ".")
+
+
+def _by_speed(plans: list[Plan], asked: bool) -> Plan:
+    chosen = plans[0]
+    reason = (f"plan=auto chose {label(chosen, asked)} train.micro_batch_size={chosen.micro_batch_size}: the fastest "
+              f"that fits, by expected speed ({speed(chosen):.2f}: ZeRO-{chosen.zero_stage} at micro "
+              f"{chosen.micro_batch_size}; {_gib(chosen)} of {chosen.memory.capacity_gb:.0f} GiB)")
+    if len(plans) > 1:
+        runner = plans[1]
+        reason += (f". Runner-up: {label(runner, asked)} train.micro_batch_size={runner.micro_batch_size} "
+                   f"({speed(runner):.2f}; {_gib(runner)})")
     return dataclasses.replace(chosen, auto_reason=reason + ".")
 
 
@@ -193,7 +225,7 @@ def _first_fitting(cfg: LauncherConfig, evaluate: Evaluate, base: Plan, count: i
 def _micro_batch(cfg: LauncherConfig, plan: Plan, evaluate: Evaluate) -> list[str]:
     """The largest smaller micro batch that fits this plan (gradient accumulation keeps the global batch)."""
     t = cfg.train
-    for m in range(t.micro_batch_size - 1, 0, -1):
+    for m in range(plan.micro_batch_size - 1, 0, -1):
         if t.global_batch_size % (m * plan.dp):
             continue
         try:
@@ -216,8 +248,18 @@ def memory_job(plan: Plan) -> MemoryJob:
         gradient_checkpointing=plan.train.gradient_checkpointing, zero_stage=plan.zero_stage, dp=plan.dp, tp=plan.tp,
         pp=plan.pp, sp=plan.sp, offload_optimizer=plan.offload_optimizer, offload_params=plan.offload_params,
         procs_per_host=plan.procs_per_host, overlap_comm=plan.overlap_comm, reduce_bucket_mb=plan.reduce_bucket_mb,
-        liger=liger, fused_loss=liger and plan.model.liger_fused_loss,
+        liger=liger, fused_loss=liger and plan.model.liger_fused_loss, tiled_mlp=plan.tiled_mlp,
     )
+
+
+def with_micro_batch(plan: Plan, micro: int, note: str) -> Plan:
+    """The same plan at another micro batch: accumulation keeps the global batch, the estimate is redone on the same
+    device capacity (the supervisor's re-plan after an out-of-memory)."""
+    grad_accum = plan.global_batch_size // (micro * plan.dp)
+    job = dataclasses.replace(memory_job(plan), micro_batch_size=micro, grad_accum=grad_accum)
+    m = plan.memory
+    mem = estimate(job, m.capacity_gb, m.host_capacity_gb, m.unified_memory)
+    return dataclasses.replace(plan, micro_batch_size=micro, grad_accum=grad_accum, memory=mem, micro_batch_note=note)
 
 
 def min_gpus(plan: Plan, limit: int = 4096) -> tuple[int, float] | None:

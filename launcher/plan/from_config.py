@@ -27,5 +27,19 @@ def plan_job(cfg: LauncherConfig, cwd: str, environ: dict[str, str]) -> tuple[La
     data_sets = inputs.check_data(cfg, cwd)
     wandb_env = (environ.get("WANDB_MODE", ""), bool(services.wandb_key(environ)),
                  importlib.util.find_spec("wandb") is not None)
-    plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, data_sets=data_sets, wandb_env=wandb_env)
+    plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, data_sets=data_sets, wandb_env=wandb_env,
+                   micro_cap=recorded_micro_batch(run_dir) if cfg.train.micro_batch_size == "auto" else 0)
     return cfg, plan, hw
+
+
+def recorded_micro_batch(run_dir: Path) -> int:
+    """The micro batch an out-of-memory left this run at (launcher/launch/replan.py): a rerun of an auto micro batch
+    starts there instead of running out of memory again. 0: none recorded."""
+    import json
+
+    from launcher.plan.micro_batch import RECORD_FILE
+
+    try:
+        return int(json.loads((run_dir / RECORD_FILE).read_text())["micro_batch_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0

@@ -14,7 +14,8 @@ from launcher.errors import LauncherError
 from launcher.plan import placement as where
 from launcher.plan.hardware import Hardware
 from launcher.config.inputs import looks_local
-from launcher.plan.memory import MemoryJob, estimate, liger_applies
+from launcher.plan import micro_batch
+from launcher.plan.memory import MemoryEstimate, MemoryJob, estimate, liger_applies
 from launcher.plan.checks import check_deepspeed_extra, check_method, check_model_parallel
 from launcher.plan.comm_sizes import comm_sizes
 from launcher.plan.types import Plan, launch_settings
@@ -23,14 +24,14 @@ from launcher.data.selection import DataSet
 
 def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
             data_sets: tuple[tuple[DataSet, ...], tuple[DataSet, ...]] = ((), ()),
-            wandb_env: tuple[str, bool, bool] = ("", False, True)) -> Plan:
+            wandb_env: tuple[str, bool, bool] = ("", False, True), micro_cap: int = 0) -> Plan:
     """Turn what the user asked for into what will run. Raises LauncherError for anything that cannot work.
 
     data_sets are the training and validation sets the launching host counted (data/selection.py); wandb_env is
     (WANDB_MODE, whether WANDB_API_KEY is set, whether wandb is installed), read by the caller.
     +plan=auto picks the plan here; a plan whose memory estimate does not fit carries what would (memory_hint)."""
     evaluate = functools.partial(_resolve, hw=hw, run_dir=run_dir, run_name=run_name, data_sets=data_sets,
-                                 wandb_env=wandb_env)
+                                 wandb_env=wandb_env, micro_cap=micro_cap)
     if cfg.plan.name == autoplan.AUTO:
         return autoplan.choose(cfg, evaluate)
     plan = evaluate(cfg)
@@ -40,7 +41,8 @@ def resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
 
 
 def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
-             data_sets: tuple[tuple[DataSet, ...], tuple[DataSet, ...]], wandb_env: tuple[str, bool, bool]) -> Plan:
+             data_sets: tuple[tuple[DataSet, ...], tuple[DataSet, ...]], wandb_env: tuple[str, bool, bool],
+             micro_cap: int = 0) -> Plan:
     wandb_mode = _wandb_mode(cfg.logging.wandb.mode, wandb_env)
     backend, hosts, slots = where.placement(cfg)
     accelerator = where.accelerator(cfg, hw, backend)
@@ -49,7 +51,6 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
     tp, pp, sp = cfg.plan.tp, cfg.plan.pp, cfg.plan.sp
     check_model_parallel(cfg, world)
     dp = world // (tp * pp * sp)
-    grad_accum = _grad_accum(cfg.train, dp)
     precision = _precision(cfg.train.precision, accelerator, hw)
     check_method(cfg, accelerator)
     check_deepspeed_extra(cfg)
@@ -58,12 +59,11 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
     p = cfg.plan
     sizes = comm_sizes(cfg.model.arch, cfg.method.name, cfg.method.lora_r, tuple(cfg.method.target_modules), tp * pp,
                        p.reduce_bucket_mb, p.allgather_bucket_mb, p.stage3_prefetch_mb, shape_known=_shape_known(cfg))
-    job = MemoryJob(
+    base = MemoryJob(
         arch=cfg.model.arch, method=cfg.method.name, lora_r=cfg.method.lora_r,
         target_modules=tuple(cfg.method.target_modules), precision=precision, accelerator=accelerator,
-        micro_batch_size=cfg.train.micro_batch_size, seq_len=cfg.train.seq_len, grad_accum=grad_accum,
-        gradient_checkpointing=cfg.train.gradient_checkpointing, zero_stage=cfg.plan.zero_stage, dp=dp, tp=tp, pp=pp,
-        sp=sp,
+        seq_len=cfg.train.seq_len, gradient_checkpointing=cfg.train.gradient_checkpointing,
+        zero_stage=cfg.plan.zero_stage, dp=dp, tp=tp, pp=pp, sp=sp,
         offload_optimizer=cfg.plan.offload_optimizer, offload_params=cfg.plan.offload_params, procs_per_host=procs,
         overlap_comm=cfg.plan.overlap_comm, reduce_bucket_mb=sizes.reduce_bucket_mb,
         liger=liger, fused_loss=liger and cfg.model.liger_fused_loss, tiled_mlp=_tiled_mlp(cfg) == "on",
@@ -72,10 +72,21 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
     host_gb = cfg.topo.host_memory_gb or (hw.host_memory_gb if backend == "local" else 0.0)
     fit = functools.partial(estimate, capacity_gb=_capacity_gb(cfg, hw, accelerator), host_memory_gb=host_gb,
                             unified=unified)
-    mem = fit(job)
-    if _tiled_mlp(cfg) == "auto" and accelerator == "cuda" and not mem.fits:
-        tiled = fit(dataclasses.replace(job, tiled_mlp=True))  # only where it makes the plan fit: it costs speed
-        job, mem = (dataclasses.replace(job, tiled_mlp=True), tiled) if tiled.fits else (job, mem)
+
+    def memory_at(micro: int) -> tuple[MemoryJob, MemoryEstimate]:
+        job = dataclasses.replace(base, micro_batch_size=micro,
+                                  grad_accum=max(1, cfg.train.global_batch_size // (micro * dp)))
+        mem = fit(job)
+        if _tiled_mlp(cfg) == "auto" and accelerator == "cuda" and not mem.fits:
+            tiled = fit(dataclasses.replace(job, tiled_mlp=True))  # only where it makes the plan fit: it costs speed
+            return (dataclasses.replace(job, tiled_mlp=True), tiled) if tiled.fits else (job, mem)
+        return job, mem
+
+    asked = cfg.train.micro_batch_size
+    micro, micro_note = (asked, "") if asked != micro_batch.AUTO else micro_batch.choose(
+        cfg.train.global_batch_size, dp, accelerator, lambda m: memory_at(m)[1], micro_cap)
+    grad_accum = _grad_accum(cfg.train, micro, dp)
+    job, mem = memory_at(micro)
     return Plan(
         topo_name=cfg.topo.name if backend == cfg.topo.backend else backend,  # hostfile= on the default topology
         plan_name=cfg.plan.name,
@@ -91,7 +102,8 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
         offload_optimizer=cfg.plan.offload_optimizer,
         offload_params=cfg.plan.offload_params,
         global_batch_size=cfg.train.global_batch_size,
-        micro_batch_size=cfg.train.micro_batch_size,
+        micro_batch_size=micro,
+        micro_batch_note=micro_note,
         grad_accum=grad_accum,
         max_steps=max_steps,
         precision=precision,
@@ -164,8 +176,8 @@ def _wandb_mode(asked: str, wandb_env: tuple[str, bool, bool]) -> str:
     return asked
 
 
-def _grad_accum(train: TrainConfig, dp: int) -> int:
-    per_step = train.micro_batch_size * dp
+def _grad_accum(train: TrainConfig, micro: int, dp: int) -> int:
+    per_step = micro * dp
     if train.global_batch_size % per_step:
         lower = max(per_step, train.global_batch_size // per_step * per_step)
         micros = [m for m in range(1, train.global_batch_size + 1) if train.global_batch_size % (m * dp) == 0]
@@ -176,7 +188,7 @@ def _grad_accum(train: TrainConfig, dp: int) -> int:
             "train.global_batch_size",
             train.global_batch_size,
             fix,
-            problem=f"it must be a multiple of micro batch {train.micro_batch_size} x data-parallel size {dp} = {per_step}",
+            problem=f"it must be a multiple of micro batch {micro} x data-parallel size {dp} = {per_step}",
         )
     return train.global_batch_size // per_step
 

@@ -85,6 +85,7 @@ class Plan:
     auto_reason: str = ""  # +plan=auto: why this plan, and the runner-up
     memory_hint: str = ""  # when the estimate does not fit: what would
     launch: LaunchSettings = field(default_factory=LaunchSettings)
+    micro_batch_note: str = ""  # train.micro_batch_size=auto: what was chosen and why (plan/micro_batch.py)
     tiled_mlp: bool = False  # DeepSpeed's tiled MLP on the decoder's MLP blocks (train.tiled_mlp, resolved)
     sp: int = 1  # Ulysses sequence parallel: sp consecutive ranks share each micro batch, a slice of its tokens each
     train_sets: tuple[DataSet, ...] = ()  # what the ranks read (data/selection.py); counted on the launching host

@@ -24,7 +24,23 @@ class CollectiveFailure(LauncherError):
     lost_peer = False
 
 
-def oom_error(plan: Plan, rank: int, step: int) -> LauncherError:
+REPLAN_STEPS = 3  # an out-of-memory within this many steps of a start, at an auto micro batch, is re-planned
+
+
+class EarlyOutOfMemory(LauncherError):
+    """Out of memory in the first steps at a micro batch train.micro_batch_size=auto chose: the supervisor re-plans
+    with the next smaller one (the engine's collectives cannot be recovered inside the ranks)."""
+
+    replan = True
+
+
+def oom_error(plan: Plan, rank: int, step: int, start: int = 0) -> LauncherError:
+    if plan.micro_batch_note and step < start + REPLAN_STEPS:
+        return EarlyOutOfMemory(
+            "train.micro_batch_size", plan.micro_batch_size, "the launcher retries with the next smaller micro batch",
+            problem=f"rank {rank} ran out of GPU memory in global step {step + 1} at micro batch "
+            f"{plan.micro_batch_size}, which auto chose (estimated {plan.memory.total_gb:.1f} GiB per GPU of "
+            f"{plan.memory.capacity_gb:.0f})")
     half = max(plan.micro_batch_size // 2, 1)
     return LauncherError(
         "train.micro_batch_size", plan.micro_batch_size,
@@ -56,16 +72,29 @@ def collective_error(plan: Plan, rank: int, step: int, detail: str, lost_peer: b
 @contextmanager
 def user_facing_failures(plan: Plan, rank: int, current_step: list[int]) -> Iterator[None]:
     """Wrap the training loop; current_step[0] is kept up to date by the caller."""
+    start = current_step[0]
     try:
         yield
     except torch.OutOfMemoryError as err:
-        raise oom_error(plan, rank, current_step[0]) from err
+        raise oom_error(plan, rank, current_step[0], start) from err
     except (RuntimeError, torch.distributed.DistError) as err:
         if any(marker in str(err) for marker in TIMEOUT_MARKERS):
             raise collective_error(plan, rank, current_step[0], str(err)) from err
         if any(marker in str(err) for marker in PEER_LOST_MARKERS):
             raise collective_error(plan, rank, current_step[0], str(err), lost_peer=True) from err
         raise
+
+
+FAULT_OOM_VAR = "LAUNCHER_FAULT_OOM_ABOVE_MICRO"
+
+
+def injected_out_of_memory(plan: Plan, env: dict[str, str]) -> None:
+    """Fault injection for the out-of-memory re-plan (tests/integration/test_micro_batch_replan.py), whose real
+    trigger, a GPU running out of memory, a CPU machine cannot produce: with LAUNCHER_FAULT_OOM_ABOVE_MICRO=N in
+    the environment, a micro batch above N raises torch's out-of-memory error where the first step would."""
+    limit = env.get(FAULT_OOM_VAR, "")
+    if limit.isdigit() and plan.micro_batch_size > int(limit):
+        raise torch.OutOfMemoryError(f"injected by {FAULT_OOM_VAR}={limit}: micro batch {plan.micro_batch_size}")
 
 
 class Watchdog:
@@ -102,7 +131,7 @@ def record_user_error(run_dir: Path, rank: int, err: LauncherError) -> None:
     lost_peer = isinstance(err, CollectiveFailure) and err.lost_peer
     write_error_record(run_dir, {"rank": rank, "field": err.field, "value": str(err.value),
                                  "paragraph": err.paragraph(), "restartable": isinstance(err, CollectiveFailure),
-                                 "consequence": lost_peer})
+                                 "consequence": lost_peer, "replan": isinstance(err, EarlyOutOfMemory)})
 
 
 def record_crash(run_dir: Path, rank: int, err: Exception) -> None:

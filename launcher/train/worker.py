@@ -19,12 +19,14 @@ from launcher import lease, lease_watch
 from launcher.checkpoint import store as checkpoint, universal
 from launcher.errors import LauncherError
 from launcher.plan.types import Plan
-from launcher.rundir import CHECKPOINTS, DS_CONFIG_FILE, DS_UNIVERSAL_FILE, LOGS, PLAN_FILE, rank_log
+from launcher.rundir import (CHECKPOINTS, DS_CONFIG_FILE, DS_UNIVERSAL_FILE, LOGS, OOM_REPLAN_EXIT_CODE, PLAN_FILE,
+                             rank_log)
 from launcher.train import parallel
 from launcher.train.evaluate import eval_due, evaluate
 from launcher.train.loop import RankInfo, train
 from launcher.train.metrics import EvalMetrics
-from launcher.train.failures import CollectiveFailure, Watchdog, record_crash, record_user_error, user_facing_failures
+from launcher.train.failures import (CollectiveFailure, EarlyOutOfMemory, Watchdog, injected_out_of_memory,
+                                     record_crash, record_user_error, user_facing_failures)
 from launcher.train.profiling import StepProfiler, parse_steps
 from launcher.train.reporter import Reporter
 from launcher.train.saver import make_saver, set_rng_state, throughput
@@ -105,6 +107,8 @@ def main(argv: list[str]) -> int:
         log.error(err.paragraph())
         record_user_error(run_dir, info.rank, err)
         _close_gloo_group()
+        if isinstance(err, EarlyOutOfMemory):
+            return OOM_REPLAN_EXIT_CODE
         return 1 if isinstance(err, CollectiveFailure) else 2
     except Exception as err:  # a crash: its traceback goes to this rank's log, the supervisor names it on the console
         record_crash(run_dir, info.rank, err)
@@ -224,6 +228,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
 
     every = plan.train.save_every
     with user_facing_failures(plan, info.rank, current):
+        injected_out_of_memory(plan, env)
         last = train(engine, examples, plan, info, tokenizer.pad_token_id, start, on_step,
                      should_save=lambda s: every > 0 and s % every == 0, save=save, stop_requested=preempt,
                      evaluate_at=evaluate_at)

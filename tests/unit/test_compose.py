@@ -51,7 +51,7 @@ def test_dual_pgx_fields_are_overridable():
         ("+plan=zero9", "plan", "use one of auto, ddp, pp, sp, tp, zero1, zero2, zero3, zero3_offload"),
         ("method=dora", "method", "use one of full, lora, qlora"),
         ("train.foo=1", "train.foo", "train has: global_batch_size"),
-        ("train.micro_batch_size=abc", "train.micro_batch_size", "it must be of type integer"),
+        ("train.micro_batch_size=abc", "train.micro_batch_size", "give a positive number of sequences per GPU and step, or auto"),
         ("train.seq_len=0", "train.seq_len", "positive"),
         ("data.format=csv", "data.format", "alpaca, sharegpt"),
         ("topo.hosts=[a,a]", "topo.hosts", "listed twice"),

@@ -16,7 +16,7 @@ H200x8 = Hardware("cuda", 8, "NVIDIA H200", 139.8, "9.0", True, 128, 560.0, "x86
 
 
 def plan_for(*overrides: str, hw: Hardware = CPU) -> Plan:
-    cfg, _ = compose(list(overrides))
+    cfg, _ = compose(["train.micro_batch_size=2", *overrides])  # the job these numbers were written for
     return resolve(cfg, hw, run_dir="/runs/x", run_name="x")
 
 

@@ -25,7 +25,7 @@ H200x2 = Hardware("cuda", 2, "NVIDIA H200", 139.8, "9.0", True, 32, 256.0, "x86_
 @pytest.mark.parametrize("preset", presets("plan"))
 @pytest.mark.parametrize("hw", [CPU, H200x2], ids=["cpu", "gpu"])
 def test_ds_config_matches_golden_and_has_no_auto(preset, hw):
-    cfg, _ = compose([f"+plan={preset}"])
+    cfg, _ = compose([f"+plan={preset}", "train.micro_batch_size=2"])  # auto: tests/unit/test_micro_batch.py
     plan = resolve(cfg, hw, run_dir="/runs/x", run_name="x")
     ds = render_ds_config(plan)
     text = json.dumps(ds, indent=2) + "\n"
@@ -40,10 +40,11 @@ def test_deepspeed_accepts_every_rendered_config(preset):
     plan is made for one GB10; the 2-process engine initialisation is tests/integration/test_engine_init.py."""
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    cfg, _ = compose(["+topo=single_pgx", f"+plan={preset}"])
+    cfg, _ = compose(["+topo=single_pgx", f"+plan={preset}", "train.micro_batch_size=2"])
     degrees = cfg.plan.tp * cfg.plan.pp * cfg.plan.sp
     if degrees > 1:  # still one data-parallel rank: the box gets tp x pp x sp GPUs
-        cfg, _ = compose(["+topo=single_pgx", f"topo.gpus_per_host={degrees}", f"+plan={preset}"])
+        cfg, _ = compose(["+topo=single_pgx", f"topo.gpus_per_host={degrees}", f"+plan={preset}",
+                          "train.micro_batch_size=2"])
     plan = resolve(cfg, H200x2, run_dir="/runs/x", run_name="x")
     rendered = render_ds_config(plan)
     # DeepSpeedConfig divides the world it sees (1 here) by sequence_parallel_size; the sp runs are integration tests
