@@ -133,3 +133,17 @@ def test_out_of_memory_at_the_first_step_is_one_paragraph_with_what_would_fit(tm
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     assert "error: train.micro_batch_size=64 cannot be used. rank 0 ran out of GPU memory in global step 1" in paragraph
     assert "run.dry_run=true" in paragraph and "train.micro_batch_size=32" in paragraph
+
+
+@pytest.mark.skipif(gpus() < 1, reason="needs a GPU")
+def test_auto_micro_batch_picks_a_micro_batch_that_fits_and_trains(tmp_path):
+    """train.micro_batch_size=auto on a GPU: the largest the estimate fits with headroom, dividing the global batch;
+    the run trains at it without running out of memory (the chosen micro batch and why are in the summary)."""
+    run_dir = tmp_path / "run"
+    result = run_launcher(f"run.dir={run_dir}", "train.max_steps=16", "train.save_every=8",
+                          "train.global_batch_size=64", "train.micro_batch_size=auto", "train.seq_len=512")
+    trained(result, run_dir)
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["micro_batch_size"] > 2 and 64 % (plan["micro_batch_size"] * plan["dp"]) == 0
+    assert plan["micro_batch_note"].startswith("auto: the largest") and "(micro batch auto:" in result.stdout
+    assert not (run_dir / "micro_batch.json").exists()  # no out-of-memory, no re-plan
