@@ -1,4 +1,5 @@
-"""LLaMA-Factory's data registry (dataset_info.json): entries read unchanged, each becoming a DataSource.
+"""LLaMA-Factory's data registry (dataset_info.json): entries read unchanged, each becoming a DataSource; and
+`resolve_sources`, which turns every name a user wrote (a registry entry, a path, a hub id) into one.
 
 An entry the launcher cannot train on as supervised fine-tuning (preference pairs, KTO, images/video/audio, other
 hubs, loading scripts) is refused with its reason, rather than silently trained as something else.
@@ -7,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Callable
 
-from launcher.data.sources import DataSource
+from launcher.data.sources import KINDS, DataSource
 from launcher.errors import LauncherError
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+LISTED_NAMES = 20
 REGISTRY_FILE = "dataset_info.json"  # LLaMA-Factory's name, looked up when data.registry is a folder
 FORMATTINGS = ("alpaca", "sharegpt", "openai")
 OPENAI_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
@@ -153,3 +157,46 @@ def _num_samples(entry: dict, fail: Fail) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise fail(f"num_samples={value!r} must be a positive whole number of rows")
     return value
+
+
+def resolve_sources(names: list[str], registry_path: str, default_format: str, cwd: str,
+                    field: str) -> list[DataSource]:
+    """Each name as a DataSource: a registry entry first, then a local file or folder (relative to cwd), then a
+    hub id (owner/name). Anything else is refused, listing the registry's names."""
+    entries, folder = load_registry(registry_path, cwd) if registry_path else ({}, "")
+    sources = []
+    for name in names:
+        if name in entries:
+            source = source_for(name, entries[name], folder, field=field)
+        else:
+            source = _plain_source(name, default_format, cwd, field, entries, registry_path)
+        source.kind()  # an unknown extension or a mixed folder fails now, not in the ranks
+        sources.append(source)
+    return sources
+
+
+def _plain_source(name: str, default_format: str, cwd: str, field: str, entries: dict[str, dict],
+                  registry_path: str) -> DataSource:
+    path = os.path.abspath(os.path.join(cwd, os.path.expanduser(name)))
+    if name and os.path.exists(path):
+        return DataSource(name, path=path, formatting=default_format, config_field=field)
+    if _looks_like_hub_id(name):
+        return DataSource(name, hub_id=name, formatting=default_format, config_field=field)
+    raise LauncherError(field, name, _unknown_hint(entries, registry_path), problem=(
+        f"it is {'not an entry of the registry ' + registry_path + ', ' if registry_path else ''}not a file or "
+        f"folder (looked for {path}) and not a hub id (owner/name)"))
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """owner/name, and not a mistyped local path: no ./ ~ or / at the start, no data-file extension."""
+    return bool(HUB_ID.match(name)) and not name.startswith(".") and os.path.splitext(name)[1].lower() not in KINDS
+
+
+def _unknown_hint(entries: dict[str, dict], registry_path: str) -> str:
+    if not registry_path:
+        return ("give an existing file or folder (relative to the working directory), or a hub id such as "
+                "tatsu-lab/alpaca")
+    names = sorted(entries)
+    listed = ", ".join(names[:LISTED_NAMES]) + (f" and {len(names) - LISTED_NAMES} more" if len(names) > LISTED_NAMES
+                                                else "")
+    return f"the registry holds: {listed or '(no entries)'}; a file, folder or hub id works too"

@@ -14,7 +14,8 @@ from typing import Any
 
 from launcher.data.formats import Conversation, read_conversations
 from launcher.data.mixing import mix_counts, split_validation
-from launcher.data.sources import DataSource, read_rows, resolve_sources
+from launcher.data.registry import resolve_sources
+from launcher.data.sources import DataSource, read_rows
 from launcher.errors import LauncherError
 
 log = logging.getLogger("launcher")

@@ -1,4 +1,5 @@
-"""Where a data set's rows come from: a registry entry, a local file or folder, or a hub id, as one DataSource.
+"""Where a data set's rows come from: a local file or folder, or a hub id, as one DataSource (registry.py turns
+registry entries, paths and hub ids into them).
 
 The entry resolves every name the user wrote into a DataSource (checked up front, so a typo fails before any process
 starts); the DataSource travels in plan.json and each rank reads its rows with read_rows. JSON and JSON Lines go
@@ -8,7 +9,6 @@ go through Hugging Face `datasets`, imported only when such a source is read.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,8 +17,6 @@ from launcher.errors import LauncherError
 
 KINDS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 UNDERSTOOD = f"the kinds understood are {' '.join(KINDS)}"  # LLaMA-Factory's, less .txt (pre-training text)
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-LISTED_NAMES = 20
 JSON_HINT = "fix the file: a .json file holds a list of rows, a .jsonl file one row per line"
 
 
@@ -79,51 +77,6 @@ def _file_kind(path: str, source: DataSource) -> str:
         raise source.error(f"give data files of a kind understood: {' '.join(KINDS)}",
                            f"{path} has the extension {ext or '(none)'!r}, which is not a data file kind")
     return KINDS[ext]
-
-
-def resolve_sources(names: list[str], registry_path: str, default_format: str, cwd: str,
-                    field: str) -> list[DataSource]:
-    """Each name as a DataSource: a registry entry first, then a local file or folder (relative to cwd), then a
-    hub id (owner/name). Anything else is refused, listing the registry's names."""
-    from launcher.data.registry import load_registry, source_for  # here, not at the top: registry imports DataSource
-
-    entries, folder = load_registry(registry_path, cwd) if registry_path else ({}, "")
-    sources = []
-    for name in names:
-        if name in entries:
-            source = source_for(name, entries[name], folder, field=field)
-        else:
-            source = _plain_source(name, default_format, cwd, field, entries, registry_path)
-        source.kind()  # an unknown extension or a mixed folder fails now, not in the ranks
-        sources.append(source)
-    return sources
-
-
-def _plain_source(name: str, default_format: str, cwd: str, field: str, entries: dict[str, dict],
-                  registry_path: str) -> DataSource:
-    path = os.path.abspath(os.path.join(cwd, os.path.expanduser(name)))
-    if name and os.path.exists(path):
-        return DataSource(name, path=path, formatting=default_format, config_field=field)
-    if _looks_like_hub_id(name):
-        return DataSource(name, hub_id=name, formatting=default_format, config_field=field)
-    raise LauncherError(field, name, _unknown_hint(entries, registry_path), problem=(
-        f"it is {'not an entry of the registry ' + registry_path + ', ' if registry_path else ''}not a file or "
-        f"folder (looked for {path}) and not a hub id (owner/name)"))
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    """owner/name, and not a mistyped local path: no ./ ~ or / at the start, no data-file extension."""
-    return bool(HUB_ID.match(name)) and not name.startswith(".") and os.path.splitext(name)[1].lower() not in KINDS
-
-
-def _unknown_hint(entries: dict[str, dict], registry_path: str) -> str:
-    if not registry_path:
-        return ("give an existing file or folder (relative to the working directory), or a hub id such as "
-                "tatsu-lab/alpaca")
-    names = sorted(entries)
-    listed = ", ".join(names[:LISTED_NAMES]) + (f" and {len(names) - LISTED_NAMES} more" if len(names) > LISTED_NAMES
-                                                else "")
-    return f"the registry holds: {listed or '(no entries)'}; a file, folder or hub id works too"
 
 
 def read_rows(source: DataSource) -> list[dict[str, Any]]:

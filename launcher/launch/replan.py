@@ -5,16 +5,28 @@ smaller. Gradient accumulation keeps the global batch, so the optimization and a
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from launcher.errors import LauncherError
 from launcher.plan import micro_batch
-from launcher.plan.auto import with_micro_batch
+from launcher.plan.auto import memory_job
+from launcher.plan.memory import estimate
 from launcher.plan.types import Plan
 from launcher.render.deepspeed import render_ds_config
 from launcher.rundir import DS_CONFIG_FILE, PLAN_FILE, write_artifacts
+
+
+def with_micro_batch(plan: Plan, micro: int, note: str) -> Plan:
+    """The same plan at another micro batch: accumulation keeps the global batch, the estimate is redone on the same
+    device capacity (the supervisor's re-plan after an out-of-memory)."""
+    grad_accum = plan.global_batch_size // (micro * plan.dp)
+    job = dataclasses.replace(memory_job(plan), micro_batch_size=micro, grad_accum=grad_accum)
+    m = plan.memory
+    mem = estimate(job, m.capacity_gb, m.host_capacity_gb, m.unified_memory)
+    return dataclasses.replace(plan, micro_batch_size=micro, grad_accum=grad_accum, memory=mem, micro_batch_note=note)
 
 
 def replanned(plan: Plan) -> Plan | None:

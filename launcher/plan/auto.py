@@ -252,16 +252,6 @@ def memory_job(plan: Plan) -> MemoryJob:
     )
 
 
-def with_micro_batch(plan: Plan, micro: int, note: str) -> Plan:
-    """The same plan at another micro batch: accumulation keeps the global batch, the estimate is redone on the same
-    device capacity (the supervisor's re-plan after an out-of-memory)."""
-    grad_accum = plan.global_batch_size // (micro * plan.dp)
-    job = dataclasses.replace(memory_job(plan), micro_batch_size=micro, grad_accum=grad_accum)
-    m = plan.memory
-    mem = estimate(job, m.capacity_gb, m.host_capacity_gb, m.unified_memory)
-    return dataclasses.replace(plan, micro_batch_size=micro, grad_accum=grad_accum, memory=mem, micro_batch_note=note)
-
-
 def min_gpus(plan: Plan, limit: int = 4096) -> tuple[int, float] | None:
     """The fewest GPUs of this size (whole hosts) on which ZeRO-3 with checkpointing fits, and its need in GiB."""
     m = plan.memory

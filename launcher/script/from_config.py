@@ -10,8 +10,9 @@ import sys
 from launcher.config.schema import LauncherConfig
 from launcher.errors import LauncherError
 from launcher.plan.types import Plan
-from launcher.script.launch import (SP_MINIMUM, ScriptLaunch, check_accelerate_installed, check_plan,
-                                    check_sequence_parallel_support, load_script, prepare_launch)
+from launcher.script.checks import (SP_MINIMUM, check_accelerate_installed, check_plan,
+                                    check_sequence_parallel_support)
+from launcher.script.launch import ScriptLaunch, load_script, prepare_launch
 
 
 def script_from_config(cfg: LauncherConfig, plan: Plan, script_args: list[str] | tuple[str, ...], cwd: str

@@ -15,7 +15,8 @@ from launcher.assets import default_data_path
 from launcher.data.formats import load_rows
 from launcher.data.mixing import check_mix, mix_counts, mixed_order, split_validation
 from launcher.data.registry import load_registry
-from launcher.data.sources import DataSource, fingerprint, read_rows, resolve_sources
+from launcher.data.registry import resolve_sources
+from launcher.data.sources import DataSource, fingerprint, read_rows
 from launcher.errors import LauncherError
 
 ALPACA_FIELDS = ("instruction", "input", "output")

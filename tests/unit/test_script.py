@@ -22,9 +22,10 @@ from launcher.render.deepspeed import render_ds_config
 from launcher.render.env import rank_env
 from launcher.render.launch import render_launch_sh
 from launcher.render.accelerate import parallelism_env
-from launcher.script.launch import (SP_MINIMUM, check_accelerate_installed, check_plan,
-                                    check_sequence_parallel_support, choose_api, detect_api, flag_values,
-                                    join_module_word, load_script, prepare_launch, script_argv)
+from launcher.script.checks import (SP_MINIMUM, check_accelerate_installed, check_plan,
+                                    check_sequence_parallel_support)
+from launcher.script.launch import (choose_api, detect_api, flag_values, join_module_word, load_script, prepare_launch,
+                                    script_argv)
 from launcher.script.entry import FORWARDED, main as entry_main, resume_args, run_rank, split_settings
 from tests.conftest import REPO, check_golden, wait_for
 
