@@ -1,4 +1,4 @@
-"""The launcher against hand-written baselines on one model, side by side in one run (issue 10).
+"""The launcher against hand-written baselines on one model, side by side in one run (issues 10 and 27).
 
 On a lent GPU machine, from the project root:  source .device/setup.sh && python3 bench/perf.py
 Here, end to end on the CPU (gloo, 2 processes, a tiny model, a few steps):  python bench/perf.py --smoke
@@ -8,11 +8,22 @@ Every entry is its own process tree with its own timeout (one failure leaves a r
 baselines in bench/baselines/ (a DeepSpeed ZeRO-2 and ZeRO-3 loop with FusedAdam, FSDP2, HF Trainer + ZeRO-3).
 All train the same Llama-shaped model from its config with the same micro batch of full seq_len rows (no padding),
 one micro batch per step, bf16, AdamW, clipping 1.0; a step's time is the wall time between the ends of consecutive
-steps, each end after a host sync. The table goes to the console and, on GPUs, is appended to bench/results/perf.md.
+steps, each end after a host sync. Two rows differ in batch: launcher-auto is `python -m launcher +plan=auto` with
+the micro batch left to the launcher (auto) at a global batch of 32 sequences per GPU, and ds-zero2-liger is the
+ZeRO-2 loop with liger-kernel's kernels at its best micro batch (4, 8 then 16, until one runs out of memory or is
+slower). Every row's rate is its own tokens per step (bench/perf_table.py) over its median step time.
+The table goes to the console and, on GPUs, is appended to bench/results/perf.md.
 Launch overhead is the launcher's process start to its step 1 against torchrun's for the ZeRO-2 loop; checkpoint
 save and load throughput come from the launcher's own log lines (the ZeRO-2 run, then the same run resumed).
 The whole table stops starting new runs after --budget seconds (a lent machine allows 600 s per command); on 2 GPUs
 it takes about 6-8 minutes, 1.1B-model checkpoints (16 GB) included. A run's logs: --logs DIR.
+
+The whole table does not fit one 600 s command: split it over calls on one warm machine with --only (rows to run)
+and --skip (rows, or the steps launcher-zero2-resume and startups, to leave out), and rerun the baseline rows in each
+call and compare only within a call (the machine's speed drifts between calls). E.g. on 2 GPUs:
+  python3 bench/perf.py --budget 535 --skip ds-zero2-liger,launcher-auto --record yes
+  python3 bench/perf.py --budget 535 --only ds-zero2,ds-zero2-liger,launcher-zero2,launcher-auto \
+      --skip launcher-zero2-resume --startups 0 --record yes
 """
 from __future__ import annotations
 
@@ -23,12 +34,10 @@ import os
 import random
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -36,6 +45,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.baselines.common import Spec  # noqa: E402
+from bench.perf_table import Result, plan_notes, step_rows, table, targets, tokens_per_gpu  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "perf.md"
 GPU_SPEC = Spec(hidden_size=2048, num_layers=16, num_heads=16, num_kv_heads=8, intermediate_size=8192,
@@ -47,32 +57,13 @@ BASELINES = {  # name: (script, arguments, what)
     "ds-zero3": ("ds_loop.py", ["--stage", "3"], "hand-written DeepSpeed ZeRO-3 loop"),
     "fsdp2": ("fsdp2.py", [], "torch FSDP2 fully_shard (bf16 compute, fp32 reduce)"),
     "hf-zero3": ("hf_trainer.py", [], "HF Trainer + DeepSpeed ZeRO-3 (LLaMA-Factory config)"),
+    "ds-zero2-liger": ("ds_loop.py", ["--stage", "2", "--liger"],
+                       "hand-written DeepSpeed ZeRO-2 loop + liger-kernel (RoPE, RMSNorm, SwiGLU, fused linear CE)"),
 }
-TARGETS = [  # (launcher row, baseline row, minimum ratio)
-    ("launcher-zero2", "ds-zero2", 1.0), ("launcher-zero2", "fsdp2", 1.0), ("launcher-zero3", "ds-zero3", 1.0),
-    ("launcher-zero3", "hf-zero3", 1.5), ("best", "hf-zero3", 1.5),
-]
+LIGER_MICROS = (4, 8, 16)  # ds-zero2-liger's micro batches, tried in this order for its best
+AUTO_GLOBAL_PER_GPU = 32  # launcher-auto's global batch in sequences per GPU: a realistic fine-tuning batch
 SAVED = re.compile(r"saved checkpoint \S+ in ([\d.]+) s \(([\d.]+) GB, ([\d.]+) GB/s\)")
 LOADED = re.compile(r"loaded in ([\d.]+) s \(([\d.]+) GB, ([\d.]+) GB/s\)")
-
-
-@dataclass
-class Result:
-    name: str
-    what: str
-    ok: bool = False
-    error: str = ""
-    step_times: list[float] = field(default_factory=list)
-    peak_gib: float | None = None
-    startup_s: float | None = None  # process start -> start of step 1
-    optimizer: str = ""
-    optimizer_s: float = 0.0  # of startup_s, building or loading the optimizer (FusedAdam's op)
-    notes: list[str] = field(default_factory=list)
-    skipped: str = ""
-
-    def median_step(self, first: int) -> float | None:
-        steady = self.step_times[first - 1:]
-        return statistics.median(steady) if self.ok and steady else None
 
 
 def step_times_from_ends(first_start: float, ends: list[float]) -> list[float]:
@@ -109,9 +100,27 @@ def tail(path: Path, lines: int = 4) -> str:
     return (errors[-1] if errors else " | ".join(text[-lines:]))[-600:].replace("|", "/")
 
 
+def sweep_summary(tried: list[tuple[int, Result]], first: int) -> str:
+    """'4: 40,000 tok/s, 8: 45,000 tok/s, 16: out of memory': each micro batch a best-micro sweep tried."""
+
+    def outcome(r: Result) -> str:
+        if r.ok:
+            return f"{r.rate(first):,.0f} tok/s"
+        return "out of memory" if "out of memory" in r.error.lower() else f"failed ({r.error[:120]})"
+    return ", ".join(f"{micro}: {outcome(r)}" for micro, r in tried)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The complete lines of a JSON-lines file another process may be writing (a last partial line waits)."""
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(x) for x in text[:text.rfind("\n") + 1].splitlines() if x.strip()]
+
+
 class Bench:
-    def __init__(self, spec: Spec, smoke: bool, work: Path, nproc: int, timeout: float, env: dict[str, str]) -> None:
+    def __init__(self, spec: Spec, smoke: bool, work: Path, nproc: int, timeout: float, env: dict[str, str],
+                 first: int = 6) -> None:
         self.spec, self.smoke, self.work, self.nproc, self.timeout, self.env = spec, smoke, work, nproc, timeout, env
+        self.first = first  # the median step time is of steps first..steps
         self.deadline = float("inf")
         self.data = work / "data.jsonl"
         self.results: dict[str, Result] = {}
@@ -123,56 +132,71 @@ class Bench:
         return min(self.timeout, self.deadline - time.time())
 
     # ---- the launcher -------------------------------------------------------------------------------------------
-    def launcher_overrides(self, run_dir: Path, max_steps: int) -> list[str]:
+    def fixed_batch(self) -> list[str]:
+        """The launcher rows' batch as perf.md's history has it: the spec's micro batch, one per step."""
+        micro = self.spec.micro_batch_size
+        return [f"train.micro_batch_size={micro}", f"train.global_batch_size={micro * self.nproc}"]
+
+    def launcher_overrides(self, run_dir: Path, max_steps: int, batch: list[str] | None = None) -> list[str]:
         s = self.spec
         return [
             f"model.arch.hidden_size={s.hidden_size}", f"model.arch.num_layers={s.num_layers}",
             f"model.arch.num_heads={s.num_heads}", f"model.arch.num_kv_heads={s.num_kv_heads}",
             f"model.arch.intermediate_size={s.intermediate_size}", f"model.arch.vocab_size={s.vocab_size}",
             f"model.arch.max_position_embeddings={max(2048, s.seq_len)}",
-            f"train.seq_len={s.seq_len}", f"train.micro_batch_size={s.micro_batch_size}",
-            f"train.global_batch_size={s.micro_batch_size * self.nproc}", f"train.max_steps={max_steps}",
+            f"train.seq_len={s.seq_len}", *(self.fixed_batch() if batch is None else batch),
+            f"train.max_steps={max_steps}",
             "train.save_every=0", f"train.lr={s.lr}", "train.warmup_steps=2", f"train.grad_clip={s.grad_clip}",
             f"train.precision={s.precision}", f"train.seed={s.seed}", "train.log_every=5",
             f"data.path={self.data}", "data.packing=false", "logging.wandb.mode=disabled",
             f"run.dir={run_dir}", *([] if self.smoke else [f"topo.gpus_per_host={self.nproc}"]),
         ]
 
-    def launcher(self, name: str, plan: list[str], keep: bool = False, save: bool = True) -> Result:
-        """One launcher run; save=False stops it once its last step is logged (no final checkpoint to wait for)."""
+    def launcher(self, name: str, plan: list[str], keep: bool = False, save: bool = True,
+                 batch: list[str] | None = None) -> Result:
+        """One launcher run; save=False stops it once its last step is logged (no final checkpoint to wait for);
+        batch: its micro/global batch overrides, when not the spec's (fixed_batch)."""
         result = Result(name, f"launcher {' '.join(plan)}", optimizer="torch AdamW (fused on CUDA)")
         run_dir = self.work / "runs" / name
-        argv = [sys.executable, "-m", "launcher", *self.launcher_overrides(run_dir, self.spec.steps), *plan]
-        metrics_file = run_dir / "metrics.jsonl"
-
-        def read_metrics() -> list[dict]:
-            return [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()] \
-                if metrics_file.exists() else []
-
+        argv = [sys.executable, "-m", "launcher", *self.launcher_overrides(run_dir, self.spec.steps, batch), *plan]
+        steps = lambda: step_rows(read_jsonl(run_dir / "metrics.jsonl"))  # noqa: E731
         code, spawned = run_tree(argv, self.env, self.work / f"{name}.log", self.budget(),
-                                 done=(lambda: False) if save else lambda: len(read_metrics()) >= self.spec.steps)
-        metrics = read_metrics()
+                                 done=(lambda: False) if save else lambda: len(steps()) >= self.spec.steps)
+        metrics = steps()
         if (code != 0 and save) or len(metrics) < self.spec.steps:
             result.error = ("timed out" if code is None else f"exit code {code}") + ": " + tail(self.work / f"{name}.log")
             return self._done(result, run_dir, keep=False)
-        first_start = metrics[0]["time"] - metrics[0]["step_time_s"]
+        self._account(result, metrics, spawned)
+        result.notes += self._run_notes(name, run_dir)
+        return self._done(result, run_dir, keep)
+
+    def _account(self, result: Result, steps: list[dict], spawned: float) -> None:
+        """A launcher row's step times, peak memory, start-up and its own tokens per step and GPU (metrics.jsonl)."""
+        first_start = steps[0]["time"] - steps[0]["step_time_s"]
         result.ok = True
-        result.step_times = step_times_from_ends(first_start, [m["time"] for m in metrics])
-        result.peak_gib = max(m["memory_gb"] for m in metrics)
+        result.step_times = step_times_from_ends(first_start, [m["time"] for m in steps])
+        result.peak_gib = max(m["memory_gb"] for m in steps)
         result.startup_s = first_start - spawned
-        expected = self.spec.micro_batch_size * self.spec.seq_len * self.nproc
-        if metrics[-1]["tokens"] != expected:
-            result.notes.append(f"tokens/step {metrics[-1]['tokens']} != {expected}")
+        result.tokens_per_step = tokens_per_gpu(steps, self.nproc)
+
+    def _run_notes(self, name: str, run_dir: Path) -> list[str]:
+        """What the run dir says of a launcher row: its batch and plan (plan.json; why +plan=auto chose it goes
+        below the table), liger's kernels, rank 0's start-up, the checkpoint save."""
+        plan = json.loads((run_dir / "plan.json").read_text())
+        if plan.get("auto_reason"):
+            note = plan.get("micro_batch_note") or "given"
+            self.extra.append(f"{name}: {plan['auto_reason']} (train.micro_batch_size {note})")
+        notes = plan_notes(plan)
         rank0 = (run_dir / "logs" / "rank0.log").read_text()
         kernels = re.search(r"liger-kernel: (.*)", rank0)
-        result.notes.append(f"liger: {kernels.group(1)}" if kernels else "no liger")
+        notes.append(f"liger: {kernels.group(1)}" if kernels else "no liger")
         ready = re.search(r"ready in ([\d.]+ s) since the rank started: (.*)", rank0)
         if ready:
-            result.notes.append(f"rank 0 ready {ready.group(1)} after its start ({ready.group(2)})")
+            notes.append(f"rank 0 ready {ready.group(1)} after its start ({ready.group(2)})")
         saved = SAVED.search(rank0)
         if saved:
-            result.notes.append(f"save {saved.group(2)} GB in {saved.group(1)} s = {saved.group(3)} GB/s")
-        return self._done(result, run_dir, keep)
+            notes.append(f"save {saved.group(2)} GB in {saved.group(1)} s = {saved.group(3)} GB/s")
+        return notes
 
     def launcher_startup(self, stage: str, attempt: int) -> None:
         """One more start of `python -m launcher +plan=<stage>`, stopped at its first step (a fresh run dir)."""
@@ -242,25 +266,36 @@ class Bench:
         return result
 
     # ---- the baselines ------------------------------------------------------------------------------------------
-    def baseline(self, name: str, optimizer: str, log_name: str = "") -> Result:
+    def baseline(self, name: str, optimizer: str, log_name: str = "", micro: int = 0) -> Result:
+        """One baseline under torchrun at the spec's micro batch, or `micro`; skipped where the script says it cannot
+        run here (ds-zero2-liger without liger-kernel or CUDA)."""
         script, args, what = BASELINES[name]
-        result = Result(name, what)
+        spec = dataclasses.replace(self.spec, micro_batch_size=micro or self.spec.micro_batch_size)
+        result = self.results[name] = Result(name, what)
         log_name = log_name or name
         out = self.work / f"{log_name}.json"
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
-                str(REPO / "bench" / "baselines" / script), *args, "--spec", json.dumps(dataclasses.asdict(self.spec)),
+                str(REPO / "bench" / "baselines" / script), *args, "--spec", json.dumps(dataclasses.asdict(spec)),
                 "--out", str(out)]
         if script == "ds_loop.py":
             argv += ["--optimizer", optimizer]
         code, spawned = run_tree(argv, self.env, self.work / f"{log_name}.log", self.budget())
         if code != 0 or not out.exists():
             result.error = ("timed out" if code is None else f"exit code {code}") + ": " + tail(self.work / f"{log_name}.log")
-            self.results[name] = result
             return result
         r = json.loads(out.read_text())
+        if "skipped" in r:
+            result.skipped = r["skipped"]
+            return result
+        self._read_baseline(result, r, spawned)
+        return result
+
+    def _read_baseline(self, result: Result, r: dict, spawned: float) -> None:
+        """A baseline row from what its rank 0 wrote: step ends, peak memory, optimizer, its own tokens per step."""
         result.ok = len(r["step_ends"]) >= self.spec.steps
         result.error = "" if result.ok else f"only {len(r['step_ends'])} steps"
         result.step_times = step_times_from_ends(r["first_step_start"], r["step_ends"])
+        result.tokens_per_step = r["tokens_per_step"]
         result.peak_gib = r["peak_gib"]
         result.startup_s = r["first_step_start"] - spawned
         result.optimizer = r.get("optimizer", "")
@@ -268,8 +303,29 @@ class Bench:
         if "optimizer_built" in marks and "model_built" in marks:
             result.optimizer_s = marks["optimizer_built"] - marks["model_built"]
             result.notes.append(f"optimizer built in {result.optimizer_s:.1f} s")
-        self.results[name] = result
-        return result
+
+    def best_micro(self, name: str, optimizer: str) -> Result:
+        """A baseline at its best micro batch: LIGER_MICROS in turn, stopping at the first that fails (out of memory)
+        or is slower than the one before; the fastest is the row, every try in its notes."""
+        tried: list[tuple[int, Result]] = []
+        out_of_time = False
+        for micro in LIGER_MICROS:
+            if tried and self.budget() < 60:
+                out_of_time = True
+                break
+            r = self.baseline(name, optimizer, log_name=f"{name}-micro{micro}", micro=micro)
+            tried.append((micro, r))
+            if not r.ok or (len(tried) > 1 and self._speed(r) <= self._speed(tried[-2][1])):
+                break
+        micro, best = max(tried, key=lambda t: self._speed(t[1]))
+        if best.ok:
+            stop = "; the bench's time budget stopped the sweep" if out_of_time else ""
+            best.notes.insert(0, f"micro batch {micro}, best of {sweep_summary(tried, self.first)}{stop}")
+        self.results[name] = best
+        return best
+
+    def _speed(self, r: Result) -> float:
+        return r.rate(self.first) or 0.0
 
     def fused_adam_warmup(self) -> str:
         """Build (or load) DeepSpeed's FusedAdam op once, outside any timed run: 'fused', or 'torch' when it fails."""
@@ -317,61 +373,6 @@ def mfu_per_token(spec: Spec) -> tuple[float, int]:
     return flops_per_token(arch, params, spec.seq_len), params
 
 
-def table(bench: Bench, first: int, peak_flops: float | None) -> tuple[str, dict[str, float]]:
-    spec = bench.spec
-    per_token, _ = mfu_per_token(spec)
-    tokens_per_step = spec.micro_batch_size * spec.seq_len
-    rate = {n: tokens_per_step / r.median_step(first) for n, r in bench.results.items() if r.median_step(first)}
-    launcher_rows = [n for n in rate if n.startswith("launcher-")]
-    if launcher_rows:
-        rate["best"] = max(rate[n] for n in launcher_rows)
-    lines = ["| run | what | optimizer | tokens/s per GPU | MFU | peak GiB | step s | start to step 1 s | notes |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in bench.results.items():
-        if not r.ok:
-            status = f"skipped | | | | | {r.skipped}" if r.skipped else f"failed | | | | | {r.error}"
-            lines.append(f"| {name} | {r.what} | {r.optimizer} | {status} |")
-            continue
-        mfu = f"{rate[name] * per_token / peak_flops:.1%}" if peak_flops else "n/a"
-        lines.append(f"| {name} | {r.what} | {r.optimizer} | {rate[name]:,.0f} | {mfu} | {r.peak_gib:.1f} | "
-                     f"{r.median_step(first):.3f} | {r.startup_s:.1f} | {'; '.join(r.notes)} |")
-    return "\n".join(lines), rate
-
-
-def targets(bench: Bench, rate: dict[str, float], peak_flops: float | None) -> list[str]:
-    out = []
-    launcher_rows = {n: v for n, v in rate.items() if n.startswith("launcher-")}
-    best = max(launcher_rows, key=launcher_rows.get) if launcher_rows else None
-    for mine, theirs, minimum in TARGETS:
-        label = f"best ({best})" if mine == "best" else mine
-        if mine in rate and theirs in rate:
-            ratio = rate[mine] / rate[theirs]
-            out.append(f"- {label} / {theirs}: {ratio:.2f}x (target >= {minimum}x): {'met' if ratio >= minimum else 'MISSED'}")
-        else:
-            out.append(f"- {label} / {theirs}: not measured (a row failed or was skipped)")
-    if peak_flops and "launcher-zero2" in rate:
-        per_token, _ = mfu_per_token(bench.spec)
-        mfu = rate["launcher-zero2"] * per_token / peak_flops
-        out.append(f"- launcher-zero2 MFU: {mfu:.1%} (target >= 45%): {'met' if mfu >= 0.45 else 'MISSED'}")
-        if best and best != "launcher-zero2":
-            mfu = rate[best] * per_token / peak_flops
-            out.append(f"- best ({best}) MFU: {mfu:.1%} (target >= 45%): {'met' if mfu >= 0.45 else 'MISSED'}")
-    for stage in ("zero2", "zero3"):  # the launcher's start against the same-stage loop's, both under torchrun
-        mine, plain = bench.startups.get(f"launcher-{stage}", []), bench.startups.get(f"ds-{stage}", [])
-        if mine and plain:
-            extra = statistics.median(mine) - statistics.median(plain)
-            out.append(f"- launch overhead ({stage}): `python -m launcher` to step 1 {startups(mine)}, torchrun "
-                       f"ds_loop.py (same model, less loading FusedAdam) {startups(plain)}: {extra:+.1f} s "
-                       f"(target <= +3 s): {'met' if extra <= 3 else 'MISSED'}")
-    return out
-
-
-def startups(samples: list[float]) -> str:
-    """'median 24.1 s of 3 (31.2, 22.0, 24.1)': one start on these machines varies by seconds."""
-    listed = ", ".join(f"{x:.1f}" for x in samples)
-    return f"median {statistics.median(samples):.1f} s of {len(samples)} ({listed})"
-
-
 # ---- the machine --------------------------------------------------------------------------------------------------
 def gpus() -> tuple[int, str, str]:
     """(count, name, driver) from nvidia-smi; no CUDA context in this process."""
@@ -411,14 +412,28 @@ def variant(text: str) -> tuple[str, str]:
     return name, overrides
 
 
-ORDER = ["ds-zero2", "launcher-zero2", "fsdp2", "ds-zero3", "launcher-zero3", "hf-zero3"]
+MAIN_ROWS = ["ds-zero2", "launcher-zero2", "fsdp2", "ds-zero3", "launcher-zero3", "hf-zero3"]
+ORDER = [*MAIN_ROWS, "ds-zero2-liger", "launcher-auto"]
+STEPS = ("launcher-zero2-resume", "startups")  # not rows: the checkpoint load and the extra start-ups
 SMOKE_SKIPS = {"hf-zero3": "GPU only: on the CPU accelerate runs the Trainer as one process beside DeepSpeed's two"}
 
 
-def main() -> int:
+def plan_rows(only: set[str], skip: set[str], candidates: list[str], variants: list[str], startups: int) -> list[str]:
+    """What runs, in order: the main rows, the checkpoint load and start-ups (with launcher-zero2, right after the
+    main rows), the liger and auto rows, candidates, variants; --only picks rows, --skip drops rows or STEPS."""
+    rows = [n for n in ORDER + candidates if not only or n in only] + variants
+    if "launcher-zero2" in rows:
+        at = max(rows.index(n) for n in rows if n in MAIN_ROWS) + 1
+        rows = [*rows[:at], "launcher-zero2-resume", *(["startups"] if startups else []), *rows[at:]]
+    return [n for n in rows if n not in skip]
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU, 2 gloo processes, a few steps")
     p.add_argument("--only", default="", help="comma-separated rows to run (default: all), e.g. launcher-zero2,ds-zero2")
+    p.add_argument("--skip", default="", help="comma-separated rows, or launcher-zero2-resume / startups, to leave out "
+                   "(splitting the table over calls: see the module docstring)")
     p.add_argument("--candidates", default="", help="more launcher plans for the best row, comma-separated (zero1,ddp)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES", type=variant,
                    help="a launcher row `launcher-NAME` with these space-separated overrides, e.g. "
@@ -432,94 +447,83 @@ def main() -> int:
     p.add_argument("--logs", default="", help="copy every run's log (and the launcher's rank logs) into this folder")
     p.add_argument("--record", choices=("auto", "yes", "no"), default="auto",
                    help=f"append to {RESULTS.relative_to(REPO)} (auto: on GPUs, without --only, when a row ran)")
-    args = p.parse_args()
+    return p.parse_args()
 
-    count, device, driver = (0, "cpu", "") if args.smoke else gpus()
-    if not args.smoke and count == 0:
-        print("no GPU found: run with --smoke for the CPU check", file=sys.stderr)
-        return 2
-    spec = SMOKE_SPEC if args.smoke else GPU_SPEC
-    if args.steps:
-        spec = dataclasses.replace(spec, steps=args.steps)
-    first = 2 if args.smoke else 6
-    if args.startups < 0:
-        args.startups = 0 if args.smoke else 2
-    nproc = 2 if args.smoke else count
+
+def child_env(smoke: bool, work: Path) -> dict[str, str]:
+    """The environment of every run: this one, wandb off, the repo importable, DeepSpeed-safe CUDA arch list."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if env.get("TORCH_CUDA_ARCH_LIST"):  # DeepSpeed's op builder fails on suffixed entries (9.0a); the launcher strips
         from launcher.render.env import sanitize_arch_list  # them for its ranks, the baselines get the same
 
         env["TORCH_CUDA_ARCH_LIST"] = sanitize_arch_list(env["TORCH_CUDA_ARCH_LIST"])
-    if args.smoke:
+    if smoke:
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    work = Path(tempfile.mkdtemp(prefix="launcher-perf-"))
     env["LAUNCHER_CACHE_DIR"] = str(work / "data-cache")  # cold: the first launcher row tokenizes, later ones read it
-    started = time.time()
-    bench = Bench(spec, args.smoke, work, nproc, args.timeout or (420 if args.smoke else 240), env)
-    bench.deadline = started + (args.budget or (10**6 if args.smoke else 480))
-    only = set(filter(None, args.only.split(",")))
-    candidates = [f"launcher-{c}" for c in args.candidates.split(",") if c and c not in ("zero2", "zero3")]
-    variants = dict(args.variant)
-    rows = [n for n in ORDER + candidates if not only or n in only] + [f"launcher-{v}" for v in variants]
+    return env
 
-    print(f"work dir {work}; {nproc} x {device}; {versions()}", flush=True)
-    bench.write_data()
-    optimizer = "fused" if not args.smoke and {"ds-zero2", "ds-zero3"} & set(rows) else "torch"
-    if optimizer == "fused":
-        optimizer = bench.fused_adam_warmup()
-    if "launcher-zero2" in rows:  # the load right after the main rows: the variants come last, as time allows
-        at = max(rows.index(n) for n in rows if n in ORDER) + 1
-        rows = [*rows[:at], "launcher-zero2-resume", *(["startups"] if args.startups else []), *rows[at:]]
-    for name in rows:
-        t = time.time()
-        if name in SMOKE_SKIPS and args.smoke or bench.budget() < 30:
-            why = SMOKE_SKIPS[name] if args.smoke and name in SMOKE_SKIPS else "the bench's time budget ran out"
-            if name != "launcher-zero2-resume":
-                bench.results[name] = Result(name, BASELINES.get(name, ("", [], name))[2], skipped=why)
-            else:
-                bench.extra.append(f"checkpoint load: skipped ({why})")
-            print(f"{name}: skipped ({why})", flush=True)
-            continue
-        if name == "startups":
-            print(f"start-ups: {bench.more_startups(args.startups, optimizer)} ({time.time() - t:.0f} s)", flush=True)
-            continue
-        if name == "launcher-zero2-resume":
-            bench.launcher_resume("launcher-zero2", ["+plan=zero2"])
-            print(f"{name}: {bench.extra[-1]} ({time.time() - t:.0f} s)", flush=True)
-            continue
-        try:
-            if name.removeprefix("launcher-") in variants:
-                r = bench.launcher(name, variants[name.removeprefix("launcher-")].split(), save=False)
-            elif name.startswith("launcher-"):
-                r = bench.launcher(name, [f"+plan={name.removeprefix('launcher-')}"], keep=name == "launcher-zero2")
-            else:
-                r = bench.baseline(name, optimizer)
-        except Exception as err:  # a bug here must not cost the other rows of a scarce GPU run
-            r = bench.results[name] = Result(name, name, error=f"bench error: {type(err).__name__}: {err}")
-        if r.ok and name in ("launcher-zero2", "launcher-zero3", "ds-zero2", "ds-zero3"):
-            bench.startups.setdefault(name, []).append(r.startup_s - r.optimizer_s)
-        status = f"{spec.micro_batch_size * spec.seq_len / r.median_step(first):,.0f} tokens/s per GPU" if r.ok \
-            else f"FAILED: {r.error}"
-        print(f"{name}: {status} ({time.time() - t:.0f} s)", flush=True)
 
-    from launcher.train.metrics import peak_flops as peak_of
+def run_row(bench: Bench, name: str, variants: dict[str, str], optimizer: str) -> Result:
+    """One row of the table, by its name."""
+    if name.removeprefix("launcher-") in variants:
+        return bench.launcher(name, variants[name.removeprefix("launcher-")].split(), save=False)
+    if name == "launcher-auto":  # the micro batch left to the launcher: no train.micro_batch_size
+        return bench.launcher(name, ["+plan=auto"], save=False,
+                              batch=[f"train.global_batch_size={AUTO_GLOBAL_PER_GPU * bench.nproc}"])
+    if name.startswith("launcher-"):
+        return bench.launcher(name, [f"+plan={name.removeprefix('launcher-')}"], keep=name == "launcher-zero2")
+    if name == "ds-zero2-liger":
+        return bench.best_micro(name, optimizer)
+    return bench.baseline(name, optimizer)
 
-    peak = peak_of(device) if not args.smoke else None
-    text, rate = table(bench, first, peak)
-    _, params = mfu_per_token(spec)
-    lines = targets(bench, rate, peak) + [f"- {x}" for x in bench.extra]
+
+def run_step(bench: Bench, name: str, args: argparse.Namespace, variants: dict[str, str], optimizer: str) -> str:
+    """Run one entry of plan_rows (a row or a STEP) and say how it went, for the console."""
+    if name in SMOKE_SKIPS and args.smoke or bench.budget() < 30:
+        why = SMOKE_SKIPS[name] if args.smoke and name in SMOKE_SKIPS else "the bench's time budget ran out"
+        if name != "launcher-zero2-resume":
+            bench.results[name] = Result(name, BASELINES.get(name, ("", [], name))[2], skipped=why)
+        else:
+            bench.extra.append(f"checkpoint load: skipped ({why})")
+        return f"skipped ({why})"
+    if name == "startups":
+        return bench.more_startups(args.startups, optimizer)
+    if name == "launcher-zero2-resume":
+        bench.launcher_resume("launcher-zero2", ["+plan=zero2"])
+        return bench.extra[-1]
+    try:
+        r = run_row(bench, name, variants, optimizer)
+    except Exception as err:  # a bug here must not cost the other rows of a scarce GPU run
+        r = bench.results[name] = Result(name, name, error=f"bench error: {type(err).__name__}: {err}")
+    if r.ok and name in ("launcher-zero2", "launcher-zero3", "ds-zero2", "ds-zero3"):
+        bench.startups.setdefault(name, []).append(r.startup_s - r.optimizer_s)
+    if r.skipped:
+        return f"skipped ({r.skipped})"
+    return f"{r.rate(bench.first) or 0:,.0f} tokens/s per GPU" if r.ok else f"FAILED: {r.error}"
+
+
+def report(bench: Bench, device: str, driver: str, peak: float | None, started: float) -> str:
+    """The markdown section for perf.md: the setup in words, the table, the targets and the extra measures."""
+    spec, first, nproc = bench.spec, bench.first, bench.nproc
+    per_token, params = mfu_per_token(spec)
+    lines = targets(bench.results, first, bench.startups, per_token, peak) + [f"- {x}" for x in bench.extra]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = (f"## {stamp}, {nproc}x {device}{f', driver {driver}' if driver else ''}"
-             f"{' (smoke: CPU, tiny model)' if args.smoke else ''}")
+             f"{' (smoke: CPU, tiny model)' if bench.smoke else ''}")
     mfu = f"MFU against {peak / 1e12:.0f} TFLOPS bf16 per GPU (launcher/train/metrics.py)" if peak else "no MFU on CPU"
-    body = (f"{title}\n\n{versions()}\n\n`{' '.join(['python3', 'bench/perf.py', *sys.argv[1:]])}`: Llama-shaped model "
-            f"of {params / 1e9:.2f}B parameters (hidden {spec.hidden_size}, {spec.num_layers} layers, {spec.num_heads} "
-            f"heads, {spec.num_kv_heads} KV heads, FFN {spec.intermediate_size}, vocab {spec.vocab_size}), seq "
-            f"{spec.seq_len}, micro batch {spec.micro_batch_size} per GPU, 1 micro batch per step, {spec.precision}, "
-            f"median step of steps {first}-{spec.steps}; peak GiB = max_memory_allocated of rank 0; {mfu}; "
-            f"took {(time.time() - started) / 60:.1f} min.\n\n{text}\n\n" + "\n".join(lines) + "\n")
-    print("\n" + body)
-    complete = all(r.ok or r.skipped for r in bench.results.values())
+    return (f"{title}\n\n{versions()}\n\n`{' '.join(['python3', 'bench/perf.py', *sys.argv[1:]])}`: Llama-shaped "
+            f"model of {params / 1e9:.2f}B parameters (hidden {spec.hidden_size}, {spec.num_layers} layers, "
+            f"{spec.num_heads} heads, {spec.num_kv_heads} KV heads, FFN {spec.intermediate_size}, vocab "
+            f"{spec.vocab_size}), seq {spec.seq_len}, micro batch {spec.micro_batch_size} per GPU, 1 micro batch per "
+            f"step (launcher-auto: global batch {AUTO_GLOBAL_PER_GPU} per GPU, micro batch auto; ds-zero2-liger: its "
+            f"best micro batch; each row's rate from its own tokens per step), {spec.precision}, median step of steps "
+            f"{first}-{spec.steps}; peak GiB = max_memory_allocated of rank 0; {mfu}; "
+            f"took {(time.time() - started) / 60:.1f} min.\n\n{table(bench.results, first, per_token, peak)}\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def keep(bench: Bench, body: str, args: argparse.Namespace, only: set[str]) -> None:
+    """The section appended to perf.md (GPUs, full table, or --record yes) and the logs copied to --logs."""
     record = args.record == "yes" or (args.record == "auto" and not args.smoke and not only
                                       and any(r.ok for r in bench.results.values()))
     if record:
@@ -531,10 +535,49 @@ def main() -> int:
     if args.logs:
         logs = Path(args.logs)
         logs.mkdir(parents=True, exist_ok=True)
-        for path in [*work.glob("*.log"), *work.glob("*.out"), *work.glob("*.json"), *work.glob("*.txt"),
-                     *work.glob("*.json.gz")]:  # profile traces of train.profile_steps variants
+        for path in [*bench.work.glob("*.log"), *bench.work.glob("*.out"), *bench.work.glob("*.json"),
+                     *bench.work.glob("*.txt"), *bench.work.glob("*.json.gz")]:  # profiles of train.profile_steps
             shutil.copy(path, logs / path.name)
         (logs / "perf.md").write_text(body)
+
+
+def main() -> int:
+    args = parse_args()
+    count, device, driver = (0, "cpu", "") if args.smoke else gpus()
+    if not args.smoke and count == 0:
+        print("no GPU found: run with --smoke for the CPU check", file=sys.stderr)
+        return 2
+    spec = SMOKE_SPEC if args.smoke else GPU_SPEC
+    if args.steps:
+        spec = dataclasses.replace(spec, steps=args.steps)
+    if args.startups < 0:
+        args.startups = 0 if args.smoke else 2
+    nproc = 2 if args.smoke else count
+    work = Path(tempfile.mkdtemp(prefix="launcher-perf-"))
+    started = time.time()
+    bench = Bench(spec, args.smoke, work, nproc, args.timeout or (420 if args.smoke else 240),
+                  child_env(args.smoke, work), first=2 if args.smoke else 6)
+    bench.deadline = started + (args.budget or (10**6 if args.smoke else 480))
+    only, skip = set(filter(None, args.only.split(","))), set(filter(None, args.skip.split(",")))
+    candidates = [f"launcher-{c}" for c in args.candidates.split(",") if c and c not in ("zero2", "zero3", "auto")]
+    variants = dict(args.variant)
+    rows = plan_rows(only, skip, candidates, [f"launcher-{v}" for v in variants], args.startups)
+
+    print(f"work dir {work}; {nproc} x {device}; {versions()}", flush=True)
+    bench.write_data()
+    optimizer = "fused" if not args.smoke and {"ds-zero2", "ds-zero3", "ds-zero2-liger"} & set(rows) else "torch"
+    if optimizer == "fused":
+        optimizer = bench.fused_adam_warmup()
+    for name in rows:
+        t = time.time()
+        print(f"{name}: {run_step(bench, name, args, variants, optimizer)} ({time.time() - t:.0f} s)", flush=True)
+
+    from launcher.train.metrics import peak_flops as peak_of
+
+    body = report(bench, device, driver, peak_of(device) if not args.smoke else None, started)
+    print("\n" + body)
+    keep(bench, body, args, only)
+    complete = all(r.ok or r.skipped for r in bench.results.values())
     if complete:
         shutil.rmtree(work, ignore_errors=True)
     else:

@@ -118,8 +118,15 @@ class StepTimer:
         self.ends.append(time.time())
         self.losses.append(loss)
 
-    def write(self, path: str, device: torch.device, world: int, **info: Any) -> None:
+    def write(self, path: str, spec: Spec, device: torch.device, world: int, **info: Any) -> None:
+        """tokens_per_step is per GPU, what this rank trained each step: bench/perf.py's rate for the row."""
         result = {"started": STARTED, "first_step_start": self.first_step_start, "step_ends": self.ends,
                   "losses": self.losses, "marks": self.marks, "peak_gib": peak_gib(device), "world_size": world,
+                  "micro_batch_size": spec.micro_batch_size, "tokens_per_step": spec.micro_batch_size * spec.seq_len,
                   "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", **info}
         Path(path).write_text(json.dumps(result, indent=1))
+
+
+def write_skipped(path: str, why: str) -> None:
+    """What rank 0 writes when this machine cannot run the baseline (bench/perf.py shows the row as skipped)."""
+    Path(path).write_text(json.dumps({"skipped": why}))

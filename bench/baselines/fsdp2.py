@@ -39,7 +39,8 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         timer.end(loss.item())
     if rank == 0:
-        timer.write(args.out, device, world, what="FSDP2 fully_shard", optimizer=f"torch AdamW{' (fused)' if fused else ''}")
+        timer.write(args.out, spec, device, world, what="FSDP2 fully_shard",
+                    optimizer=f"torch AdamW{' (fused)' if fused else ''}")
     dist.barrier()
     dist.destroy_process_group()
 

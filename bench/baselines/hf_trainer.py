@@ -78,7 +78,7 @@ def main() -> None:
         trainer.train()
         optimizer = type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer)
     if rank == 0:
-        timer.write(args.out, device, world, what="HF Trainer + DeepSpeed ZeRO-3 (LLaMA-Factory config)",
+        timer.write(args.out, spec, device, world, what="HF Trainer + DeepSpeed ZeRO-3 (LLaMA-Factory config)",
                     optimizer=f"{optimizer.__name__} ({training_args.optim})")
 
 

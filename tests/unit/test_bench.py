@@ -27,3 +27,115 @@ def test_a_variant_is_a_name_and_launcher_overrides_or_a_usage_error():
     for bad in ("nope", "a b=+plan=zero3", "z3="):
         with pytest.raises(argparse.ArgumentTypeError, match="give NAME=OVERRIDES"):
             variant(bad)
+
+
+# ---- each row's own tokens per step (bench/perf_table.py) -----------------------------------------------------------
+def step(n: int, tokens: int) -> dict:
+    return {"step": n, "loss": 2.0, "tokens": tokens, "time": 100.0 + n, "step_time_s": 1.0, "memory_gb": 1.0}
+
+
+def test_a_launcher_row_counts_its_tokens_per_gpu_from_its_steps_and_skips_eval_rows():
+    from bench.perf_table import step_rows, tokens_per_gpu
+
+    eval_row = {"step": 2, "eval_loss": 2.1, "eval_tokens": 4096, "eval_time_s": 0.5, "time": 102.5}
+    rows = [step(1, 32768), step(2, 32768), eval_row, step(3, 32768)]
+    steps = step_rows(rows)
+    assert [m["step"] for m in steps] == [1, 2, 3]
+    assert tokens_per_gpu(steps, gpus=2) == 16384  # metrics.jsonl counts all GPUs; the table's rate is per GPU
+
+
+def test_rows_of_different_micro_batches_are_rated_by_their_own_tokens():
+    from bench.perf_table import Result, rates, table
+
+    # micro 4 and micro 8 of 2048 tokens: the second trains twice the tokens in 1.5x the time
+    micro4 = Result("ds-zero2", "loop", ok=True, step_times=[1.0, 0.4, 0.4, 0.4], tokens_per_step=4 * 2048,
+                    peak_gib=10.0, startup_s=20.0)
+    micro8 = Result("launcher-auto", "launcher +plan=auto", ok=True, step_times=[1.0, 0.6, 0.6, 0.6],
+                    tokens_per_step=8 * 2048, peak_gib=20.0, startup_s=21.0, notes=["micro batch 8 x grad accum 1"])
+    skipped = Result("ds-zero2-liger", "loop + liger", skipped="liger-kernel is not installed")
+    results = {r.name: r for r in (micro4, micro8, skipped)}
+    rate = rates(results, first=2)
+    assert rate["ds-zero2"] == 8192 / 0.4
+    assert round(rate["launcher-auto"]) == round(16384 / 0.6)
+    assert rate["best"] == rate["launcher-auto"]
+    text = table(results, first=2, per_token=1e9, peak_flops=1e14)
+    assert "| launcher-auto | launcher +plan=auto |  | 27,307 | 27.3% | 20.0 | 0.600 | 21.0 | micro batch 8 x grad " \
+           "accum 1 |" in text
+    assert "| ds-zero2 | loop |  | 20,480 | 20.5% |" in text
+    assert "| ds-zero2-liger | loop + liger |  | skipped | | | | | liger-kernel is not installed |" in text
+
+
+def test_targets_compare_each_rows_own_rate_and_the_auto_rows_mfu():
+    from bench.perf_table import Result, targets
+
+    def row(name: str, tokens: int, seconds: float) -> Result:
+        return Result(name, name, ok=True, step_times=[seconds] * 3, tokens_per_step=tokens, peak_gib=1.0,
+                      startup_s=1.0)
+
+    results = {r.name: r for r in (row("ds-zero2-liger", 8 * 2048, 0.25), row("launcher-auto", 32 * 2048, 0.9),
+                                   row("launcher-zero2", 4 * 2048, 0.14))}
+    lines = targets(results, first=1, startups={}, per_token=7e9, peak_flops=989e12)
+    # 72,818 against 65,536 tokens/s per GPU: 1.11x, though its step is 3.6x longer
+    assert "- launcher-auto / ds-zero2-liger: 1.11x (target >= 1.1x): met" in lines
+    assert "- launcher-auto MFU: 51.5% (target >= 55%): MISSED" in lines
+    assert "- launcher-zero2 / ds-zero2: not measured (a row failed or was skipped)" in lines
+    assert "- best (launcher-auto) / hf-zero3: not measured (a row failed or was skipped)" in lines
+    assert any(line.startswith("- launcher-zero2 MFU: ") for line in lines)
+    assert targets(results, 1, {}, 7e9, None)[-1].startswith("- launcher-auto / ds-zero2-liger")  # no MFU on CPU
+
+
+def test_a_launcher_rows_notes_say_its_micro_batch_and_what_plan_auto_chose():
+    from bench.perf_table import plan_notes
+
+    fixed = {"plan_name": "zero2", "micro_batch_size": 4, "grad_accum": 1, "auto_reason": ""}
+    auto = {"plan_name": "zero2", "micro_batch_size": 8, "grad_accum": 4, "auto_reason": "plan=auto chose ..."}
+    assert plan_notes(fixed) == ["micro batch 4 x grad accum 1"]
+    assert plan_notes(auto) == ["+plan=auto chose zero2, micro batch 8 x grad accum 4"]
+
+
+# ---- what runs (bench/perf.py) --------------------------------------------------------------------------------------
+def test_one_call_can_run_only_the_liger_and_auto_rows_beside_their_anchors():
+    from bench.perf import plan_rows
+
+    everything = plan_rows(set(), set(), [], [], startups=2)
+    assert everything == ["ds-zero2", "launcher-zero2", "fsdp2", "ds-zero3", "launcher-zero3", "hf-zero3",
+                          "launcher-zero2-resume", "startups", "ds-zero2-liger", "launcher-auto"]
+    only = {"ds-zero2", "ds-zero2-liger", "launcher-zero2", "launcher-auto"}
+    assert plan_rows(only, {"launcher-zero2-resume"}, [], [], startups=0) == [
+        "ds-zero2", "launcher-zero2", "ds-zero2-liger", "launcher-auto"]
+    assert plan_rows({"launcher-auto"}, set(), ["launcher-zero1"], ["launcher-z3c"], 2) == [
+        "launcher-auto", "launcher-z3c"]
+
+
+def test_the_liger_baseline_keeps_its_fastest_micro_batch_and_stops_at_out_of_memory(tmp_path):
+    from bench.baselines.common import Spec
+    from bench.perf import Bench
+    from bench.perf_table import Result
+
+    spec = Spec(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128, vocab_size=512,
+                seq_len=1000, micro_batch_size=2, steps=3, precision="fp32")
+
+    def sweep(outcomes: dict[int, float | str]) -> tuple[Result, list[int]]:
+        bench = Bench(spec, True, tmp_path, 2, 60.0, {}, first=1)
+        ran: list[int] = []
+
+        def baseline(name: str, optimizer: str, log_name: str = "", micro: int = 0) -> Result:
+            ran.append(micro)
+            outcome = outcomes[micro]
+            if isinstance(outcome, str):
+                return Result(name, "loop", error=outcome)
+            return Result(name, "loop", ok=True, step_times=[outcome] * 3, tokens_per_step=micro * 1000,
+                          peak_gib=1.0, startup_s=1.0)
+
+        bench.baseline = baseline
+        return bench.best_micro("ds-zero2-liger", "torch"), ran
+
+    row, ran = sweep({4: 0.1, 8: 0.15, 16: "exit code 1: torch.OutOfMemoryError: CUDA out of memory"})
+    assert ran == [4, 8, 16]
+    assert row.tokens_per_step == 8000
+    assert row.notes[0] == ("micro batch 8, best of 4: 40,000 tok/s, 8: 53,333 tok/s, 16: out of memory")
+    row, ran = sweep({4: 0.1, 8: 0.25, 16: 0.3})
+    assert ran == [4, 8]  # 8 was slower: 16 is not tried
+    assert row.tokens_per_step == 4000 and row.notes[0].startswith("micro batch 4, best of 4: 40,000 tok/s, 8: ")
+    row, ran = sweep({4: "exit code 1: torch.OutOfMemoryError: CUDA out of memory"})
+    assert ran == [4] and not row.ok and "out of memory" in row.error
