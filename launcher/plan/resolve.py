@@ -73,18 +73,21 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
     fit = functools.partial(estimate, capacity_gb=_capacity_gb(cfg, hw, accelerator), host_memory_gb=host_gb,
                             unified=unified)
 
-    def memory_at(micro: int) -> tuple[MemoryJob, MemoryEstimate]:
+    def memory_at(micro: int, tiling: bool = True) -> tuple[MemoryJob, MemoryEstimate]:
         job = dataclasses.replace(base, micro_batch_size=micro,
                                   grad_accum=max(1, cfg.train.global_batch_size // (micro * dp)))
         mem = fit(job)
-        if _tiled_mlp(cfg) == "auto" and accelerator == "cuda" and not mem.fits:
+        if tiling and _tiled_mlp(cfg) == "auto" and accelerator == "cuda" and not mem.fits:
             tiled = fit(dataclasses.replace(job, tiled_mlp=True))  # only where it makes the plan fit: it costs speed
             return (dataclasses.replace(job, tiled_mlp=True), tiled) if tiled.fits else (job, mem)
         return job, mem
 
+    # An auto micro batch is chosen without the tiled MLP: tiling to fit a larger micro batch would spend the speed
+    # the larger batch is for (and a 1.14B model at micro 32 tiled ran out of memory on an H100, perf.md 2026-12-07);
+    # tiling stays for rows too long for even the chosen micro batch.
     asked = cfg.train.micro_batch_size
     micro, micro_note = (asked, "") if asked != micro_batch.AUTO else micro_batch.choose(
-        cfg.train.global_batch_size, dp, accelerator, lambda m: memory_at(m)[1], micro_cap)
+        cfg.train.global_batch_size, dp, accelerator, lambda m: memory_at(m, tiling=False)[1], micro_cap)
     grad_accum = _grad_accum(cfg.train, micro, dp)
     job, mem = memory_at(micro)
     return Plan(
@@ -208,6 +211,10 @@ def _max_steps(train: TrainConfig, num_samples: int) -> int:
 
 
 def _capacity_gb(cfg: LauncherConfig, hw: Hardware, accelerator: str) -> float:
+    # issue 28: on a GB10 (unified memory) the budget is MemAvailable measured at launch, never more than the preset
+    unified_here = accelerator == "cuda" and hw.unified_memory and hw.mem_available_gb > 0
+    if unified_here and (cfg.topo.unified_memory or cfg.topo.backend == "local"):
+        return min(cfg.topo.gpu_memory_gb or hw.gpu_memory_gb, hw.mem_available_gb)
     if cfg.topo.gpu_memory_gb:
         return cfg.topo.gpu_memory_gb
     if accelerator == "cpu":
