@@ -86,6 +86,7 @@ class HostFacts:
     gpus: int = 0
     gpu_memory_gb: float = 0.0  # the smallest GPU's; 0 when nvidia-smi does not say (GB10's unified memory: [N/A])
     ifaces: dict[str, int] = field(default_factory=dict)  # name -> MTU
+    mem_available_gb: float = 0.0  # MemAvailable: a GB10's GPU budget (unified memory); 0 when unknown
 
 
 def probe_script(python: str, cwd: str, marker: str) -> str:
@@ -97,6 +98,7 @@ def probe_script(python: str, cwd: str, marker: str) -> str:
         "echo gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')",
         "echo gpumib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | sort -n | head -1)",
         'for i in /sys/class/net/*; do echo "iface=${i##*/}:$(cat $i/mtu 2>/dev/null)"; done',
+        "echo memavail=$(grep '^MemAvailable:' /proc/meminfo 2>/dev/null | tr -s ' ' | cut -d' ' -f2)",
         "true",
     ])
 
@@ -111,10 +113,10 @@ def parse_probe(host: str, stdout: str) -> HostFacts:
             ifaces[name] = int(mtu) if mtu.isdigit() else 0
         elif key:
             values[key] = value
-    gpus, mib = values.get("gpus", "0"), values.get("gpumib", "").strip()
+    gpus, mib, avail = values.get("gpus", "0"), values.get("gpumib", "").strip(), values.get("memavail", "").strip()
     return HostFacts(host, python="python" in values, cwd="cwd" in values, shared="shared" in values,
                      gpus=int(gpus) if gpus.isdigit() else 0, gpu_memory_gb=int(mib) / 1024 if mib.isdigit() else 0.0,
-                     ifaces=ifaces)
+                     ifaces=ifaces, mem_available_gb=int(avail) / 1024**2 if avail.isdigit() else 0.0)
 
 
 def probe_hosts(hosts: tuple[str, ...], script: str, ssh_args: list[str]) -> list[HostFacts]:
@@ -182,19 +184,27 @@ def _check_iface(f: HostFacts, var: str, spec: str, mtu: int) -> None:
 
 
 def check_hosts_memory(plan: Plan, facts: list[HostFacts], source: tuple[str, object]) -> None:
-    """The memory estimate against each host's own GPUs: the plan was sized on the launching host, which may have
-    other GPUs or none (a login node). Hosts whose GPUs do not report their memory are not judged."""
+    """The memory estimate against each host's own memory: the plan was sized on the launching host, which may have
+    other GPUs or none (a login node). Discrete GPUs are judged by their memory; unified memory (GB10) by the host's
+    MemAvailable now (a desktop session or the page cache holds tens of GB). Hosts that report neither are not judged."""
     m = plan.memory
-    if plan.accelerator != "cuda" or m.unified_memory:
+    if plan.accelerator != "cuda":
         return
-    small = sorted((f for f in facts if f.gpu_memory_gb > 0), key=lambda f: f.gpu_memory_gb)
-    if small and m.need_gb > small[0].gpu_memory_gb:
-        f = small[0]
-        raise LauncherError(source[0], source[1], plan.memory_hint or "shard more (+plan=zero3 or +plan=zero3_offload), "
-                            "lower train.micro_batch_size, or turn on train.gradient_checkpointing; "
-                            "run.check_memory=false launches anyway",
-                            problem=f"host {f.host}'s GPUs have {f.gpu_memory_gb:.0f} GiB and the plan's estimate is "
-                            f"~{m.need_gb:.1f} GiB per GPU (sized on this host's {m.capacity_gb:.0f} GiB)")
+    have = [(f.mem_available_gb if m.unified_memory else f.gpu_memory_gb, f) for f in facts]
+    small = sorted(((gb, f) for gb, f in have if gb > 0), key=lambda x: x[0])
+    need = m.need_gb * (plan.procs_per_host if m.unified_memory else 1)
+    if not small or need <= small[0][0]:
+        return
+    gb, f = small[0]
+    what = (f"host {f.host} has {gb:.0f} GiB of unified memory available (MemAvailable)" if m.unified_memory else
+            f"host {f.host}'s GPUs have {gb:.0f} GiB")
+    free = (f"free memory on {f.host} (log out of its desktop session, drop the page cache: sudo sh -c 'sync; echo 3 > "
+            "/proc/sys/vm/drop_caches'), " if m.unified_memory else "")
+    raise LauncherError(source[0], source[1], free + (plan.memory_hint or "shard more (+plan=zero3 or "
+                        "+plan=zero3_offload), lower train.micro_batch_size, or turn on train.gradient_checkpointing")
+                        + "; run.check_memory=false launches anyway",
+                        problem=f"{what} and the plan's estimate is ~{need:.1f} GiB "
+                        f"{'per host' if m.unified_memory else 'per GPU'} (sized on this host's {m.capacity_gb:.0f} GiB)")
 
 
 def preflight(plan: Plan, python: str, cwd: str, rank_env: dict[str, str], mtu: int, ssh_args: list[str],

@@ -86,3 +86,32 @@ class TopoConfig:
         if len(set(self.hosts)) != len(self.hosts):
             dup = sorted({h for h in self.hosts if self.hosts.count(h) > 1})
             raise LauncherError("topo.hosts", self.hosts, f"host {dup[0]} is listed twice: list each host once")
+        _check_gloo_ifname(self.socket_ifname)
+        if self.unified_memory:
+            _check_no_gdr(self.nccl, self.env)
+
+
+def _check_gloo_ifname(name: str) -> None:
+    """gloo takes exact interface names and round-robins over a comma list: one name, the interface that carries
+    master_addr (NCCL's prefix lists go in topo.nccl.socket_ifname)."""
+    if any(c in name for c in ",^=") or name != name.strip():
+        raise LauncherError("topo.socket_ifname", name, "name the one interface that carries topo.master_addr (e.g. "
+                            "topo.socket_ifname=enp1s0f1np1) and put NCCL's list in topo.nccl.socket_ifname",
+                            problem="it sets GLOO_SOCKET_IFNAME, which takes exact names and would spread gloo's "
+                            "traffic over every interface listed")
+
+
+GDR_OFF = ("0", "LOC")  # NCCL_NET_GDR_LEVEL values that keep GPUDirect RDMA off
+
+
+def _check_no_gdr(nccl: NcclConfig, env: Dict[str, str]) -> None:
+    """Unified memory (GB10) has no GPUDirect RDMA: NCCL stages through host memory by itself, and a GDR level asks
+    for a path the box does not have."""
+    asked = [("topo.nccl.net_gdr_level", nccl.net_gdr_level)] if nccl.net_gdr_level is not None else []
+    asked += [(f"topo.{where}.NCCL_NET_GDR_LEVEL", table["NCCL_NET_GDR_LEVEL"])
+              for where, table in (("nccl.extra", nccl.extra), ("env", env)) if "NCCL_NET_GDR_LEVEL" in table]
+    for field_name, value in asked:
+        if str(value).upper() not in GDR_OFF:
+            raise LauncherError(field_name, value, "drop it (or use 0): NCCL stages RDMA through host memory on its "
+                                "own", problem="this topology has unified memory (topo.unified_memory=true, GB10), "
+                                "which has no GPUDirect RDMA")

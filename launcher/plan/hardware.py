@@ -18,6 +18,7 @@ class Hardware:
     cpu_count: int
     host_memory_gb: float
     machine: str
+    mem_available_gb: float = 0.0  # MemAvailable at launch: on unified memory, what the job can have (0: unknown)
 
     @property
     def unified_memory(self) -> bool:
@@ -25,26 +26,29 @@ class Hardware:
         return "GB10" in self.gpu_name.upper()
 
 
+def meminfo_gb(key: str, path: str = "/proc/meminfo") -> float:
+    """One /proc/meminfo field in GiB (0 when unreadable). MemTotal is also a GB10's GPU memory (nvidia-smi says
+    'Not Supported'); MemAvailable is what a desktop session and the page cache leave of it."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(f"{key}:"):
+                    return int(line.split()[1]) / 1024**2
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 def host_memory_gb() -> float:
-    """MemTotal from the OS: on GB10 this is also the GPU's memory (nvidia-smi says 'Not Supported')."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) / 1024**2
-    except OSError:
-        pass
-    return 0.0
+    return meminfo_gb("MemTotal")
 
 
 def detect() -> Hardware:
     """GPUs from nvidia-smi (no CUDA context here: it costs the launch seconds), else from torch; a host without an
     NVIDIA device node gets CPU ranks and no torch import."""
     cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    mem = host_memory_gb()
-    cpu = Hardware("cpu", 0, "", 0.0, "", False, cpu_count, mem, platform.machine())
+    mem, available = host_memory_gb(), meminfo_gb("MemAvailable")
+    cpu = Hardware("cpu", 0, "", 0.0, "", False, cpu_count, mem, platform.machine(), available)
     if not glob.glob("/dev/nvidia[0-9]*"):
         return cpu
     gpus = _from_nvidia_smi(os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -56,7 +60,8 @@ def detect() -> Hardware:
     if "GB10" in name.upper() or gpu_mem <= 0:
         gpu_mem = mem  # unified memory: nvidia-smi says "Not Supported"
     return Hardware(accelerator="cuda", gpu_count=len(gpus), gpu_name=name, gpu_memory_gb=gpu_mem, gpu_arch=arch,
-                    bf16=float(arch or 0) >= 8.0, cpu_count=cpu_count, host_memory_gb=mem, machine=platform.machine())
+                    bf16=float(arch or 0) >= 8.0, cpu_count=cpu_count, host_memory_gb=mem, machine=platform.machine(),
+                    mem_available_gb=available)
 
 
 Gpu = tuple[str, float, str]  # name, memory GiB (0 when not reported), compute capability

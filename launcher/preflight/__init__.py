@@ -65,6 +65,7 @@ def run_checks(plan: Plan, environ: dict[str, str], mode: str) -> tuple[list, di
                               ifname if (remote or not multi) else "", launch.mtu, launch.ib_hca if remote or not multi
                               else "", [p for p in peers if p != f.host], shared_expected=remote,
                               checkpoint_gb=checkpoint_gb(plan), hub_offline=hub_offline(environ))
+    rows += rank_host_rows(plan, [f for f in hosts if f is not local or not multi])
     arch = c.check_arch_list(environ.get("TORCH_CUDA_ARCH_LIST", ""))
     rows += [arch] if arch else []
     if len(hosts) > 1:
@@ -74,6 +75,24 @@ def run_checks(plan: Plan, environ: dict[str, str], mode: str) -> tuple[list, di
     if deep:
         rows += _collective(plan, environ, extra, rows)
     return rows, extra
+
+
+def rank_host_rows(plan: Plan, hosts: list) -> list:
+    """On the hosts that run ranks: roce_gid (NCCL's GID on each HCA port it is told to use), memlock, mem_available
+    (unified memory), nccl_version; then roce_gid and nccl_version across them."""
+    from launcher.preflight import resources as r
+    from launcher.preflight import roce
+
+    env = {**plan.nccl_env, **plan.launch.topo_env}
+    spec, rdma, cuda = env.get("NCCL_IB_HCA", ""), plan.launch.expects_rdma, plan.accelerator == "cuda"
+    need_gb = plan.memory.need_gb * plan.procs_per_host
+    rows = []
+    for f in hosts:
+        rows += [roce.check_roce_gid(f, spec, env, plan.launch.mtu) if rdma else None, r.check_memlock(f, rdma),
+                 r.check_mem_available(f, need_gb, plan.memory.unified_memory and cuda),
+                 r.check_nccl_version(f) if cuda else None]
+    rows += [roce.compare_gid_subnets(hosts, spec, env) if rdma else None, r.compare_nccl(hosts) if cuda else None]
+    return [row for row in rows if row is not None]
 
 
 def _collective(plan: Plan, environ: dict[str, str], extra: dict, rows: list) -> list:
@@ -107,7 +126,7 @@ def _collective(plan: Plan, environ: dict[str, str], extra: dict, rows: list) ->
     res = run_collective(argv, env, out / "collective.log", rank_hosts, float(environ.get(TIMEOUT_VAR) or default),
                          stop_remote)
     extra["collective"] = dataclasses.asdict(res)
-    return judge(res, plan.launch.expects_rdma, plan.launch.link)
+    return judge(res, plan.launch.expects_rdma, plan.launch.link, plan.nccl_env.get("NCCL_IB_HCA", ""))
 
 
 def hub_request(plan: Plan, environ: dict[str, str]) -> dict:
@@ -187,6 +206,8 @@ def _field_of(check: str, plan: "Plan") -> tuple[str, object]:
         "master port": ("topo.master_port", launch.master_port),
         "interface": ("topo.socket_ifname", launch.socket_ifname),
         "rdma": ("topo.nccl.ib_hca", launch.ib_hca),
+        "roce_gid": ("topo.nccl.ib_hca", launch.ib_hca),
+        "mem_available": ("run.check_memory", launch.check_memory),
         "run dir": ("run.dir", plan.run_dir),
         "free disk": ("run.dir", plan.run_dir),
         "gpus": ("topo.gpus_per_host", plan.procs_per_host),

@@ -1,6 +1,7 @@
 """`python -m launcher.preflight +topo=... [overrides]`: the launch's composition and plan, then every check, a table,
 preflight.json in the run dir; exit 1 when a check fails, 2 for a user error. `preflight=quick` limits it to this
 host's static checks; otherwise (auto or full) it runs everything, the collective included.
+`python -m launcher.preflight --peak`: time a bf16 matmul on each GPU here and record it for MFU (preflight/peak.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     environ = dict(os.environ)
     debug = environ.get("LAUNCHER_DEBUG") == "1"
     try:
+        if "--peak" in overrides:
+            from launcher.preflight import peak
+
+            return peak.main(environ)
         from launcher.config.compose import compose
         from launcher.plan.from_config import plan_job
         from launcher.preflight import mode_for, run_checks

@@ -94,7 +94,8 @@ def reachable(f: HostFacts) -> Check:
 def compare_versions(hosts: list[HostFacts]) -> list[Check]:
     """Every host must run the same software: a row per differing item, naming which host has which value."""
     answered = [h for h in hosts if not h.error]
-    items = {k: {h.host: str(h.facts["versions"].get(k, "?")) for h in answered} for k in VERSION_KEYS}
+    # NCCL has its own row (preflight/resources.py, nccl_version)
+    items = {k: {h.host: str(h.facts["versions"].get(k, "?")) for h in answered} for k in VERSION_KEYS if k != "nccl"}
     items["launcher code"] = {h.host: h.facts.get("launcher_hash", "") for h in answered}
     items["conf presets"] = {h.host: h.facts.get("conf_hash", "") for h in answered}
     items["run plan"] = {h.host: h.facts.get("plan_hash", "") for h in answered}

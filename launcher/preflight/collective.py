@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.preflight.checks import FAIL, PASS, WARN, Check
-from launcher.plan.links import EXPECTED_BUSBW_GBPS
+from launcher.preflight.bandwidth import judge_busbw
+from launcher.preflight.checks import FAIL, PASS, Check
 
 CPU_SIZES_MB = (1, 4, 16, 64)
 GPU_SIZES_MB = (1, 16, 128, 1024)
@@ -55,7 +55,7 @@ def parse_transports(log: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def judge(res: CollectiveResult, expects_rdma: bool, link: str) -> list[Check]:
+def judge(res: CollectiveResult, expects_rdma: bool, link: str, ib_hca: str = "") -> list[Check]:
     if not res.ok:
         who = (f"rank(s) {', '.join(map(str, res.missing_ranks))} never joined" if res.missing_ranks else
                f"rank(s) {', '.join(map(str, res.stuck_ranks))} joined but never finished" if res.stuck_ranks else "")
@@ -63,16 +63,9 @@ def judge(res: CollectiveResult, expects_rdma: bool, link: str) -> list[Check]:
                       "see preflight/collective.log in the run dir; check the interface, firewall and master port")]
     sizes = ", ".join(f"{s} MiB {bw:.2f} GB/s" for s, bw in res.busbw_gbps.items())
     rows = [Check("all-reduce", "all", PASS, f"bus bandwidth {sizes}")]
-    expected = EXPECTED_BUSBW_GBPS.get(link)
-    largest = list(res.busbw_gbps.values())[-1] if res.busbw_gbps else 0.0
-    if largest == 0.0:  # one rank: nothing crosses a link
-        expected = None
-    if expected and largest < expected / 2:
-        rows.append(Check("bus bandwidth", "all", WARN, f"{largest:.1f} GB/s, a healthy {link} link gives "
-                          f"~{expected:.0f} GB/s", "NCCL probably fell back to TCP: check topo.nccl.ib_hca and the RDMA "
-                          "devices" if expects_rdma else "check the link (nvidia-smi topo -m, ethtool) and topo.link"))
-    elif expected:
-        rows.append(Check("bus bandwidth", "all", PASS, f"{largest:.1f} GB/s, expected ~{expected:.0f} for {link}"))
+    largest = list(res.busbw_gbps.values())[-1] if res.busbw_gbps else 0.0  # 0 with one rank: nothing crosses a link
+    verdict = judge_busbw(link, largest, expects_rdma, ib_hca)
+    rows += [verdict] if verdict else []
     if res.transports:
         socket_only = "NET/Socket" in res.transports and not any(t.startswith("NET/IB") for t in res.transports)
         bad = expects_rdma and socket_only

@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("torch", "deepspeed", "transformers")
-SIOCGIFADDR = 0x8915
+SIOCGIFADDR, SIOCGIFNETMASK = 0x8915, 0x891B
 
 
 def tree_hash(root: str, pattern: str) -> str:
@@ -41,7 +41,8 @@ def file_hash(path: str) -> str:
 
 
 def iface_facts() -> dict[str, dict[str, object]]:
-    """name -> {up, mtu, addr} from /sys/class/net (addr through SIOCGIFADDR, '' without an IPv4 address)."""
+    """name -> {up, mtu, addr, prefix} from /sys/class/net (addr and its prefix length through SIOCGIFADDR and
+    SIOCGIFNETMASK; '' and 0 without an IPv4 address)."""
     out: dict[str, dict[str, object]] = {}
     for d in sorted(glob.glob("/sys/class/net/*")):
         name = os.path.basename(d)
@@ -49,19 +50,23 @@ def iface_facts() -> dict[str, dict[str, object]]:
         flags = int(_read(f"{d}/flags") or "0", 16)
         mtu = _read(f"{d}/mtu")
         out[name] = {"up": bool(flags & 1) and state in ("up", "unknown"), "mtu": int(mtu) if mtu.isdigit() else 0,
-                     "addr": _ipv4(name)}
+                     "addr": _ipv4(name), "prefix": _prefix_len(_ipv4(name, SIOCGIFNETMASK))}
     return out
 
 
-def _ipv4(name: str) -> str:
+def _ipv4(name: str, request: int = SIOCGIFADDR) -> str:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        packed = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+        packed = fcntl.ioctl(s.fileno(), request, struct.pack("256s", name.encode()[:15]))
         return socket.inet_ntoa(packed[20:24])
     except OSError:
         return ""
     finally:
         s.close()
+
+
+def _prefix_len(netmask: str) -> int:
+    return bin(int.from_bytes(socket.inet_aton(netmask), "big")).count("1") if netmask else 0
 
 
 def source_addr(target: str) -> str:
@@ -76,10 +81,50 @@ def source_addr(target: str) -> str:
         s.close()
 
 
-def rdma_facts() -> dict[str, list[str]]:
+def rdma_facts(sys_root: str = "/sys") -> dict[str, list[str]]:
     """RDMA device -> port states ('4: ACTIVE'), from /sys/class/infiniband."""
     return {os.path.basename(d): [_read(p) for p in sorted(glob.glob(f"{d}/ports/*/state"))]
-            for d in sorted(glob.glob("/sys/class/infiniband/*"))}
+            for d in sorted(glob.glob(f"{sys_root}/class/infiniband/*"))}
+
+
+def roce_facts(sys_root: str = "/sys") -> dict[str, dict[str, dict[str, object]]]:
+    """RDMA device -> port -> link layer, state and the populated GID table entries [index, gid, type, netdev], read
+    where NCCL reads them to pick its GID (ports/<p>/gids/<i>, gid_attrs/types/<i>, gid_attrs/ndevs/<i>)."""
+    out: dict[str, dict[str, dict[str, object]]] = {}
+    for dev in sorted(glob.glob(f"{sys_root}/class/infiniband/*")):
+        ports: dict[str, dict[str, object]] = {}
+        for port in sorted(glob.glob(f"{dev}/ports/*")):
+            gids = []
+            for path in glob.glob(f"{port}/gids/*"):
+                i, gid = os.path.basename(path), _read(path)
+                if i.isdigit() and gid.strip("0:"):  # all zeros: an unused slot (its type file reads EINVAL)
+                    attrs = f"{port}/gid_attrs"
+                    gids.append([int(i), gid, _read(f"{attrs}/types/{i}"), _read(f"{attrs}/ndevs/{i}")])
+            ports[os.path.basename(port)] = {"link_layer": _read(f"{port}/link_layer"), "state": _read(f"{port}/state"),
+                                             "gids": sorted(gids)}
+        out[os.path.basename(dev)] = ports
+    return out
+
+
+def meminfo_kb(proc_root: str = "/proc") -> dict[str, int]:
+    """The unified-memory budget's inputs from /proc/meminfo, in kB as the kernel writes them."""
+    wanted = ("MemTotal", "MemFree", "MemAvailable", "Cached")
+    out = {}
+    for line in _read(f"{proc_root}/meminfo").splitlines():
+        key, _, rest = line.partition(":")
+        if key in wanted and rest.split() and rest.split()[0].isdigit():
+            out[key] = int(rest.split()[0])
+    return out
+
+
+def memlock_limit(proc_root: str = "/proc") -> str:
+    """This process's soft RLIMIT_MEMLOCK ('unlimited' or bytes) from <proc>/self/limits: over ssh it is what PAM gave
+    the session, which is what the ranks pdsh starts get."""
+    for line in _read(f"{proc_root}/self/limits").splitlines():
+        if line.startswith("Max locked memory"):
+            fields = line[len("Max locked memory"):].split()
+            return fields[0] if fields else ""
+    return ""
 
 
 def port_free(port: int) -> str:
@@ -135,14 +180,12 @@ def gpu_facts(deep: bool) -> dict[str, object]:
     mem = props.total_memory / 1024**3
     if "GB10" in props.name.upper():
         mem = mem_total_gb()
-    return {"count": torch.cuda.device_count(), "name": props.name, "memory_gb": round(mem, 1)}
+    return {"count": torch.cuda.device_count(), "name": props.name, "memory_gb": round(mem, 1),
+            "arch": f"{props.major}.{props.minor}"}
 
 
 def mem_total_gb() -> float:
-    for line in _read("/proc/meminfo").splitlines():
-        if line.startswith("MemTotal:"):
-            return round(int(line.split()[1]) / 1024**2, 1)
-    return 0.0
+    return round(meminfo_kb().get("MemTotal", 0) / 1024**2, 1)
 
 
 def hub_facts(hub: dict) -> dict[str, object]:
@@ -164,6 +207,7 @@ def gather(args: dict[str, object]) -> dict[str, object]:
     deep = bool(args.get("deep"))
     port = int(args.get("port") or 0)  # type: ignore[call-overload]
     pkg = str(args.get("package_dir", ""))
+    sys_root, proc_root = str(args.get("sys_root") or "/sys"), str(args.get("proc_root") or "/proc")
     return {
         "host": socket.gethostname(),
         "interpreter": sys.executable,
@@ -176,7 +220,10 @@ def gather(args: dict[str, object]) -> dict[str, object]:
         "mem_total_gb": mem_total_gb(),
         "ifaces": iface_facts(),
         "route": {t: source_addr(t) for t in args.get("targets", [])},  # type: ignore[attr-defined]
-        "rdma": rdma_facts(),
+        "rdma": rdma_facts(sys_root),
+        "roce": roce_facts(sys_root),
+        "meminfo": meminfo_kb(proc_root),
+        "memlock": memlock_limit(proc_root),
         "port": {"port": port, "error": port_free(port)} if port else {},
         "hub": hub_facts(dict(args.get("hub") or {})),  # type: ignore[call-overload]
         "clock": time.time(),

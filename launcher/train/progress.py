@@ -7,15 +7,16 @@ import logging
 import sys
 from typing import Any
 
-from launcher.train.metrics import StepMetrics
+from launcher.train.metrics import Peak, StepMetrics
 
 log = logging.getLogger("launcher")
 
 
 class Progress:
     def __init__(self, max_steps: int, start_step: int, log_every: int, line: Any, tty: bool | None = None,
-                 console: Any = None) -> None:
+                 console: Any = None, peak: Peak | None = None) -> None:
         self.max_steps, self.log_every, self.line = max_steps, log_every, line
+        self.mfu_basis = f" ({peak.basis})" if peak else ""  # the bar is short: the basis alone
         self.tty = sys.stdout.isatty() if tty is None else tty
         self.bar: Any = None
         self.routed: list[tuple[logging.StreamHandler, Any]] = []
@@ -38,7 +39,7 @@ class Progress:
             if m.step % self.log_every == 0 or m.step == self.max_steps:
                 log.info(line)
             return
-        mfu = f" MFU {m.mfu:.0%}" if m.mfu is not None else ""
+        mfu = f" MFU {m.mfu:.0%}{self.mfu_basis}" if m.mfu is not None else ""
         stats = f"loss {m.loss:.4f} {m.tokens_per_s:,.0f} tok/s{mfu} {m.memory_gb:.1f} GiB"
         self.bar.update(self.task, completed=m.step, stats=stats)
         _file_only(line)

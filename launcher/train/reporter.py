@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
+from launcher.peaks import peak_path, read_peaks
 from launcher.plan.types import Plan
 from launcher.rundir import METRICS_FILE
-from launcher.train.metrics import EvalMetrics, MetricsWriter, StepMetrics, flops_per_token, memory_gb, peak_flops, truncate_after
+from launcher.train.metrics import EvalMetrics, MetricsWriter, StepMetrics, find_peak, flops_per_token, memory_gb, truncate_after
 from launcher.train.progress import Progress
 from launcher.train.tracking import Tracker
 
@@ -17,15 +18,18 @@ log = logging.getLogger("launcher")
 
 
 class Reporter:
-    def __init__(self, plan: Plan, run_dir: Path, start_step: int, device: torch.device, world_size: int) -> None:
+    def __init__(self, plan: Plan, run_dir: Path, start_step: int, device: torch.device, world_size: int,
+                 environ: dict[str, str] | None = None) -> None:
         self.device = device
         truncate_after(run_dir / METRICS_FILE, start_step)
-        self.writer = MetricsWriter(run_dir / METRICS_FILE, plan.max_steps)
+        # MFU against a peak measured on this GPU model (launcher.preflight --peak) when one is recorded
+        peak = find_peak(torch.cuda.get_device_name(device), read_peaks(peak_path(environ or {}))) \
+            if device.type == "cuda" else None
+        self.writer = MetricsWriter(run_dir / METRICS_FILE, plan.max_steps, peak)
         self.tracker = Tracker(plan, run_dir)  # first: the bar's clock and ETA start with training, not wandb's start
-        self.progress = Progress(plan.max_steps, start_step, plan.train.log_every, self.writer.line)
-        peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+        self.progress = Progress(plan.max_steps, start_step, plan.train.log_every, self.writer.line, peak=peak)
         per_token = flops_per_token(plan.model.arch, plan.memory.params, plan.train.seq_len)
-        self.flops_per_s_to_mfu = per_token / (peak * world_size) if peak else None
+        self.flops_per_s_to_mfu = per_token / (peak.flops * world_size) if peak else None
 
     def __call__(self, m: StepMetrics) -> None:
         mfu = m.tokens_per_s * self.flops_per_s_to_mfu if self.flops_per_s_to_mfu else None

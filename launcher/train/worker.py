@@ -197,7 +197,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
     start = _load(engine, ckpt, info, use_universal)
     marks["resume"] = time.time()
     log.info(f"ready in {time.time() - STARTED:.1f} s since the rank started: " + _durations(marks))
-    reporter = Reporter(plan, run_dir, start, info.device, info.world_size) if info.rank == 0 else None
+    reporter = Reporter(plan, run_dir, start, info.device, info.world_size, env) if info.rank == 0 else None
     current = [start]
     watchdog = Watchdog(plan, info.rank, lambda err: _die(run_dir, info, err))
     profiler = StepProfiler(parse_steps(plan.train.profile_steps), start, run_dir / "profile", info.rank,

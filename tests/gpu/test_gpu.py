@@ -147,3 +147,31 @@ def test_auto_micro_batch_picks_a_micro_batch_that_fits_and_trains(tmp_path):
     assert plan["micro_batch_size"] > 2 and 64 % (plan["micro_batch_size"] * plan["dp"]) == 0
     assert plan["micro_batch_note"].startswith("auto: the largest") and "(micro batch auto:" in result.stdout
     assert not (run_dir / "micro_batch.json").exists()  # no out-of-memory, no re-plan
+
+
+@pytest.mark.skipif(gpus() < 1, reason="needs a GPU")
+def test_peak_is_measured_on_each_gpu_recorded_and_mfu_is_taken_against_it(tmp_path):
+    """`python -m launcher.preflight --peak` times a bf16 matmul per GPU, records it per GPU model, and a run then
+    labels its MFU 'of measured peak' (below a datasheet figure: not comparable with datasheet MFU elsewhere)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from launcher.peaks import read_peaks
+    from launcher.train.metrics import find_peak
+    from tests.conftest import REPO, launcher_env
+
+    env = {**launcher_env(), "LAUNCHER_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "launcher.preflight", "--peak"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    print(result.stdout)
+    name = torch.cuda.get_device_name(0)
+    measured = read_peaks(tmp_path / "cache" / "peak.json")[name]
+    table = find_peak(name, {})
+    assert 0 < measured and (table is None or measured < 1.1 * table.flops / 1e12)
+    run_dir = tmp_path / "run"
+    metrics = trained(run_launcher(f"run.dir={run_dir}", "+plan=ddp", *JOB, env=env), run_dir)
+    assert metrics[-1]["mfu_peak"] == "measured"
+    assert "of measured peak" in (run_dir / "logs" / "rank0.log").read_text()

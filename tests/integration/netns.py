@@ -46,6 +46,7 @@ class NetnsHosts:
         self.veth = (f"{tag}a", f"{tag}b")
         self.ssh_config = root / "ssh_config"
         self._made: list[tuple[str, ...]] = []  # undo commands, newest last
+        self._cables: list[str] = []  # cable(): deleted with the namespaces
 
     @property
     def env(self) -> dict[str, str]:
@@ -115,6 +116,17 @@ class NetnsHosts:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"sshd on {h.addr} did not come back after SIGHUP")
             time.sleep(0.2)
+
+    def cable(self, name_a: str, name_b: str = "") -> None:
+        """A second link between the two hosts, unaddressed and up (a plugged cable): a veth pair named name_a in the
+        first namespace and name_b (default the same) in the second, as a GB10's ConnectX-7 interfaces are named."""
+        a, b = self.hosts
+        tmp = (f"{self.veth[0]}c{len(self._cables)}", f"{self.veth[1]}c{len(self._cables)}")
+        self._cables.append(name_a)
+        sh("ip", "link", "add", tmp[0], "netns", a.netns, "type", "veth", "peer", "name", tmp[1], "netns", b.netns)
+        for h, end, name in ((a, tmp[0], name_a), (b, tmp[1], name_b or name_a)):
+            sh("ip", "-n", h.netns, "link", "set", end, "name", name)
+            sh("ip", "-n", h.netns, "link", "set", name, "up")
 
     def link(self, h: Host, up: bool) -> None:
         """Take a host's end of the link down (a host that is off or unplugged, as its peers see it) or up again."""

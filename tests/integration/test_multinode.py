@@ -248,8 +248,8 @@ def test_dual_pgx_dry_run_renders_the_link_settings_and_contacts_no_host(tmp_pat
     run_dir = tmp_path / "r"
     assert (run_dir / "hostfile").read_text().splitlines()[1:] == ["192.168.100.10 slots=1", "192.168.100.11 slots=1"]
     ds_env = (run_dir / "deepspeed_env").read_text()
-    for line in ("NCCL_SOCKET_IFNAME=enp1s0f1np1,enP2p1s0f1np1", "NCCL_IB_HCA=rocep1s0f1,roceP2p1s0f1",
-                 "NCCL_IB_DISABLE=0", "DS_ACCELERATOR=cuda"):
+    for line in ("NCCL_SOCKET_IFNAME=enp1s0f1np1", "GLOO_SOCKET_IFNAME=enp1s0f1np1",
+                 "NCCL_IB_HCA=rocep1s0f1,roceP2p1s0f1", "NCCL_IB_DISABLE=0", "DS_ACCELERATOR=cuda"):
         assert line in ds_env.splitlines()
     launch = (run_dir / "launch.sh").read_text()
     assert "launcher.backends.ds_runner" in launch and "--master_addr=192.168.100.10" in launch

@@ -52,10 +52,11 @@ def test_local_topology_uses_every_gpu_of_the_host_in_bf16():
     assert (p.accelerator, p.procs_per_host, p.precision) == ("cuda", 2, "bf16")
 
 
-def test_dual_pgx_has_two_hosts_and_nccl_environment():
+def test_dual_pgx_has_two_hosts_and_nccl_environment_of_the_playbooks_layout():
+    """Both halves' RoCE devices for NCCL; gloo and NCCL's bootstrap on the one interface that carries master_addr."""
     p = plan_for("+topo=dual_pgx")
     assert p.hosts == ("192.168.100.10", "192.168.100.11") and p.backend == "hostfile"
-    assert p.nccl_env == {"NCCL_SOCKET_IFNAME": "enp1s0f1np1,enP2p1s0f1np1",
+    assert p.nccl_env == {"GLOO_SOCKET_IFNAME": "enp1s0f1np1", "NCCL_SOCKET_IFNAME": "enp1s0f1np1",
                           "NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1", "NCCL_IB_DISABLE": "0"}
 
 

@@ -5,12 +5,13 @@ set -euo pipefail
 cd /work
 export DS_ACCELERATOR=cuda
 export DS_ENV_FILE=/runs/x/deepspeed_env
+export GLOO_SOCKET_IFNAME=enp1s0f1np1
 export LAUNCHER_DS_CONFIG=/runs/x/ds_config.json
 export LAUNCHER_PLAN=/runs/x/plan.json
 export LAUNCHER_RUN_DIR=/runs/x
 export NCCL_IB_DISABLE=0
 export NCCL_IB_HCA=rocep1s0f1,roceP2p1s0f1
-export NCCL_SOCKET_IFNAME=enp1s0f1np1,enP2p1s0f1np1
+export NCCL_SOCKET_IFNAME=enp1s0f1np1
 export PYTHONUNBUFFERED=1
 export TOKENIZERS_PARALLELISM=false
 exec bash \
