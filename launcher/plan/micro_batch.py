@@ -38,7 +38,9 @@ def speed(plan: "Plan") -> float:
 def choices(global_batch: int, dp: int, cap: int = 0) -> list[int]:
     """Micro batches that split global batch / dp evenly, largest first, none above `cap` (0: no cap)."""
     if global_batch % dp:
-        raise LauncherError("train.global_batch_size", global_batch, f"use a multiple of the data-parallel size {dp}",
+        lower = max(dp, global_batch // dp * dp)
+        raise LauncherError("train.global_batch_size", global_batch, f"use a multiple of the data-parallel size {dp}: "
+                            f"train.global_batch_size={lower} or {lower + dp}",
                             problem=f"{global_batch} sequences cannot be shared evenly by {dp} data-parallel ranks")
     per_rank = global_batch // dp
     return [m for m in range(per_rank, 0, -1) if per_rank % m == 0 and (cap <= 0 or m <= cap)]

@@ -31,7 +31,10 @@ def test_unknown_field_lists_the_fields_of_its_group():
 
 def test_indivisible_global_batch(tmp_path):
     assert_user_error(run_launcher("train.global_batch_size=7", f"run.dir={tmp_path}/r"),
-                      "train.global_batch_size=7", "multiple of micro batch 2 x data-parallel size 2 = 4")
+                      "train.global_batch_size=7", "7 sequences cannot be shared evenly by 2 data-parallel ranks",
+                      "train.global_batch_size=6 or 8")
+    assert_user_error(run_launcher("train.global_batch_size=6", "train.micro_batch_size=2", f"run.dir={tmp_path}/r"),
+                      "train.global_batch_size=6", "multiple of micro batch 2 x data-parallel size 2 = 4")
 
 
 def test_more_gpus_than_the_host_has(tmp_path):
@@ -74,7 +77,7 @@ def test_bad_input_leaves_an_existing_run_dir_untouched(tmp_path):
     run_dir = tmp_path / "r"
     assert run_launcher(f"run.dir={run_dir}", "run.dry_run=true").returncode == 0
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    assert_user_error(run_launcher(f"run.dir={run_dir}", "train.global_batch_size=6"), "train.global_batch_size=6")
+    assert_user_error(run_launcher(f"run.dir={run_dir}", "train.global_batch_size=7"), "train.global_batch_size=7")
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
