@@ -23,31 +23,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable
 
+from launcher.processes import children, process_tree
 from launcher.render.launch import LaunchSpec
 
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 TO_LAUNCHER = (signal.SIGUSR2,)
-
-
-def children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids += [int(k) for k in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return kids
-
-
-def process_tree(pid: int) -> list[int]:
-    """pid and all its descendants (torchrun starts the ranks in a session of their own, so a process group misses
-    them)."""
-    tree, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        tree.append(p)
-        stack += children(p)
-    return tree
 
 
 def kill_tree(pid: int) -> None:

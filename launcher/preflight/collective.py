@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.preflight.bandwidth import judge_busbw
+from launcher.processes import process_tree
 from launcher.preflight.checks import FAIL, PASS, Check
 
 CPU_SIZES_MB = (1, 4, 16, 64)
@@ -111,27 +112,46 @@ def run_collective(argv: tuple[str, ...], env: dict[str, str], log_path: Path, r
     return CollectiveResult(False, {}, parse_transports(text), missing, stuck, error)
 
 
+def _gone(pids: list[int], timeout_s: float = 5.0) -> None:
+    """Until the killed ranks have left the process table (they are not our children: torchrun reaps them)."""
+    deadline = time.monotonic() + timeout_s
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in _state(p)]
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
+
+
 def _stop(proc: subprocess.Popen, stop_remote: tuple[str, ...], env: dict[str, str]) -> None:
     """Several hosts: `stop_remote` (a pdsh pkill naming this collective's own run dir) ends the ranks there, then
     KILL ends the runner and pdsh here: the ranks of a check need no graceful stop (the runner's own SIGTERM
     handler, launcher.backends.ds_runner, gives the ranks SIGTERM and waits). One host: TERM to torchrun (it stops its
-    workers), then KILL to whatever is left of its session."""
+    workers), then KILL to every process it started: its ranks run in sessions of their own, which a signal to its
+    process group would miss (a torchrun slow to stop, on a loaded machine, left them running)."""
     if stop_remote:
         try:
             subprocess.run(stop_remote, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=STOP_GRACE_S * 3)
         except subprocess.TimeoutExpired:
             pass
-    else:
+    started = process_tree(proc.pid)
+    if not stop_remote:
         try:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=STOP_GRACE_S)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    for pid in dict.fromkeys(started + process_tree(proc.pid)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
+    _gone(started[1:])
 
 
 def rank_main(accelerator: str, rank: int, world: int, local_rank: int, never_join: int) -> None:
