@@ -71,14 +71,20 @@ def test_sp_trains_the_job_without_sp_loss_grad_norm_and_eval_loss(trained, base
     assert "dp=1 tp=1 pp=1 sp=2" in stdout
 
 
+def resumed_from_step_4(whole: Path, again: Path, run: str) -> str:
+    """A copy of the finished sp run without its last checkpoint (as if it died after step 7), resumed by `run`."""
+    shutil.copytree(whole, again)
+    shutil.rmtree(again / "checkpoints" / "global_step8")
+    result = run_launcher(*RUNS[run], f"run.dir={again}", *STEPS)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "resumed from global step 4" in result.stdout
+    return result.stdout
+
+
 def test_sp_run_resumes_bit_for_bit(trained, tmp_path):
     whole, _ = trained("zero3_sp")
     again = tmp_path / "run"
-    shutil.copytree(whole, again)
-    shutil.rmtree(again / "checkpoints" / "global_step8")
-    result = run_launcher(*RUNS["zero3_sp"], f"run.dir={again}", *STEPS)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "resumed from global step 4" in result.stdout
+    resumed_from_step_4(whole, again, "zero3_sp")
     assert [m["loss"] for m in read_metrics(again)] == [m["loss"] for m in read_metrics(whole)]
     assert [r["eval_loss"] for r in eval_rows(again)] == [r["eval_loss"] for r in eval_rows(whole)]
 
@@ -87,11 +93,7 @@ def test_a_checkpoint_saved_with_sp_resumes_without_it_at_the_same_world_size_wi
     """ZeRO shards over dp x sp, the whole world: sp=2 -> sp=1 keeps the layout, so DeepSpeed loads it as it is."""
     whole, _ = trained("zero3_sp")
     again = tmp_path / "run"
-    shutil.copytree(whole, again)
-    shutil.rmtree(again / "checkpoints" / "global_step8")
-    result = run_launcher(*RUNS["zero3"], f"run.dir={again}", *STEPS)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "resumed from global step 4" in result.stdout and "universal" not in result.stdout
+    assert "universal" not in resumed_from_step_4(whole, again, "zero3")
     assert not (again / "checkpoints" / "global_step4_universal").exists()
     resumed, ref = read_metrics(again), read_metrics(whole)
     assert max(relative(a["loss"], b["loss"]) for a, b in zip(resumed[4:], ref[4:])) < 1e-5
