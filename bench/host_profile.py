@@ -1,7 +1,8 @@
 """Where a step's time goes at a small micro batch (issue 27): `python -m launcher +plan=zero2` on the 1.14B Llama of
-bench/perf.py at micro 4, profiled over three steps (train.profile_steps), then the same job with +plan=auto at 32
-sequences per GPU. Prints the profile's GPU-busy line and top operators, the two rows' tokens/s and MFU, and copies
-the top-operator tables to --out.
+bench/perf.py at micro 4, profiled over three steps (train.profile_steps), then the same with Python frames
+(LAUNCHER_PROFILE_WITH_STACK=1), then the job with +plan=auto at 32 sequences per GPU, profiled too. Prints each
+row's tokens/s and MFU (the profiled steps are left out of neither: read them as a profile's, not a benchmark's), the
+top operators and where the GPU idles (bench/trace_gaps.py), and copies them to --out.
 
 On a lent GPU machine, from the project root:  source .device/setup.sh && python3 bench/host_profile.py --out DIR
 """
@@ -20,9 +21,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.perf import GPU_SPEC, Bench, run_tree, tail  # noqa: E402
+from bench.trace_gaps import gap_report, load_events  # noqa: E402
 
 
-def run(bench: Bench, name: str, overrides: list[str], steps: int, out: Path) -> None:
+def run(bench: Bench, name: str, overrides: list[str], steps: int, out: Path, stack: bool = False) -> None:
     run_dir = bench.work / "runs" / name
     argv = [sys.executable, "-m", "launcher", *bench.launcher_overrides(run_dir, steps), *overrides]
     log = bench.work / f"{name}.log"
@@ -33,7 +35,8 @@ def run(bench: Bench, name: str, overrides: list[str], steps: int, out: Path) ->
             if metrics_file.exists() else []
         return [m for m in rows if "loss" in m]
 
-    code, _ = run_tree(argv, bench.env, log, 280, done=lambda: len(read()) >= steps)
+    env = {**bench.env, **({"LAUNCHER_PROFILE_WITH_STACK": "1"} if stack else {})}
+    code, _ = run_tree(argv, env, log, 280, done=lambda: len(read()) >= steps)
     metrics = read()
     if len(metrics) < steps:
         print(f"{name}: failed (exit {code}): {tail(log)}")
@@ -47,9 +50,13 @@ def run(bench: Bench, name: str, overrides: list[str], steps: int, out: Path) ->
     for line in (run_dir / "logs" / "rank0.log").read_text().splitlines():
         if "profile of steps" in line or "liger-kernel" in line:
             print("   ", line.split(" INFO ", 1)[-1])
-    for table in (run_dir / "profile").glob("*.txt") if (run_dir / "profile").exists() else []:
+    for table in (run_dir / "profile").glob("rank0-*.txt") if (run_dir / "profile").exists() else []:
         shutil.copy(table, out / f"{name}-{table.name}")
         print(table.read_text()[:6000])
+    for trace in (run_dir / "profile").glob("rank0-*.json.gz") if (run_dir / "profile").exists() else []:
+        report = gap_report(load_events(trace))
+        (out / f"{name}-gaps.txt").write_text(report + "\n")
+        print(report, flush=True)
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -63,8 +70,9 @@ def main() -> int:
     bench = Bench(dataclasses.replace(GPU_SPEC, steps=10), False, work, 1, 300, env)
     bench.write_data(rows=64)
     run(bench, "zero2-micro4-profiled", ["+plan=zero2", "train.profile_steps=6-8"], 10, args.out)
-    run(bench, "auto-global32", ["+plan=auto", "train.micro_batch_size=auto", "train.global_batch_size=32"], 10,
-        args.out)
+    run(bench, "zero2-micro4-with-stack", ["+plan=zero2", "train.profile_steps=6-7"], 8, args.out, stack=True)
+    run(bench, "auto-global32", ["+plan=auto", "train.micro_batch_size=auto", "train.global_batch_size=32",
+                                 "train.profile_steps=6-7"], 10, args.out)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

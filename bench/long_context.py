@@ -71,7 +71,7 @@ def table(rows: list[dict], device: str) -> str:
              "", "| run | tokens/s | MFU | peak GiB (measured) | estimate GiB | last loss |", "|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['name']} | failed: {r['error'][:160]} | | | | |")
+            lines.append(f"| {r['name']} | failed: {r['error'][:400]} | | | | |")
             continue
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
         lines.append(f"| {r['name']} | {r['tokens_per_s']:,.0f} | {mfu} | {r['peak_gib']:.2f} | "

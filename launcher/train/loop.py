@@ -75,7 +75,8 @@ def train(
             loss_sum, tokens, grad_norm = step_fn(engine, examples, plan, info, pad_id, step)
             step += 1
             collect(step)  # while the GPU finishes the step, before the sync below
-            loss_total, tokens_total, stops = step_totals(loss_sum, tokens, stop_requested(), info)
+            with phase("step sync"):
+                loss_total, tokens_total, stops = step_totals(loss_sum, tokens, stop_requested(), info)
             elapsed = time.perf_counter() - t0
             on_step(
                 StepMetrics(
@@ -149,15 +150,24 @@ def train_step(engine: Any, examples: Sequence[Any], plan: Plan, info: RankInfo,
     batches = rank_micro_batches(examples, t.seed, g, plan.micro_batch_size, plan.grad_accum, info.dp_rank,
                                  info.dp_size, step, pad_id)
     for micro, batch in enumerate(batches):
-        tokens += batch_tokens(batch) if info.counts_tokens else 0
-        batch = info.shard(batch, pad_id)
-        out = engine(**{k: to_device(v, info.device) for k, v in batch.items()}, num_items_in_batch=per_micro,
-                     use_cache=False)
-        engine.backward(out.loss)
-        if micro == plan.grad_accum - 1 and plan.zero_stage == 0:
-            grad_norm = replicated_grad_norm(engine, plan.tp)
-        engine.step()
-        loss_sum += out.loss.detach().double()
+        with phase("batch"):
+            tokens += batch_tokens(batch) if info.counts_tokens else 0
+            batch = {k: to_device(v, info.device) for k, v in info.shard(batch, pad_id).items()}
+        with phase("forward"):
+            out = engine(**batch, num_items_in_batch=per_micro, use_cache=False)
+        with phase("backward"):
+            engine.backward(out.loss)
+        with phase("optimizer step"):
+            if micro == plan.grad_accum - 1 and plan.zero_stage == 0:
+                grad_norm = replicated_grad_norm(engine, plan.tp)
+            engine.step()
+            loss_sum += out.loss.detach().double()
     if plan.zero_stage > 0:
         grad_norm = engine.get_global_grad_norm()
     return loss_sum, tokens, grad_norm
+
+
+def phase(name: str) -> Any:
+    """A named range in a train.profile_steps trace ('launcher: forward'), so that a GPU gap can be put down to the
+    loop's phase it falls in (bench/host_profile.py does); a few microseconds when nothing is profiled."""
+    return torch.profiler.record_function(f"launcher: {name}")

@@ -1,10 +1,12 @@
 """`train.profile_steps=8-10`: torch.profiler over those global steps of every rank, for a user asking where a
 step's time goes. Each rank writes a Chrome trace (open it in https://ui.perfetto.dev) and a table of its top
 operators into <run dir>/profile/, and logs how busy its GPU was: a GPU idle for a third of the step is waiting
-on the host (hooks, data, syncs), not on its kernels."""
+on the host (hooks, data, syncs), not on its kernels. LAUNCHER_PROFILE_WITH_STACK=1 adds Python frames to the
+trace (slower steps, but bench/trace_gaps.py can then name the Python function a gap falls in)."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +65,8 @@ class StepProfiler:
         activities = [torch.profiler.ProfilerActivity.CPU]
         if self.cuda:
             activities.append(torch.profiler.ProfilerActivity.CUDA)
-        self.prof = torch.profiler.profile(activities=activities)
+        self.prof = torch.profiler.profile(activities=activities,
+                                           with_stack=os.environ.get("LAUNCHER_PROFILE_WITH_STACK") == "1")
         self.prof.start()
 
     def _finish(self, last: int) -> None:

@@ -139,3 +139,32 @@ def test_the_liger_baseline_keeps_its_fastest_micro_batch_and_stops_at_out_of_me
     assert row.tokens_per_step == 4000 and row.notes[0].startswith("micro batch 4, best of 4: 40,000 tok/s, 8: ")
     row, ran = sweep({4: "exit code 1: torch.OutOfMemoryError: CUDA out of memory"})
     assert ran == [4] and not row.ok and "out of memory" in row.error
+
+
+def test_trace_gaps_puts_each_idle_stretch_down_to_the_phase_and_the_thread_that_held_it():
+    """A hand-made trace of one step (ms): forward on the main thread, backward on the autograd thread, one sync.
+    The GPU idles 0-10 (Python in forward), 30-50 (a backward operator running on the autograd thread while the main
+    thread waits in it) and 70-100 (the step sync, in a DeepSpeed function between operators)."""
+    from bench.trace_gaps import gap_report
+
+    def x(cat, name, ms, dur, tid=1):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ms * 1000, "dur": dur * 1000, "pid": 7, "tid": tid}
+
+    events = [x("user_annotation", "launcher: forward", 0, 30), x("user_annotation", "launcher: backward", 30, 40),
+              x("user_annotation", "launcher: step sync", 70, 30),
+              x("cpu_op", "aten::linear", 10, 15), x("cpu_op", "aten::mul", 12, 2),
+              x("cpu_op", "aten::lift", 31, 30), x("user_annotation", "gloo thread", 30, 70, tid=3),
+              x("cpu_op", "autograd::engine::evaluate_function: MmBackward0", 30, 20, tid=2),
+              x("python_function", "stage_1_and_2.py(900): reduce_ready_partitions", 75, 20),
+              x("kernel", "gemm", 10, 20, tid=99), x("kernel", "gemm_bwd", 50, 20, tid=99)]
+    report = gap_report(events, min_gap_us=5)
+    assert "window 100.0 ms (the loop's phases, 3 ranges): GPU busy 40.0 ms (40%), idle 60.0 ms in 3 gaps" in report
+    idle = {line.split()[0]: float(line.split("GPU idle")[1].split()[0]) for line in report.splitlines()
+            if line.startswith("  ") and "GPU idle" in line}
+    assert idle == {"forward": 10.0, "backward": 20.0, "step": 30.0}
+    by_host = report.split("by what the host thread was running")[1].split("by the innermost")[0]
+    assert "20.00 ms in     1 gaps  autograd::engine::evaluate_function: MmBackward0" in by_host
+    assert "40.00 ms in     2 gaps  (Python between operators)" in by_host  # forward's 10 and the sync's 30
+    assert "gloo thread" not in report  # a thread beside the step is not what the GPU waits for
+    frames = report.split("innermost Python")[1]
+    assert "20.00 ms  stage_1_and_2.py(900): reduce_ready_partitions" in frames and "20.00 ms  (no Python frame)" in frames
