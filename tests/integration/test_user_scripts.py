@@ -17,6 +17,7 @@ from tests.integration.test_errors import assert_user_error
 pytestmark = pytest.mark.integration
 SMALL = ("--seq_len", "128")
 TRAINER_ARGS = ("--max_steps", "4", "--save_steps", "2", "--logging_steps", "1", *SMALL)
+ACCELERATE_ARGS = ("--max_steps", "4", "--save_every", "2", *SMALL)
 
 
 def engine_settings(run_dir: Path) -> dict:
@@ -45,6 +46,14 @@ def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
 def trainer_zero3(tmp_path_factory: pytest.TempPathFactory):
     run_dir = tmp_path_factory.mktemp("trainer") / "run"
     result = run_launcher(f"run.dir={run_dir}", "+plan=zero3", "script=examples/train_trainer.py", "--", *TRAINER_ARGS)
+    return result, run_dir
+
+
+@pytest.fixture(scope="module")
+def accelerate_zero3(tmp_path_factory: pytest.TempPathFactory):
+    run_dir = tmp_path_factory.mktemp("accelerate") / "run"
+    result = run_launcher(f"run.dir={run_dir}", "+plan=zero3", "script=examples/train_accelerate.py", "--",
+                          *ACCELERATE_ARGS)
     return result, run_dir
 
 
@@ -97,6 +106,51 @@ def test_trainer_script_under_sp_splits_each_sequence_over_two_ranks_and_trains_
     assert len(sp1) == len(sp2) == 4, (sp1, sp2)
     for (loss1, norm1), (loss2, norm2) in zip(sp1, sp2):
         assert abs(loss1 - loss2) < 0.03 and abs(norm1 - norm2) < 0.15 * norm1, (sp1, sp2)
+
+
+def accelerate_steps(run_dir: Path) -> list[tuple[float, float]]:
+    """(loss, grad_norm) of each step the accelerate example printed on rank 0."""
+    log = (run_dir / "logs" / "rank0.log").read_text()
+    return [(float(m[1]), float(m[2])) for m in re.finditer(r"^step \d+ loss ([\d.]+) grad_norm ([\d.]+)$", log, re.M)]
+
+
+def test_accelerate_script_under_zero3_runs_the_rendered_config_and_saves_checkpoints(accelerate_zero3):
+    result, run_dir = accelerate_zero3
+    assert_ok(result)
+    assert "script_api=accelerate (auto: line" in result.stdout and "sequence parallel size 1" in result.stdout
+    ds = assert_engine_ran_the_rendered_config(run_dir, stage=3)
+    assert "optimizer" not in ds and engine_settings(run_dir)["base_optimizer"] == "AdamW"  # the script's own
+    assert "parallelism_config" not in (run_dir / "accelerate_config.yaml").read_text()
+    assert latest_complete_any(run_dir / "checkpoints").path.name == "global_step4"
+    assert (run_dir / "checkpoints" / "global_step2" / "complete.json").exists()
+    assert len(accelerate_steps(run_dir)) == 4
+
+
+def test_accelerate_script_under_sp_splits_each_sequence_over_two_ranks_and_trains_like_sp1(accelerate_zero3,
+                                                                                             tmp_path):
+    """+plan=sp plan.sp=2 on 2 CPU processes: accelerate reads the yaml's parallelism_config and sets up Ulysses (dp=1,
+    the plan's global batch of 8 in 4 micro batches, each split over both ranks), and each step's loss and gradient
+    norm equal the zero3 run's (dp=2, 2 micro batches). On CPU accelerate counts one process per rank and does not
+    shard the loader (ENGINE_NOTES.md), so both runs train each step on the same 4 rows, each seen twice. Printed to 4
+    decimals, they agree to ~1e-8 before rounding: 2e-4 leaves room for the rounding and catches a wrong gradient
+    scale over the sp group (it halves the norm; clipping then hides it from the loss) or a missed accumulation
+    (the second step's loss moves by 0.4)."""
+    run_dir = tmp_path / "run"
+    result = run_launcher(f"run.dir={run_dir}", "+plan=sp", "plan.sp=2", "script=examples/train_accelerate.py", "--",
+                          *ACCELERATE_ARGS)
+    assert_ok(result)
+    assert "sequence parallel size 2" in result.stdout
+    ds = json.loads((run_dir / "ds_config.json").read_text())
+    assert ds["sequence_parallel_size"] == 2 and ds["train_batch_size"] == 8  # accelerate keeps it (dp from the yaml)
+    engine = engine_settings(run_dir)
+    assert (engine["world_size"], engine["zero_stage"], engine["train_batch_size"]) == (2, 3, 8)
+    assert engine["gradient_accumulation_steps"] == ds["gradient_accumulation_steps"] == 4
+    assert "parallelism_config_sp_size: 2" in (run_dir / "accelerate_config.yaml").read_text()
+    assert latest_complete_any(run_dir / "checkpoints").path.name == "global_step4"
+    sp1, sp2 = accelerate_steps(accelerate_zero3[1]), accelerate_steps(run_dir)
+    assert len(sp1) == len(sp2) == 4, (sp1, sp2)
+    for (loss1, norm1), (loss2, norm2) in zip(sp1, sp2):
+        assert abs(loss1 - loss2) <= 2e-4 and abs(norm1 - norm2) <= 2e-4, (sp1, sp2)
 
 
 def test_a_plain_deepspeed_script_under_sp_is_refused_before_anything_starts(tmp_path):
