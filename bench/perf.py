@@ -60,7 +60,8 @@ BASELINES = {  # name: (script, arguments, what)
     "ds-zero2-liger": ("ds_loop.py", ["--stage", "2", "--liger"],
                        "hand-written DeepSpeed ZeRO-2 loop + liger-kernel (RoPE, RMSNorm, SwiGLU, fused linear CE)"),
 }
-LIGER_MICROS = (4, 8, 16)  # ds-zero2-liger's micro batches, tried in this order for its best
+LIGER_MICROS = (4, 8, 16)  # ds-zero2-liger's micro batches, tried in this order for its best (--liger-micros)
+BATCH_KEYS = ("train.micro_batch_size=", "train.global_batch_size=")  # a --variant naming these sets its own batch
 AUTO_GLOBAL_PER_GPU = 32  # launcher-auto's global batch in sequences per GPU: a realistic fine-tuning batch
 SAVED = re.compile(r"saved checkpoint \S+ in ([\d.]+) s \(([\d.]+) GB, ([\d.]+) GB/s\)")
 LOADED = re.compile(r"loaded in ([\d.]+) s \(([\d.]+) GB, ([\d.]+) GB/s\)")
@@ -122,6 +123,7 @@ class Bench:
         self.spec, self.smoke, self.work, self.nproc, self.timeout, self.env = spec, smoke, work, nproc, timeout, env
         self.first = first  # the median step time is of steps first..steps
         self.deadline = float("inf")
+        self.liger_micros = LIGER_MICROS
         self.data = work / "data.jsonl"
         self.results: dict[str, Result] = {}
         self.extra: list[str] = []
@@ -309,7 +311,7 @@ class Bench:
         or is slower than the one before; the fastest is the row, every try in its notes."""
         tried: list[tuple[int, Result]] = []
         out_of_time = False
-        for micro in LIGER_MICROS:
+        for micro in self.liger_micros:
             if tried and self.budget() < 60:
                 out_of_time = True
                 break
@@ -437,7 +439,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--candidates", default="", help="more launcher plans for the best row, comma-separated (zero1,ddp)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES", type=variant,
                    help="a launcher row `launcher-NAME` with these space-separated overrides, e.g. "
-                   "'z3c=+plan=zero3 plan.compile=torch' (repeatable; stopped after its last step, no save)")
+                   "'z3c=+plan=zero3 plan.compile=torch' (repeatable; stopped after its last step, no save); "
+                   "with train.micro_batch_size= and train.global_batch_size= among them it runs that batch")
+    p.add_argument("--liger-micros", default=",".join(map(str, LIGER_MICROS)),
+                   help="ds-zero2-liger's micro batches to try, in order (e.g. 16 when its best is known)")
     p.add_argument("--timeout", type=float, default=0, help="seconds per run (default 240 on GPUs, 420 smoke)")
     p.add_argument("--budget", type=float, default=0, help="seconds for everything: later runs are skipped, the table "
                    "still printed (default 480 on GPUs: a lent machine's command limit is 600 s)")
@@ -465,8 +470,10 @@ def child_env(smoke: bool, work: Path) -> dict[str, str]:
 
 def run_row(bench: Bench, name: str, variants: dict[str, str], optimizer: str) -> Result:
     """One row of the table, by its name."""
-    if name.removeprefix("launcher-") in variants:
-        return bench.launcher(name, variants[name.removeprefix("launcher-")].split(), save=False)
+    if name.removeprefix("launcher-") in variants:  # its own batch when it names one, else the spec's
+        overrides = variants[name.removeprefix("launcher-")].split()
+        batch = [o for o in overrides if o.startswith(BATCH_KEYS)]
+        return bench.launcher(name, [o for o in overrides if o not in batch], save=False, batch=batch or None)
     if name == "launcher-auto":  # the micro batch left to the launcher: no train.micro_batch_size
         return bench.launcher(name, ["+plan=auto"], save=False,
                               batch=[f"train.global_batch_size={AUTO_GLOBAL_PER_GPU * bench.nproc}"])
@@ -558,6 +565,7 @@ def main() -> int:
     bench = Bench(spec, args.smoke, work, nproc, args.timeout or (420 if args.smoke else 240),
                   child_env(args.smoke, work), first=2 if args.smoke else 6)
     bench.deadline = started + (args.budget or (10**6 if args.smoke else 480))
+    bench.liger_micros = tuple(int(m) for m in args.liger_micros.split(","))
     only, skip = set(filter(None, args.only.split(","))), set(filter(None, args.skip.split(",")))
     candidates = [f"launcher-{c}" for c in args.candidates.split(",") if c and c not in ("zero2", "zero3", "auto")]
     variants = dict(args.variant)

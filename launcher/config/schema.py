@@ -184,6 +184,10 @@ class TrainConfig:
     profile_steps: str = ""  # "8-10": torch.profiler over these global steps, trace and top operators in profile/
     gc_interval: int = 50  # Python's collector runs every N global steps on every rank at once; 0: its own thresholds
     eval_every: int = 0  # score the validation set every N global steps (and after the last); 0: after the last only
+    # a loss or gradient norm that is not finite (inf/NaN): stop = the run stops at that step without saving, naming
+    # it (rerunning resumes from the newest checkpoint); skip = DeepSpeed checks every gradient before each bf16 step
+    # and skips a step with one (its own default; the check costs ~10% of a small-micro-batch step on an H100)
+    nonfinite: str = "stop"
 
     def __post_init__(self) -> None:
         self.micro_batch_size = _micro_batch(self.micro_batch_size)
@@ -195,6 +199,7 @@ class TrainConfig:
             raise LauncherError("train.max_steps", 0, "set train.max_steps to a positive number or train.epochs")
         choice("train.precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
         choice("train.tiled_mlp", self.tiled_mlp, ("auto", "on", "off"))
+        choice("train.nonfinite", self.nonfinite, ("stop", "skip"))
         self.profile_steps = str(self.profile_steps).strip()
         span = re.fullmatch(r"(\d+)(?:-(\d+))?", self.profile_steps)
         if self.profile_steps and not (span and 0 < int(span[1]) <= int(span[2] or span[1])):

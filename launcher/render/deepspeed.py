@@ -21,7 +21,7 @@ def render_ds_config(plan: Plan) -> dict[str, Any]:
         "gradient_clipping": t.grad_clip,
         "steps_per_print": STEPS_PER_PRINT_OFF,
         "wall_clock_breakdown": False,
-        "bf16": {"enabled": plan.precision == "bf16"},
+        "bf16": _bf16(plan),
         "fp16": _fp16(plan),
         "zero_optimization": _zero(plan),
         "optimizer": _optimizer(plan),
@@ -52,6 +52,17 @@ def _pipeline(plan: Plan) -> dict[str, Any]:
     PipelineModule arguments and listed for the reader; DeepSpeed's pipeline engine reads the last two keys."""
     return {"stages": plan.pp, "partition": "parameters", "activation_checkpoint_interval": 0,
             "pipe_partitioned": True, "grad_partitioned": True}
+
+
+def _bf16(plan: Plan) -> dict[str, Any]:
+    """ZeRO-1/2's bf16 path checks every gradient for inf/NaN before each step (a reduction and a host sync per
+    gradient, measured at ~10% of a micro-4 step of a 1.1B model on an H100: bench/results/perf.md) and skips the step
+    if one is found. train.nonfinite=stop turns that off: the loop stops the run at a non-finite loss or gradient
+    norm instead (launcher/train/loop.py), which it reads every step anyway. fp16 always checks (loss scaling needs
+    it)."""
+    if plan.precision != "bf16":
+        return {"enabled": False}
+    return {"enabled": True, "check_grad_overflow": plan.train.nonfinite == "skip"}
 
 
 def _fp16(plan: Plan) -> dict[str, Any]:

@@ -206,7 +206,10 @@ def ds_config_for(ds: dict[str, Any], api: str) -> dict[str, Any]:
     """Trainer and accelerate scripts create their optimizer from their own arguments; a plain DeepSpeed script gets
     the plan's (deepspeed.initialize builds it from the JSON). Under sequence parallel a Trainer's JSON has no
     train_batch_size: the Trainer would check it against micro x accumulation x world size, counting the sp ranks as
-    data parallel; DeepSpeed derives it (micro x accumulation x dp) and the engine runs the plan's global batch."""
+    data parallel; DeepSpeed derives it (micro x accumulation x dp) and the engine runs the plan's global batch.
+    bf16's gradient check stays DeepSpeed's own: train.nonfinite=stop is the built-in loop's."""
+    if "check_grad_overflow" in ds.get("bf16", {}):  # no launcher loop watches a script's loss: DeepSpeed's default
+        ds = {**ds, "bf16": {k: v for k, v in ds["bf16"].items() if k != "check_grad_overflow"}}
     if api not in ("hf_trainer", "accelerate"):
         return ds
     dropped = {"optimizer"}

@@ -2,6 +2,7 @@
 and a collective that timed out because some rank or host never arrived."""
 from __future__ import annotations
 
+import math
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,6 +84,32 @@ def user_facing_failures(plan: Plan, rank: int, current_step: list[int]) -> Iter
         if any(marker in str(err) for marker in PEER_LOST_MARKERS):
             raise collective_error(plan, rank, current_step[0], str(err), lost_peer=True) from err
         raise
+
+
+def nonfinite_error(plan: Plan, step: int, loss: float, grad_norm: float | None) -> LauncherError | None:
+    """train.nonfinite=stop: a global step whose loss or gradient norm is inf/NaN ends the run there, before its
+    save (without DeepSpeed's per-gradient check its update may have carried them into the weights). Every rank sees
+    the same all-reduced loss and global norm, so every rank stops at the same step."""
+    if math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm)):
+        return None
+    norm = "" if grad_norm is None else f" and a gradient norm of {grad_norm:.6g}"
+    return LauncherError(
+        "train.lr", plan.train.lr,
+        f"rerun the same command to resume from the newest complete checkpoint with a lower train.lr or more "
+        f"train.warmup_steps (now {plan.train.warmup_steps}), and look for broken rows in the data; or set "
+        "train.nonfinite=skip to have DeepSpeed skip bf16 steps whose gradients are not finite",
+        problem=f"global step {step} gave a loss of {loss:.6g}{norm}, which is not finite: the run stopped there "
+        "without saving (train.nonfinite=stop), since such a step may carry inf/NaN into the weights")
+
+
+FAULT_NONFINITE_VAR = "LAUNCHER_FAULT_NONFINITE_STEP"
+
+
+def injected_nonfinite_step(env: dict[str, str]) -> int:
+    """Fault injection for train.nonfinite (tests/integration/test_nonfinite.py): with LAUNCHER_FAULT_NONFINITE_STEP=N
+    the loss of global step N is multiplied by NaN before its backward pass, as a diverging run's would be. 0: off."""
+    value = env.get(FAULT_NONFINITE_VAR, "")
+    return int(value) if value.isdigit() else 0
 
 
 FAULT_OOM_VAR = "LAUNCHER_FAULT_OOM_ABOVE_MICRO"

@@ -6,6 +6,7 @@ so the same job gives the same optimization on any number of ranks.
 from __future__ import annotations
 
 import gc
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,11 +17,13 @@ import torch.distributed as dist
 
 from launcher.plan.types import Plan
 from launcher.train.batching import batch_tokens, rank_micro_batches, step_target_tokens
+from launcher.train.failures import injected_nonfinite_step, nonfinite_error
 from launcher.train.metrics import StepMetrics
 from launcher.train.parallel import replicated_grad_norm
 from launcher.train.sequence_parallel import loss_factor
 
 FULL_GC_EVERY = 20  # train.gc_interval collections
+FAULT_NONFINITE_STEP = injected_nonfinite_step(dict(os.environ))
 
 
 @dataclass(frozen=True)
@@ -78,18 +81,20 @@ def train(
             with phase("step sync"):
                 loss_total, tokens_total, stops = step_totals(loss_sum, tokens, stop_requested(), info)
             elapsed = time.perf_counter() - t0
-            on_step(
-                StepMetrics(
-                    step=step,
-                    loss=loss_total / (info.dp_size * plan.grad_accum * loss_factor(plan)),
-                    lr=lr,
-                    grad_norm=float(grad_norm) if grad_norm is not None else None,
-                    tokens=int(tokens_total),
-                    tokens_per_s=tokens_total / elapsed,
-                    step_time_s=elapsed,
-                    time=time.time(),
-                )
+            metrics = StepMetrics(
+                step=step,
+                loss=loss_total / (info.dp_size * plan.grad_accum * loss_factor(plan)),
+                lr=lr,
+                grad_norm=float(grad_norm) if grad_norm is not None else None,
+                tokens=int(tokens_total),
+                tokens_per_s=tokens_total / elapsed,
+                step_time_s=elapsed,
+                time=time.time(),
             )
+            on_step(metrics)
+            diverged = nonfinite_error(plan, step, metrics.loss, metrics.grad_norm)
+            if diverged and plan.train.nonfinite == "stop":
+                raise diverged
             preempted = stops > 0
             if not preempted:  # a stop request wants the save now; the resumed run scores its next due step
                 evaluate_at(step)
@@ -156,7 +161,7 @@ def train_step(engine: Any, examples: Sequence[Any], plan: Plan, info: RankInfo,
         with phase("forward"):
             out = engine(**batch, num_items_in_batch=per_micro, use_cache=False)
         with phase("backward"):
-            engine.backward(out.loss)
+            engine.backward(out.loss * float("nan") if step + 1 == FAULT_NONFINITE_STEP else out.loss)
         with phase("optimizer step"):
             if micro == plan.grad_accum - 1 and plan.zero_stage == 0:
                 grad_norm = replicated_grad_norm(engine, plan.tp)

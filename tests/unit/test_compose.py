@@ -60,6 +60,7 @@ def test_dual_pgx_fields_are_overridable():
         ("train.profile_steps=10-8", "train.profile_steps", "a range of them (8-10)"),
         ("train.profile_steps=0", "train.profile_steps", "counted from 1"),
         ("train.gc_interval=-5", "train.gc_interval", "it must be >= 0"),
+        ("train.nonfinite=ignore", "train.nonfinite", "stop, skip"),
     ],
 )
 def test_bad_override_names_field_and_fix(override, field, text):

@@ -97,3 +97,23 @@ def test_plan_deepspeed_keys_are_merged_into_the_rendered_config_and_accepted():
     assert parsed.wall_clock_breakdown and parsed.zero_config.max_live_parameters == 10**8
     assert json.loads(json.dumps(dataclasses.asdict(plan)))["deepspeed"] == {
         "wall_clock_breakdown": True, "zero_optimization": {"stage3_max_live_parameters": 100000000}}
+
+
+def test_bf16_gradient_check_is_deepspeed_s_only_with_nonfinite_skip_and_for_users_scripts():
+    """train.nonfinite=stop (default): the loop watches loss and gradient norm, DeepSpeed's per-gradient bf16 check
+    is off; skip keeps it. A user's script has no launcher loop watching it: DeepSpeed's own default there."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from launcher.script.launch import ds_config_for
+
+    def bf16(*overrides: str) -> dict:
+        cfg, _ = compose(["+topo=single_pgx", "+plan=zero2", *overrides])
+        return render_ds_config(resolve(cfg, H200x2, run_dir="/runs/x", run_name="x"))
+
+    stop, skip = bf16(), bf16("train.nonfinite=skip")
+    assert stop["bf16"] == {"enabled": True, "check_grad_overflow": False}
+    assert skip["bf16"] == {"enabled": True, "check_grad_overflow": True}
+    assert not DeepSpeedConfig(stop).bfloat16_config.check_grad_overflow
+    for api in ("hf_trainer", "accelerate", "deepspeed"):
+        assert ds_config_for(stop, api)["bf16"] == {"enabled": True}
+    assert bf16("train.precision=fp32")["bf16"] == {"enabled": False}
