@@ -78,13 +78,13 @@ def test_the_retry_after_an_out_of_memory_is_the_next_smaller_divisor():
 
 
 def test_plan_auto_weighs_the_micro_batch_a_plan_allows_against_its_sharding():
-    """A 3B full fine-tune on eight 80 GiB GPUs: DDP keeps every model state and leaves room for micro 2, ZeRO-1
-    shards the optimizer states and fits micro 8, which is worth more than DDP's cheaper step (STAGE_SPEED and
-    MICRO_STEP_TOKENS in plan/auto.py); the reason names both choices."""
+    """A 3B full fine-tune on eight 80 GiB GPUs: DDP keeps every model state and leaves room for micro 2, ZeRO-2
+    shards the optimizer states and gradients and fits micro 8, which is worth more than DDP's step (STAGE_SPEED and
+    MICRO_STEP_TOKENS in plan/micro_batch.py); the reason names both choices."""
     h100x8 = Hardware("cuda", 8, "NVIDIA H100 80GB HBM3", 79.2, "9.0", True, 128, 1024.0, "x86_64")
     job = ("model=llama3_2_3b", "+topo=multi_gpu", "topo.gpus_per_host=8", "train.global_batch_size=256")
     ddp, chosen = plan((*job, "+plan=ddp"), h100x8), plan((*job, "+plan=auto"), h100x8)
-    assert ddp.micro_batch_size == 2 and (chosen.plan_name, chosen.micro_batch_size) == ("zero1", 8)
+    assert ddp.micro_batch_size == 2 and (chosen.plan_name, chosen.micro_batch_size) == ("zero2", 8)
     assert speed(chosen) > speed(ddp)
-    assert chosen.auto_reason.startswith("plan=auto chose +plan=zero1 train.micro_batch_size=8: the fastest that fits")
-    assert "Runner-up: +plan=zero2 train.micro_batch_size=8" in chosen.auto_reason
+    assert chosen.auto_reason.startswith("plan=auto chose +plan=zero2 train.micro_batch_size=8: the fastest that fits")
+    assert "Runner-up: +plan=zero1 train.micro_batch_size=8" in chosen.auto_reason
