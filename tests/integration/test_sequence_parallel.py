@@ -1,5 +1,6 @@
 """Ulysses sequence parallel (`+plan=sp`) through `python -m launcher` on 2 CPU processes (gloo), against the same
-job without sp: the same per-step losses and gradient norms under ZeRO-1, 2 and 3, full and LoRA; the same eval loss;
+job without sp: the same per-step losses and gradient norms under ZeRO-1, 2 and 3, full and LoRA, and ZeRO-3 with
+optimizer and parameters offloaded to the CPU; the same eval loss;
 exact resume; resume with sp changed at the same world size, without a universal conversion.
 
 Why a tolerance: with sp each rank computes half of every row's tokens and the losses and gradients are added by
@@ -23,8 +24,10 @@ RUNS = {
     "zero2": ("+plan=zero2",), "zero2_sp": ("+plan=zero2", "plan.sp=2"),
     "zero3": ("+plan=zero3",), "zero3_sp": ("+plan=sp",),
     "lora": ("+plan=zero3", "method=lora"), "lora_sp": ("+plan=sp", "method=lora"),
+    "offload": ("+plan=zero3_offload",), "offload_sp": ("+plan=zero3_offload", "plan.sp=2"),
 }
-PAIRS = [("zero1", "zero1_sp"), ("zero2", "zero2_sp"), ("zero3", "zero3_sp"), ("lora", "lora_sp")]
+PAIRS = [("zero1", "zero1_sp"), ("zero2", "zero2_sp"), ("zero3", "zero3_sp"), ("lora", "lora_sp"),
+         ("offload", "offload_sp")]
 
 
 @pytest.fixture(scope="module")
