@@ -13,7 +13,8 @@ import pytest
 
 from launcher.launch.lease_holder import processes_in
 from launcher.lease import LEASE_FILE
-from tests.conftest import freeze_mid_save, last_step, read_metrics, run_launcher, start_launcher, wait_for
+from tests.conftest import (freeze_mid_save, last_step, launcher_env, read_metrics, run_launcher, start_launcher,
+                            wait_for)
 
 pytestmark = pytest.mark.integration
 JOB = ("train.max_steps=120", "train.save_every=4", "train.keep_last=2")  # long enough to be stopped mid-run
@@ -145,9 +146,12 @@ def test_trainer_script_with_save_on_signal_saves_its_checkpoint_on_ctrl_c(tmp_p
 def test_ctrl_c_during_preflight_is_one_line_and_leaves_nothing_behind(tmp_path):
     """The full preflight runs an all-reduce through torchrun first: a Ctrl-C then stops the check's processes too
     and releases the run dir."""
-    run_dir, log = tmp_path / "run", tmp_path / "run.log"
-    proc = start_launcher(f"run.dir={run_dir}", *JOB, "preflight=full", log=log)
-    wait_for(lambda: (run_dir / "preflight" / "collective.log").exists(), proc)
+    run_dir, log, collective = tmp_path / "run", tmp_path / "run.log", tmp_path / "run" / "preflight" / "collective.log"
+    # rank 1 never joins: the check waits (up to 300 s) with rank 0 running, so the Ctrl-C lands inside it however
+    # slow this machine is (a loaded one once finished the check, and the job, before the test sent it)
+    env = {**launcher_env(), "LAUNCHER_PREFLIGHT_NEVER_JOIN": "1", "LAUNCHER_PREFLIGHT_TIMEOUT_S": "300"}
+    proc = start_launcher(f"run.dir={run_dir}", *JOB, "preflight=full", log=log, env=env)
+    assert wait_for(lambda: collective.exists() and "PREFLIGHT_JOINING 0" in collective.read_text(), proc)
     ctrl_c(proc)
     assert proc.wait(timeout=60) == 130
     text = log.read_text()
