@@ -96,10 +96,13 @@ def test_compiled_plans_train_like_eager_and_resume(plan, compile_mode, tmp_path
 
 
 @pytest.mark.skipif(gpus() < 1, reason="needs a GPU")
-@pytest.mark.parametrize("method,plan", [("lora", "zero2"), ("qlora", "zero2"), ("lora", "zero3")])
+@pytest.mark.parametrize("method,plan", [("lora", "zero2"), ("qlora", "zero2"), ("lora", "zero3"),
+                                         pytest.param("qlora", "sp", marks=pytest.mark.skipif(gpus() < 2,
+                                                                                              reason="needs 2 GPUs"))])
 def test_lora_and_qlora_train_a_local_model(method, plan, tmp_path):
     """QLoRA needs weights to quantize: the tiny model is first written as a local Hugging Face directory. LoRA under
-    ZeRO-3 loads the weights already partitioned, with whole-layer fetches and liger's fused loss when installed."""
+    ZeRO-3 loads the weights already partitioned, with whole-layer fetches and liger's fused loss when installed.
+    QLoRA under Ulysses sequence parallel (+plan=sp: sp=2 with ZeRO-3) takes two GPUs."""
     from transformers import AutoModelForCausalLM
 
     from launcher.config.compose import compose
