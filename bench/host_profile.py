@@ -1,7 +1,7 @@
 """Where a step's time goes at a small micro batch (issue 27): `python -m launcher +plan=zero2` on the 1.14B Llama of
 bench/perf.py at micro 4, profiled over three steps (train.profile_steps), then the same with Python frames
 (LAUNCHER_PROFILE_WITH_STACK=1), then the job with +plan=auto at 32 sequences per GPU, profiled too. Prints each
-row's tokens/s and MFU (the profiled steps are left out of neither: read them as a profile's, not a benchmark's), the
+row's tokens/s and MFU (their medians include the profiled steps: a profile's figures, not a benchmark's), the
 top operators and where the GPU idles (bench/trace_gaps.py), and copies them to --out.
 
 On a lent GPU machine, from the project root:  source .device/setup.sh && python3 bench/host_profile.py --out DIR

@@ -55,9 +55,9 @@ def _pipeline(plan: Plan) -> dict[str, Any]:
 
 
 def _bf16(plan: Plan) -> dict[str, Any]:
-    """ZeRO-1/2's bf16 path checks every gradient for inf/NaN before each step (a reduction and a host sync per
-    gradient, measured at ~10% of a micro-4 step of a 1.1B model on an H100: bench/results/perf.md) and skips the step
-    if one is found. train.nonfinite=stop turns that off: the loop stops the run at a non-finite loss or gradient
+    """ZeRO-1/2's bf16 path checks every gradient for inf/NaN before each step (reductions per gradient, then a host
+    sync: ~20 ms of GPU idle in a ~190 ms micro-4 step of a 1.1B model in an H100 profile, bench/results/perf.md) and
+    skips the step if one is found. train.nonfinite=stop turns that off: the loop stops the run at a non-finite loss or gradient
     norm instead (launcher/train/loop.py), which it reads every step anyway. fp16 always checks (loss scaling needs
     it)."""
     if plan.precision != "bf16":
