@@ -67,10 +67,15 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 def start_launcher(*overrides: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
-    """`python -m launcher` in the background, in its own session, output to `log`."""
+    """`python -m launcher` in the background, in its own session, output to `log`, with Ctrl-C's signal as a
+    terminal's foreground job has it: a test suite started in the background by a shell (`pytest &`) ignores SIGINT,
+    every child inherits that, and Python then installs no KeyboardInterrupt for it."""
+    import signal
+
     out = open(log, "w") if log else subprocess.DEVNULL
     return subprocess.Popen([sys.executable, "-m", "launcher", *overrides], cwd=REPO, env=env or launcher_env(),
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def kill_tree(proc: subprocess.Popen, signum: int = 9) -> None:
