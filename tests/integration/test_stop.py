@@ -148,7 +148,7 @@ def test_ctrl_c_during_preflight_is_one_line_and_leaves_nothing_behind(tmp_path)
     and releases the run dir."""
     run_dir, log, collective = tmp_path / "run", tmp_path / "run.log", tmp_path / "run" / "preflight" / "collective.log"
     # rank 1 never joins: the check waits (up to 300 s) with rank 0 running, so the Ctrl-C lands inside it however
-    # slow this machine is (a loaded one once finished the check, and the job, before the test sent it)
+    # fast or slow this machine is
     env = {**launcher_env(), "LAUNCHER_PREFLIGHT_NEVER_JOIN": "1", "LAUNCHER_PREFLIGHT_TIMEOUT_S": "300"}
     proc = start_launcher(f"run.dir={run_dir}", *JOB, "preflight=full", log=log, env=env)
     assert wait_for(lambda: collective.exists() and "PREFLIGHT_JOINING 0" in collective.read_text(), proc)
