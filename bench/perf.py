@@ -183,7 +183,7 @@ class Bench:
 
     def _run_notes(self, name: str, run_dir: Path) -> list[str]:
         """What the run dir says of a launcher row: its batch and plan (plan.json; why +plan=auto chose it goes
-        below the table), liger's kernels, rank 0's start-up, the checkpoint save."""
+        below the table), liger's kernels, the SDPA kernel model.sdpa_backend chose, rank 0's start-up, the checkpoint save."""
         plan = json.loads((run_dir / "plan.json").read_text())
         if plan.get("auto_reason"):
             note = plan.get("micro_batch_note") or "given"
@@ -192,6 +192,9 @@ class Bench:
         rank0 = (run_dir / "logs" / "rank0.log").read_text()
         kernels = re.search(r"liger-kernel: (.*)", rank0)
         notes.append(f"liger: {kernels.group(1)}" if kernels else "no liger")
+        attention = re.search(r"attention: (.*)", rank0)
+        if attention:
+            notes.append(f"attention: {attention.group(1)}")
         ready = re.search(r"ready in ([\d.]+ s) since the rank started: (.*)", rank0)
         if ready:
             notes.append(f"rank 0 ready {ready.group(1)} after its start ({ready.group(2)})")

@@ -56,6 +56,9 @@ class PlanConfig:
             raise LauncherError("plan.offload_optimizer", True, "optimizer offload needs ZeRO 1-3: use +plan=zero3_offload")
 
 
+SDPA_BACKENDS = ("auto", "torch", "cudnn", "flash", "efficient", "math")
+
+
 @dataclass
 class ArchConfig:
     """Decoder shape. For `tiny` it builds the model; for hub presets it feeds the estimates without a download."""
@@ -80,10 +83,15 @@ class ModelConfig:
     tokenizer: str = ""
     revision: str = ""
     attn_implementation: str = "sdpa"
+    # which SDPA kernel goes first (launcher/train/attention.py): auto measures cuDNN against torch's order on the GPU
+    sdpa_backend: str = "auto"  # auto | torch | cudnn | flash | efficient | math
     liger_kernel: bool = True  # on CUDA, when liger-kernel is installed: its fused RMSNorm, SwiGLU, RoPE, loss kernels
     liger_fused_loss: bool = True  # with liger: the fused linear cross-entropy (false: transformers' loss on logits)
     trust_remote_code: bool = False
     arch: ArchConfig = field(default_factory=ArchConfig)
+
+    def __post_init__(self) -> None:
+        choice("model.sdpa_backend", self.sdpa_backend, SDPA_BACKENDS)
 
 
 @dataclass

@@ -169,6 +169,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
 
     from launcher.data.tokenization import load_tokenizer
     from launcher.train.examples import load_examples
+    from launcher.train.attention import apply_sdpa_backend
     from launcher.train.model import build_model
     from launcher.train.pipeline import build_pipeline_module
 
@@ -178,6 +179,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
     marks["data"] = time.time()
     hf_ds = _zero3_init_context(plan, ds_config)
     model = build_model(plan, tokenizer, info.local_rank)
+    apply_sdpa_backend(plan.model.sdpa_backend, plan, model.config, info.device)
     marks["model"] = time.time()
     if plan.pp > 1:
         model = build_pipeline_module(model, plan)

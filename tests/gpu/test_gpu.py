@@ -178,3 +178,22 @@ def test_peak_is_measured_on_each_gpu_recorded_and_mfu_is_taken_against_it(tmp_p
     metrics = trained(run_launcher(f"run.dir={run_dir}", "+plan=ddp", *JOB, env=env), run_dir)
     assert metrics[-1]["mfu_peak"] == "measured"
     assert "of measured peak" in (run_dir / "logs" / "rank0.log").read_text()
+
+
+@pytest.mark.skipif(gpus() < 1, reason="needs a GPU")
+def test_sdpa_backend_auto_measures_cudnn_and_trains_like_torchs_order(tmp_path):
+    """model.sdpa_backend=auto times cuDNN-first against torch's order at the job's attention shape and says which it
+    took and why; either way the losses are those of torch's order within bf16 rounding (the kernels are exact)."""
+    losses = {}
+    for setting in ("auto", "torch"):
+        run_dir = tmp_path / setting
+        result = run_launcher("+plan=zero2", f"model.sdpa_backend={setting}", f"run.dir={run_dir}", *JOB)
+        losses[setting] = [m["loss"] for m in trained(result, run_dir)]
+        log = (run_dir / "logs" / "rank0.log").read_text()
+        if setting == "auto":
+            line = next(x for x in log.splitlines() if "attention: " in x)
+            print(line)
+            assert "forward+backward at micro 4 x" in line and "cuDNN first" in line and "torch's order" in line
+        else:
+            assert "attention: " not in log
+    assert all(abs(a - b) / b < 2e-2 for a, b in zip(losses["auto"][:4], losses["torch"][:4])), losses

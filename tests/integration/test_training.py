@@ -65,6 +65,18 @@ def test_zero3_whole_layer_fetch_trains_like_per_module_fetch(trained_run):
     assert "ZeRO-3 fetches whole layers" not in (run_dir / "logs" / "rank0.log").read_text()
 
 
+def test_a_chosen_sdpa_kernel_goes_first_on_every_rank_and_trains_the_same_losses(trained_run):
+    """model.sdpa_backend=math puts torch's math kernel ahead of the fused CPU one on both ranks: another kernel for
+    the same attention, so the default run's losses and gradient norms (on a CPU, `auto` measures nothing)."""
+    default = assert_trained(*trained_run("+plan=zero2", *STEPS))
+    result, run_dir = trained_run("+plan=zero2", "model.sdpa_backend=math", *STEPS)
+    for a, b in zip(assert_trained(result, run_dir), default):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+    for rank in (0, 1):
+        assert "attention: SDPA tries math first" in (run_dir / "logs" / f"rank{rank}.log").read_text()
+    assert "attention: " not in (trained_run("+plan=zero2", *STEPS)[1] / "logs" / "rank0.log").read_text()
+
+
 def test_profile_steps_write_a_trace_and_top_operators_per_rank(trained_run):
     result, run_dir = trained_run(*PER_MODULE)
     assert "profile of steps 3-4:" in result.stdout and "s of host time (no GPU)" in result.stdout
