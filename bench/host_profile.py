@@ -2,7 +2,7 @@
 bench/perf.py at micro 4, profiled over three steps (train.profile_steps), then the same with Python frames
 (LAUNCHER_PROFILE_WITH_STACK=1), then the job with +plan=auto at 32 sequences per GPU, profiled too. Prints each
 row's tokens/s and MFU (their medians include the profiled steps: a profile's figures, not a benchmark's), the
-top operators and where the GPU idles (bench/trace_gaps.py), and copies them to --out.
+top operators, where the GPU idles and what it runs by kernel kind (bench/trace_gaps.py), and copies them to --out.
 
 On a lent GPU machine, from the project root:  source .device/setup.sh && python3 bench/host_profile.py --out DIR
 """
@@ -21,7 +21,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.perf import GPU_SPEC, Bench, run_tree, tail  # noqa: E402
-from bench.trace_gaps import gap_report, load_events  # noqa: E402
+from bench.trace_gaps import gap_report, kernel_report, load_events  # noqa: E402
+
+
+ROWS = ("zero2-micro4-profiled", "zero2-micro4-with-stack", "auto-global32")
 
 
 def run(bench: Bench, name: str, overrides: list[str], steps: int, out: Path, stack: bool = False) -> None:
@@ -54,7 +57,8 @@ def run(bench: Bench, name: str, overrides: list[str], steps: int, out: Path, st
         shutil.copy(table, out / f"{name}-{table.name}")
         print(table.read_text()[:6000])
     for trace in (run_dir / "profile").glob("rank0-*.json.gz") if (run_dir / "profile").exists() else []:
-        report = gap_report(load_events(trace))
+        events = load_events(trace)
+        report = gap_report(events) + "\n" + kernel_report(events)
         (out / f"{name}-gaps.txt").write_text(report + "\n")
         print(report, flush=True)
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -63,16 +67,21 @@ def run(bench: Bench, name: str, overrides: list[str], steps: int, out: Path, st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
     args = parser.parse_args()
+    rows = args.rows.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-host-"))
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     bench = Bench(dataclasses.replace(GPU_SPEC, steps=10), False, work, 1, 300, env)
     bench.write_data(rows=64)
-    run(bench, "zero2-micro4-profiled", ["+plan=zero2", "train.profile_steps=6-8"], 10, args.out)
-    run(bench, "zero2-micro4-with-stack", ["+plan=zero2", "train.profile_steps=6-7"], 8, args.out, stack=True)
-    run(bench, "auto-global32", ["+plan=auto", "train.micro_batch_size=auto", "train.global_batch_size=32",
-                                 "train.profile_steps=6-7"], 10, args.out)
+    if "zero2-micro4-profiled" in rows:
+        run(bench, "zero2-micro4-profiled", ["+plan=zero2", "train.profile_steps=6-8"], 10, args.out)
+    if "zero2-micro4-with-stack" in rows:
+        run(bench, "zero2-micro4-with-stack", ["+plan=zero2", "train.profile_steps=6-7"], 8, args.out, stack=True)
+    if "auto-global32" in rows:
+        run(bench, "auto-global32", ["+plan=auto", "train.micro_batch_size=auto", "train.global_batch_size=32",
+                                     "train.profile_steps=6-7"], 10, args.out)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -4,6 +4,7 @@ A GPU is idle wherever none of its kernels, copies or sets runs. Each idle stret
 rank's training thread was doing then: the loop phase (the `launcher: <phase>` ranges of launcher/train/loop.py)
 and the outermost operator running on that thread (`aten::...`, a liger kernel's autograd function, a DeepSpeed
 range); a gap with no operator running is Python between operators (module hooks, DeepSpeed's bookkeeping).
+Then what the GPU runs while busy, by kernel kind (matmul, attention, liger's Triton kernels, optimizer, copies).
 
     python bench/trace_gaps.py <run dir>/profile/rank0-steps6-8.json.gz [--min-gap-us 5]
 """
@@ -13,6 +14,7 @@ import argparse
 import bisect
 import gzip
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -184,12 +186,55 @@ def gap_report(events: list[dict], min_gap_us: float = 5.0, top: int = 15) -> st
     return "\n".join(lines)
 
 
+KERNEL_KINDS = (  # first match wins: attention and optimizer kernels can carry gemm-like names
+    ("attention", re.compile(r"flash|fmha|sdpa|attention|cudnn", re.I)),  # cuDNN: its SDPA kernels
+    ("optimizer", re.compile(r"multi_tensor|adam|foreach", re.I)),
+    ("liger / Triton", re.compile(r"liger|rms_norm|swiglu|rope|cross_entropy|triton", re.I)),
+    ("matmul", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|matmul|splitk", re.I)),
+)
+
+
+def kernel_kind(event: dict) -> str:
+    """A GPU event's kind for kernel_report: one of KERNEL_KINDS, 'copy / set' or 'other' (elementwise, reductions)."""
+    if event.get("cat") in ("gpu_memcpy", "gpu_memset"):
+        return "copy / set"
+    return next((kind for kind, pattern in KERNEL_KINDS if pattern.search(event["name"])), "other")
+
+
+def kernel_report(events: list[dict], top: int = 8) -> str:
+    """What the GPU runs while busy, by kind: where a step's time goes once the host no longer holds it up, and so
+    which lever is left (faster matmuls, fewer small kernels). Times are summed per kernel within the loop's phases."""
+    phases = [e for e in events if e.get("cat") == "user_annotation" and e["name"].startswith(PHASE_PREFIX)]
+    if not phases:
+        return "no `launcher: ` phase ranges in this trace"
+    lo, hi = min(e["ts"] for e in phases), max(e["ts"] + e["dur"] for e in phases)
+    by_kind: dict[str, float] = defaultdict(float)
+    other: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.get("cat") in GPU_CATS and lo <= e["ts"] < hi:
+            kind = kernel_kind(e)
+            by_kind[kind] += e["dur"]
+            if kind == "other":
+                other[e["name"]] += e["dur"]
+    total = sum(by_kind.values())
+    lines = [f"GPU time by kernel kind (window {(hi - lo) / 1e3:.1f} ms, kernels {total / 1e3:.1f} ms):"]
+    for kind, us in sorted(by_kind.items(), key=lambda kv: kv[1], reverse=True):
+        lines.append(f"  {kind:<15} {us / 1e3:8.1f} ms  {us / total:6.1%} of kernel time, {us / (hi - lo):6.1%} of window")
+    if other:
+        lines.append(f"'other' kernels (top {top}):")
+        for name, us in sorted(other.items(), key=lambda kv: kv[1], reverse=True)[:top]:
+            lines.append(f"  {us / 1e3:8.2f} ms  {name[:110]}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trace", type=Path)
     parser.add_argument("--min-gap-us", type=float, default=5.0)
     args = parser.parse_args(argv)
-    print(gap_report(load_events(args.trace), args.min_gap_us))
+    events = load_events(args.trace)
+    print(gap_report(events, args.min_gap_us))
+    print(kernel_report(events))
     return 0
 
 

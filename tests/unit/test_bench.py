@@ -168,3 +168,31 @@ def test_trace_gaps_puts_each_idle_stretch_down_to_the_phase_and_the_thread_that
     assert "gloo thread" not in report  # a thread beside the step is not what the GPU waits for
     frames = report.split("innermost Python")[1]
     assert "20.00 ms  stage_1_and_2.py(900): reduce_ready_partitions" in frames and "20.00 ms  (no Python frame)" in frames
+
+
+def test_kernel_report_splits_the_gpus_busy_time_by_kernel_kind_within_the_loops_phases():
+    """Matmuls (cuBLAS, CUTLASS names), attention, liger's Triton kernels, the optimizer, copies and the rest; a
+    kernel outside the loop's phases (a save, the profiler's warm-up) is not counted."""
+    from bench.trace_gaps import kernel_report
+
+    def x(cat, name, ms, dur):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ms * 1000, "dur": dur * 1000, "pid": 7, "tid": 99}
+
+    events = [x("user_annotation", "launcher: forward", 0, 50), x("user_annotation", "launcher: optimizer step", 50, 50),
+              x("kernel", "nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT", 0, 30),
+              x("kernel", "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", 30, 10),
+              x("kernel", "pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128>>", 40, 5),
+              x("kernel", "_rms_norm_forward_kernel", 45, 2),
+              x("kernel", "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", 50, 20),
+              x("gpu_memcpy", "Memcpy DtoD (Device -> Device)", 70, 3),
+              x("kernel", "void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add<float>>", 73, 10),
+              x("kernel", "gemm outside the window", 120, 50)]
+    report = kernel_report(events)
+    import re
+
+    shares = {m.group(1): float(m.group(2)) for m in
+              (re.match(r"  (\S.*?)\s+([\d.]+) ms ", line) for line in report.splitlines()[1:7])}
+    assert report.startswith("GPU time by kernel kind (window 100.0 ms, kernels 80.0 ms):")
+    assert shares == {"matmul": 40.0, "optimizer": 20.0, "other": 10.0, "attention": 5.0, "copy / set": 3.0,
+                      "liger / Triton": 2.0}
+    assert "10.00 ms  void at::native::vectorized_elementwise_kernel" in report.split("'other' kernels")[1]
