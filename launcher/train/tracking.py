@@ -69,6 +69,9 @@ def _start(plan: Plan, run_dir: Path, mode: str) -> Any:
 
     run_id = f"{plan.run_name}-{hashlib.sha1(str(run_dir).encode()).hexdigest()[:8]}"
     try:
+        # The process-wide settings carry the mode too: wandb's usage analytics read them, not the run's, and in the
+        # default online mode an offline run would still probe W&B's servers (10 s to time out on a closed network).
+        wandb.setup(settings=wandb.Settings(mode=mode))
         return wandb.init(
             project=plan.wandb_project, entity=plan.wandb_entity or None, name=plan.run_name, id=run_id,
             resume="allow", dir=str(run_dir), mode=mode, config={"plan": plan.to_dict()},

@@ -53,6 +53,26 @@ def test_unreachable_wandb_trains_offline_with_one_line_and_no_secret_lands_in_a
     assert "MY_API_KEY: <hidden>" in (run_dir / "resolved.yaml").read_text()
 
 
+def test_an_offline_run_never_contacts_the_wandb_server(tmp_path):
+    """logging.wandb.mode=offline with no WANDB_MODE in the environment: wandb's own usage analytics read the
+    process-wide mode, not the run's, and would probe the server at exit. The server here is a socket that counts
+    the connections it is offered."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.setblocking(False)
+    env = {**launcher_env(), "WANDB_BASE_URL": f"http://127.0.0.1:{server.getsockname()[1]}"}
+    env.pop("WANDB_MODE")
+    try:
+        result = run_launcher(f"run.dir={tmp_path / 'run'}", "train.max_steps=2", "logging.wandb.mode=offline", env=env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "Weights & Biases: offline run in" in result.stdout
+        with pytest.raises(BlockingIOError):
+            server.accept()[0].close()  # a connection offered would be waiting here
+    finally:
+        server.close()
+
+
 def test_hub_id_missing_from_an_empty_offline_cache_is_refused_in_seconds_before_any_rank(tmp_path):
     env = {**launcher_env(), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     run_dir = tmp_path / "run"
