@@ -6,6 +6,7 @@ import sys
 import traceback
 
 from launcher.errors import LauncherError, report
+from launcher.interrupts import stop_on_term_and_hangup, stopped
 
 HYDRA_FLAGS = ("--cfg", "-c", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--resolve", "--package", "-p")
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return passthrough(overrides)
     debug = os.environ.get("LAUNCHER_DEBUG") == "1" or debug_requested(overrides)
+    stop_on_term_and_hangup()
     try:
         from omegaconf import OmegaConf
 
@@ -66,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         return report(err, debug)
-    except KeyboardInterrupt:  # before the job started (planning, preflight) or after it (plots): nothing to save
-        print("\nstopped (Ctrl-C)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # before the job started (planning, preflight) or after it (plots): nothing to save
+        return stopped(err)
 
 
 if __name__ == "__main__":

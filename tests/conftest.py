@@ -66,16 +66,21 @@ def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
 
 
-def start_launcher(*overrides: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
+def start_launcher(*overrides: str, env: dict[str, str] | None = None, log: Path | None = None,
+                   nohup: bool = False) -> subprocess.Popen:
     """`python -m launcher` in the background, in its own session, output to `log`, with Ctrl-C's signal as a
     terminal's foreground job has it: a test suite started in the background by a shell (`pytest &`) ignores SIGINT,
-    every child inherits that, and Python then installs no KeyboardInterrupt for it."""
+    every child inherits that, and Python then installs no KeyboardInterrupt for it. `nohup`: SIGHUP ignored, as
+    `nohup python -m launcher ...` starts it."""
     import signal
+
+    def signals() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if nohup else signal.SIG_DFL)
 
     out = open(log, "w") if log else subprocess.DEVNULL
     return subprocess.Popen([sys.executable, "-m", "launcher", *overrides], cwd=REPO, env=env or launcher_env(),
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=signals)
 
 
 def kill_tree(proc: subprocess.Popen, signum: int = 9) -> None:

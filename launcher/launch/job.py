@@ -175,7 +175,7 @@ def _plots(run_dir: Path) -> None:
         try:
             report.plot(run_dir, report.read_metrics(run_dir))
         except KeyboardInterrupt:
-            print(f"plots skipped (Ctrl-C); python -m launcher.report {run_dir} draws them", file=sys.stderr)
+            print(f"plots skipped (stopped); python -m launcher.report {run_dir} draws them", file=sys.stderr)
 
 
 def check_host_fits(plan: Plan, hw: Hardware) -> None:

@@ -7,7 +7,8 @@ one host the ranks (the leaf processes) get the signal themselves, once: torchru
 allocation) the request travels through the run dir's lease (launcher.lease), which every rank reads: DeepSpeed's
 runner is not signalled either, for the same reason. A second signal stops everything at once: the lease says
 abort (the ranks on every host exit within a second) and every local process of the job gets SIGKILL. SIGHUP (the
-terminal closed) does the same without a word: nobody is left to read one.
+terminal closed) does the same without a word: nobody is left to read one; under `nohup`, which ignores SIGHUP, the
+job goes on.
 
 The engine's stderr (torchrun's and DeepSpeed's messages, rank 0's warnings and tracebacks) goes to a log file in the
 run dir, so the console shows the progress and the launcher's own lines only; the supervisor names that file.
@@ -120,7 +121,9 @@ def run(spec: LaunchSpec, inherited: dict[str, str], control: StopControl | None
     def forward(signum: int, _frame: FrameType | None) -> None:
         _send([proc.pid], signum)
 
-    handlers = {**{s: stop for s in STOPS}, signal.SIGHUP: hang_up, **{s: forward for s in TO_LAUNCHER}}
+    # under nohup (SIGHUP ignored) a closed terminal must not stop the job: the ignore is kept
+    hup = {} if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else {signal.SIGHUP: hang_up}
+    handlers = {**{s: stop for s in STOPS}, **hup, **{s: forward for s in TO_LAUNCHER}}
     previous = {s: signal.signal(s, h) for s, h in handlers.items()}
     try:
         while True:

@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 
 from launcher.errors import LauncherError, report
+from launcher.interrupts import stop_on_term_and_hangup, stopped
 from launcher.rundir import dry_run_dir
 
 
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
     environ = dict(os.environ)
     debug = environ.get("LAUNCHER_DEBUG") == "1"
+    stop_on_term_and_hangup()
     try:
         if "--peak" in overrides:
             from launcher.preflight import peak
@@ -38,9 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         return report(err, debug, how="LAUNCHER_DEBUG=1")
-    except KeyboardInterrupt:
-        print("\nstopped (Ctrl-C)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        return stopped(err)
     print_table(rows)
     path = write_json(dry_run_dir(run_dir), rows, extra)  # never over a running or finished run's preflight.json
     print(summary_line(rows, mode) + f"; {path}")

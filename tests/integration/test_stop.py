@@ -82,6 +82,39 @@ def test_second_ctrl_c_stops_everything_within_seconds_without_waiting_for_the_s
     assert not job_processes(run_dir)
 
 
+def hang_up(proc: subprocess.Popen) -> None:
+    """What closing the terminal sends: SIGHUP to the launcher's process group (the engine has a session of its own)."""
+    os.killpg(os.getpgid(proc.pid), signal.SIGHUP)
+
+
+def test_closed_terminal_stops_the_job_at_once_and_a_rerun_resumes_exactly(tmp_path, uninterrupted):
+    """SIGHUP: nobody is left to wait for a save, so everything stops within seconds (exit 129) and the run dir is
+    free; the same command resumes from the newest complete checkpoint."""
+    run_dir = tmp_path / "run"
+    proc = start_launcher(f"run.dir={run_dir}", *JOB, log=tmp_path / "first.log")
+    wait_for(lambda: (run_dir / "checkpoints" / "global_step4" / "complete.json").exists() and
+             last_step(run_dir) >= 6, proc)
+    t0 = time.monotonic()
+    hang_up(proc)
+    assert proc.wait(timeout=30) == 129 and time.monotonic() - t0 < 10
+    assert not job_processes(run_dir) and not (run_dir / LEASE_FILE).exists()
+    again = run_launcher(f"run.dir={run_dir}", *JOB)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from global step" in again.stdout
+    assert [m["loss"] for m in read_metrics(run_dir)] == uninterrupted
+
+
+def test_under_nohup_a_closed_terminal_leaves_the_job_running(tmp_path, uninterrupted):
+    """`nohup python -m launcher ...` ignores SIGHUP: the launcher keeps it ignored, so the job trains to the end."""
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    proc = start_launcher(f"run.dir={run_dir}", *JOB, log=log, nohup=True)
+    wait_for(lambda: last_step(run_dir) >= 3, proc)
+    hang_up(proc)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert [m["loss"] for m in read_metrics(run_dir)] == uninterrupted
+    assert_clean_console(log.read_text())
+
+
 def test_launcher_killed_alone_takes_its_job_with_it_and_a_rerun_takes_over_and_resumes(tmp_path, uninterrupted):
     """SIGKILL to the launcher only (the OOM killer, a closed SSH session): torchrun and the ranks live in a session
     of their own, and stop by themselves when they see the launcher gone."""
@@ -156,4 +189,21 @@ def test_ctrl_c_during_preflight_is_one_line_and_leaves_nothing_behind(tmp_path)
     assert proc.wait(timeout=60) == 130
     text = log.read_text()
     assert text.rstrip().endswith("stopped (Ctrl-C)") and "Traceback" not in text
+    assert not job_processes(run_dir) and not (run_dir / LEASE_FILE).exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_a_closed_terminal_during_preflight_leave_nothing_behind(tmp_path, signum):
+    """Before any rank starts, SIGTERM (a `kill`, a scheduler) and SIGHUP (the terminal closed) stop the launcher as
+    Ctrl-C does: the check's processes, in a session of their own, go too, and the run dir is free. SIGTERM says so
+    in one line (exit 143); SIGHUP says nothing, nobody is left to read it (exit 129)."""
+    run_dir, log, collective = tmp_path / "run", tmp_path / "run.log", tmp_path / "run" / "preflight" / "collective.log"
+    env = {**launcher_env(), "LAUNCHER_PREFLIGHT_NEVER_JOIN": "1", "LAUNCHER_PREFLIGHT_TIMEOUT_S": "300"}
+    proc = start_launcher(f"run.dir={run_dir}", *JOB, "preflight=full", log=log, env=env)
+    assert wait_for(lambda: collective.exists() and "PREFLIGHT_JOINING 0" in collective.read_text(), proc)
+    os.killpg(os.getpgid(proc.pid), signum)
+    assert proc.wait(timeout=60) == 128 + signum
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert text.rstrip().endswith("stopped (SIGTERM)") if signum == signal.SIGTERM else "stopped" not in text
     assert not job_processes(run_dir) and not (run_dir / LEASE_FILE).exists()
