@@ -91,15 +91,19 @@ def apply_sdpa_backend(setting: str, plan: Any, config: Any, device: torch.devic
     if skip:
         return "torch"
     shape = attention_shape(config, plan.micro_batch_size, plan.train.seq_len, plan.tp * plan.sp)
+    failure = ""
     try:
         times, agrees = measure(shape, device)
-    except torch.cuda.OutOfMemoryError:
-        times, agrees = {}, False
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as err:  # a kernel that cannot run here: keep torch's order
+        times, agrees, failure = {}, False, _first_line(err)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     choice = _agree_across_ranks(choose(times, agrees) if times else "torch", device)
     if choice == "cudnn":
         _hold(backend_order("cudnn"))
-    log.info(f"attention: {'cuDNN first' if choice == 'cudnn' else 'torch order (flash first)'} "
-             f"({_describe(times, agrees, shape)}; model.sdpa_backend=auto)")
+    log.info(f"attention: {'cuDNN first' if choice == 'cudnn' else 'torch order'} "
+             f"({_describe(times, agrees, shape, failure)}; model.sdpa_backend=auto)")
     return choice
 
 
@@ -115,8 +119,6 @@ def measure(shape: AttentionShape, device: torch.device) -> tuple[dict[str, floa
         with ctx:
             times[name], results[name] = _time(lambda: _step(q, k, v, grad, shape), device)
     del q, k, v, grad
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return times, all(_close(a, b) for a, b in zip(results["cudnn"], results["torch"]))
 
 
@@ -181,9 +183,14 @@ def _hold(order: list[Any]) -> None:
     _held.append(ctx)
 
 
-def _describe(times: dict[str, float], agrees: bool, shape: AttentionShape) -> str:
+def _describe(times: dict[str, float], agrees: bool, shape: AttentionShape, failure: str = "") -> str:
     if not times:
-        return f"not measured: out of memory at {shape}"
+        return f"not measured at {shape}: {failure}"
     ms = {k: f"{v * 1e3:.2f} ms" for k, v in times.items()}
     agree = "" if agrees else "; cuDNN's results differ, so it is not used"
     return f"forward+backward at {shape}: cuDNN first {ms['cudnn']}, torch's order {ms['torch']}{agree}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:160]}" if text else type(err).__name__

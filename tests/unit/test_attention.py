@@ -85,3 +85,46 @@ def test_an_explicit_backend_sets_the_processes_priority(monkeypatch):
         while attention._held:
             attention._held.pop().__exit__(None, None, None)
     assert torch._C._get_sdp_priority_order() == before
+
+
+def job(**kw):
+    return SimpleNamespace(accelerator="cuda", model=SimpleNamespace(attn_implementation="sdpa"),
+                           data=SimpleNamespace(packing=False), micro_batch_size=2, train=SimpleNamespace(seq_len=64),
+                           tp=1, sp=1, **kw)
+
+
+CONFIG = SimpleNamespace(num_attention_heads=4, num_key_value_heads=2, hidden_size=64)
+
+
+def test_auto_measures_both_orders_and_sets_what_it_chose(caplog):
+    """The whole auto path on the CPU's kernels (one process, no process group). Both orders run the same CPU kernel,
+    so which wins is timing noise: what is checked is that the log line gives both times and that the priority set
+    is the one chosen."""
+    before = torch._C._get_sdp_priority_order()
+    try:
+        with caplog.at_level("INFO", logger="launcher"):
+            choice = attention.apply_sdpa_backend("auto", job(), CONFIG, torch.device("cpu"))
+        line = caplog.messages[-1]
+        assert line.startswith(f"attention: {'cuDNN first' if choice == 'cudnn' else 'torch order'} (forward+backward "
+                               "at micro 2 x 4 heads (2 kv) x 64 tokens x 16: cuDNN first ")
+        assert "torch's order" in line and "differ" not in line
+        first = torch._C._get_sdp_priority_order()[0]
+        assert first == int(SDPBackend.CUDNN_ATTENTION) if choice == "cudnn" else torch._C._get_sdp_priority_order() == before
+    finally:
+        while attention._held:
+            attention._held.pop().__exit__(None, None, None)
+    assert torch._C._get_sdp_priority_order() == before
+
+
+def test_a_kernel_that_fails_during_the_measurement_leaves_torchs_order_and_the_rank_running(monkeypatch, caplog):
+    """cuDNN raising for a shape it claims (a frontend error) must not end the rank at its start."""
+    def failing(shape, device):
+        raise RuntimeError("cuDNN Frontend error: No valid execution plans built.\nmore")
+
+    monkeypatch.setattr(attention, "measure", failing)
+    before = torch._C._get_sdp_priority_order()
+    with caplog.at_level("INFO", logger="launcher"):
+        assert attention.apply_sdpa_backend("auto", job(), CONFIG, torch.device("cpu")) == "torch"
+    assert torch._C._get_sdp_priority_order() == before
+    assert "not measured at micro 2 x 4 heads (2 kv) x 64 tokens x 16: RuntimeError: cuDNN Frontend error: No valid " \
+           "execution plans built." in caplog.messages[-1]
