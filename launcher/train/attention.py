@@ -1,12 +1,13 @@
 """Which kernel serves `scaled_dot_product_attention` in a rank (model.sdpa_backend).
 
-torch picks an SDPA kernel by a fixed priority: flash, memory-efficient, math, then cuDNN. On Hopper, cuDNN's fused
-attention runs the training shapes of a Llama-style model well faster than the flash kernel torch ships, at the same
-accuracy; on Ampere and on consumer Blackwell (GB10 is sm_121) it is slower (transformers PR 48163's table of six
-GPUs). So no fixed rule fits every card this launcher runs on, and `auto` measures instead: each rank times a forward
-and backward of the job's own attention shape under torch's order and with cuDNN first, checks that both give the
-same output and gradients, and cuDNN goes first only where every rank found it clearly faster. A backend that cannot
-serve a call (a mask, a head size) still falls back in torch's order, so the choice changes speed, never results.
+torch tries its SDPA kernels in the order it reports (flash, memory-efficient, math, then cuDNN), though a build may
+prefer cuDNN for some shapes on its own (torch 2.11 on an H100 ran cuDNN's kernels at head size 128). Which kernel is
+fastest depends on the card and the shape: cuDNN's wins on Hopper and loses on Ampere and consumer Blackwell (GB10 is
+sm_121; transformers PR 48163's table of six GPUs), and the winner flips with the head size. So no fixed rule fits
+every card this launcher runs on, and `auto` measures instead: each rank times a forward and backward of the job's
+own attention shape under torch's order and with cuDNN first, checks that both give the same output and gradients,
+and cuDNN goes first only where every rank found it clearly faster. A call the first kernel cannot serve (a mask, a
+head size) still falls back in torch's order, so the choice changes speed and rounding, never the math.
 """
 from __future__ import annotations
 
