@@ -8,7 +8,11 @@ import sys
 import time
 from types import FrameType
 
-SAME_EVENT_S = 1.0  # Slurm and process-group kills deliver one event to a rank twice (directly and via torchrun)
+# One stop reaches a rank more than once: Slurm signals every process of a step, so the rank gets it directly and again
+# through its parent (torchrun, the script entry that forwards signals), and on a loaded node the copies arrived more
+# than a second apart (the rank then took its own copy for a second signal and exited without saving). A repeat within
+# this window is the same stop; a real second stop is the launcher's (a lease abort and SIGKILL), not a signal here.
+SAME_EVENT_S = 10.0
 
 
 class PreemptionFlag:
