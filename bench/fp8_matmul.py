@@ -49,7 +49,8 @@ def main() -> None:
         print(f"| {name} | {k} x {n} | {flops / bf16 / 1e12:,.0f} | {flops / fp8 / 1e12:,.0f} | {bf16 / fp8:.2f}x "
               f"| {cast * 1e3:.2f} | {bf16 * 1e3:.2f} | {fp8 * 1e3:.2f} |")
     print(f"all four (once each): bf16 {total['bf16'] * 1e3:.2f} ms, fp8 {total['fp8'] * 1e3:.2f} ms "
-          f"({total['bf16'] / total['fp8']:.2f}x), fp8 with unfused casts {(total['fp8'] + total['cast']) * 1e3:.2f} ms "
+          f"({total['bf16'] / total['fp8']:.2f}x), "
+          f"fp8 with unfused casts {(total['fp8'] + total['cast']) * 1e3:.2f} ms "
           f"({total['bf16'] / (total['fp8'] + total['cast']):.2f}x)")
 
 

@@ -183,7 +183,8 @@ class Bench:
 
     def _run_notes(self, name: str, run_dir: Path) -> list[str]:
         """What the run dir says of a launcher row: its batch and plan (plan.json; why +plan=auto chose it goes
-        below the table), liger's kernels, the SDPA kernel model.sdpa_backend chose, rank 0's start-up, the checkpoint save."""
+        below the table), liger's kernels, the SDPA kernel model.sdpa_backend chose, rank 0's start-up, the checkpoint
+        save."""
         plan = json.loads((run_dir / "plan.json").read_text())
         if plan.get("auto_reason"):
             note = plan.get("micro_batch_note") or "given"

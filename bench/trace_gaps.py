@@ -219,7 +219,8 @@ def kernel_report(events: list[dict], top: int = 8) -> str:
     total = sum(by_kind.values())
     lines = [f"GPU time by kernel kind (window {(hi - lo) / 1e3:.1f} ms, kernels {total / 1e3:.1f} ms):"]
     for kind, us in sorted(by_kind.items(), key=lambda kv: kv[1], reverse=True):
-        lines.append(f"  {kind:<15} {us / 1e3:8.1f} ms  {us / total:6.1%} of kernel time, {us / (hi - lo):6.1%} of window")
+        lines.append(f"  {kind:<15} {us / 1e3:8.1f} ms  {us / total:6.1%} of kernel time, "
+                     f"{us / (hi - lo):6.1%} of window")
     if other:
         lines.append(f"'other' kernels (top {top}):")
         for name, us in sorted(other.items(), key=lambda kv: kv[1], reverse=True)[:top]:
