@@ -1,7 +1,10 @@
 """`+plan=auto` picks the fastest plan that fits; a plan that does not fit is told which plans, methods, micro batch
 sizes or how many GPUs would. Pure: candidate configs are resolved by the `evaluate` function plan.resolve passes in.
 
-Expected speed is an order, not a model: ddp, zero1, zero2, zero3 (more sharding, more traffic), then the same with
+Expected speed: with train.micro_batch_size=auto (the default), the plans without checkpointing, ddp and ZeRO-1/2/3,
+each at the largest micro batch it fits, are ranked together by launcher/plan/micro_batch.speed (a stage's relative
+speed measured on H100s times the share of a micro step that is compute, so ZeRO-2 at micro 8 beats DDP at micro 2).
+With a given micro batch, or when none of those fits, an order decides: ddp, zero1, zero2, zero3, then the same with
 gradient checkpointing (one more forward pass), then tensor or pipeline parallel (traffic per layer, or a pipeline
 bubble; they also split the activations), and CPU offload (the optimizer step runs on the CPU). Ulysses sequence
 parallel (plan.sp) comes only after all of them: it is for a sequence whose activations fit no other plan, and it costs
