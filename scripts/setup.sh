@@ -53,4 +53,9 @@ if [ "${1:-}" = "--test" ]; then
   extras="[test]"
 fi
 "$VPY" -m pip install -q -e ".${extras}"
+if [ -n "$extras" ] && [ ! -d "$VENV/extras/torchao" ]; then
+  # torchao for tests/unit/test_fp8.py, kept out of the environment the ranks import: with torchao installed,
+  # transformers imports it in every rank (~1.7 s each), train.precision=fp8 or not
+  "$VPY" -m pip install -q --no-deps --target "$VENV/extras" "torchao==0.18.0"
+fi
 "$VPY" -c "import torch, deepspeed, transformers, hydra; print(f'set-up done in $VENV: torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}')"

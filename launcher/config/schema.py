@@ -180,7 +180,9 @@ class TrainConfig:
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip: float = 1.0
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    # auto | bf16 | fp16 | fp32 | fp8 (bf16 with the large linear layers' matmuls in float8 through torchao: full
+    # fine-tuning on GPUs of compute capability 8.9+, launcher/train/fp8.py)
+    precision: str = "auto"
     gradient_checkpointing: bool = False
     # DeepSpeed's tiled MLP (long sequences: the MLP's activations of one slice at a time, for a second MLP forward):
     # auto = on CUDA when a rank holds long enough rows (plan/memory.py: tiled_mlp_applies) | on | off
@@ -205,7 +207,7 @@ class TrainConfig:
             positive(f"train.{name}", getattr(self, name), allow_zero=True)
         if self.max_steps == 0 and self.epochs == 0:
             raise LauncherError("train.max_steps", 0, "set train.max_steps to a positive number or train.epochs")
-        choice("train.precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
+        choice("train.precision", self.precision, ("auto", "bf16", "fp16", "fp32", "fp8"))
         choice("train.tiled_mlp", self.tiled_mlp, ("auto", "on", "off"))
         choice("train.nonfinite", self.nonfinite, ("stop", "skip"))
         self.profile_steps = str(self.profile_steps).strip()

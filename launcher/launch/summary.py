@@ -28,7 +28,7 @@ def summary_lines(plan: Plan, spec: LaunchSpec, resume: Checkpoint | None, scrip
         f"plan       {plan.plan_name}: ZeRO-{plan.zero_stage} dp={plan.dp} tp={plan.tp} pp={plan.pp}"
         f"{f' sp={plan.sp}' if plan.sp > 1 else ''}"
         f"{' offload(opt)' if plan.offload_optimizer else ''}{' offload(params)' if plan.offload_params else ''}, "
-        f"{plan.precision}",
+        f"{plan.precision}{' + fp8 matmuls' if plan.fp8 else ''}",
         f"model      {model}",
         *data,
         f"batch      global {plan.global_batch_size} = micro {plan.micro_batch_size} x dp {plan.dp} x accum "
@@ -95,7 +95,8 @@ def plan_table(plan: Plan) -> list[str]:
     lines = [
         f"plan table ({plan.plan_name}, estimated per {per})",
         f"  degrees            world {plan.world_size} = dp {plan.dp} x tp {plan.tp} x pp {plan.pp}"
-        f"{f' x sp {plan.sp}' if plan.sp > 1 else ''}; {stage}; offload {offload}; {plan.precision}",
+        f"{f' x sp {plan.sp}' if plan.sp > 1 else ''}; {stage}; offload {offload}; {plan.precision}"
+        f"{' + fp8 matmuls' if plan.fp8 else ''}",
         f"  batch              global {plan.global_batch_size} = micro {plan.micro_batch_size} x dp {plan.dp} x accum "
         f"{plan.grad_accum}; seq {t.seq_len} = {plan.micro_batch_size * t.seq_len:,} tokens per micro batch"
         f"{'; micro batch ' + plan.micro_batch_note if plan.micro_batch_note else ''}",

@@ -4,6 +4,8 @@ given in plan.deepspeed that the plan owns. Pure: they
 read the config only (launcher.plan.resolve.resolve calls them)."""
 from __future__ import annotations
 
+from typing import Any
+
 from launcher.config.schema import LauncherConfig
 from launcher.errors import LauncherError
 
@@ -129,6 +131,43 @@ def check_method(cfg: LauncherConfig, accelerator: str) -> None:
     if p.compile == "torch" and p.pp > 1:
         raise LauncherError("plan.compile", "torch", "use plan.compile=off with pipeline parallelism",
                             problem="the pipeline engine runs its stages' modules itself, outside a compiled model")
+
+
+def check_fp8(cfg: LauncherConfig, accelerator: str, hw_arch: str, local: bool) -> None:
+    """train.precision=fp8 (launcher/train/fp8.py) where it has been measured: full fine-tuning of the launcher's own
+    model, data parallel with ZeRO 0-2, on GPUs with FP8 tensor cores. `hw_arch` is this machine's compute capability,
+    checked when the ranks run here (`local`); each rank checks its own GPU as well."""
+    if cfg.train.precision != "fp8":
+        return
+    field, value, fix, problem = _fp8_conflict(cfg, accelerator, hw_arch, local)
+    if field:
+        raise LauncherError(field, value, fix, problem=problem)
+
+
+def _fp8_conflict(cfg: LauncherConfig, accelerator: str, hw_arch: str, local: bool) -> tuple[str, Any, str, str]:
+    p = cfg.plan
+    bf16 = "or use train.precision=bf16"
+    if accelerator != "cuda":
+        return "train.precision", "fp8", "use train.precision=bf16 or fp32", "FP8 matmuls need a CUDA GPU"
+    if local and hw_arch and tuple(int(x) for x in hw_arch.split(".")[:2]) < (8, 9):
+        return ("train.precision", "fp8", "use train.precision=bf16 on this GPU",
+                f"FP8 tensor cores come with compute capability 8.9 (Ada, Hopper, Blackwell); this GPU is {hw_arch}")
+    if cfg.script or cfg.script_module:
+        return ("train.precision", "fp8", "convert the model in the script (torchao.float8) and use "
+                "train.precision=bf16", "a script builds its own model, which the launcher does not convert")
+    if cfg.method.name != "full":
+        return ("method", cfg.method.name, f"use method=full with train.precision=fp8, {bf16}",
+                "FP8 here converts trainable layers; LoRA's frozen base layers would still compute their weight "
+                "gradients in FP8, which has not been measured to gain")
+    if p.tp > 1 or p.pp > 1 or p.sp > 1:
+        return ("plan.tp" if p.tp > 1 else "plan.pp" if p.pp > 1 else "plan.sp", max(p.tp, p.pp, p.sp),
+                f"use a data-parallel plan (ddp, zero1, zero2) with train.precision=fp8, {bf16}",
+                "FP8 layers under tensor, pipeline or sequence parallelism have not been measured here")
+    if p.zero_stage == 3:
+        return ("plan.zero_stage", 3, f"use +plan=zero2 (or ddp, zero1, their offload) with train.precision=fp8, "
+                f"{bf16}", "ZeRO-3 gathers each weight in hooks around the layer that FP8 compiles; that pairing "
+                "has not been measured here")
+    return "", None, "", ""
 
 
 # Keys of ds_config.json that the plan owns: set through these fields so that the plan, the memory estimate and

@@ -16,7 +16,7 @@ from launcher.plan.hardware import Hardware
 from launcher.config.inputs import looks_local
 from launcher.plan import micro_batch
 from launcher.plan.memory import MemoryEstimate, MemoryJob, estimate, liger_applies
-from launcher.plan.checks import check_deepspeed_extra, check_method, check_model_parallel
+from launcher.plan.checks import check_deepspeed_extra, check_fp8, check_method, check_model_parallel
 from launcher.plan.comm_sizes import comm_sizes
 from launcher.plan.types import Plan, launch_settings
 from launcher.data.selection import DataSet
@@ -53,6 +53,7 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
     dp = world // (tp * pp * sp)
     precision = _precision(cfg.train.precision, accelerator, hw)
     check_method(cfg, accelerator)
+    check_fp8(cfg, accelerator, hw.gpu_arch, backend == "local")
     check_deepspeed_extra(cfg)
     max_steps = _max_steps(cfg.train, sum(s.samples for s in data_sets[0]))
     liger = liger_applies(cfg.model.liger_kernel, accelerator, tp, pp, cfg.method.name, cfg.plan.compile)
@@ -130,6 +131,7 @@ def _resolve(cfg: LauncherConfig, hw: Hardware, run_dir: str, run_name: str,
         stage3_param_persistence_kb=cfg.plan.stage3_param_persistence_kb,
         stage3_fetch=cfg.plan.stage3_fetch,
         compile=cfg.plan.compile,
+        fp8=cfg.train.precision == "fp8",
         deepspeed=dict(cfg.plan.deepspeed),
         launch=launch_settings(cfg, hw),
         tiled_mlp=job.tiled_mlp,
@@ -197,6 +199,8 @@ def _grad_accum(train: TrainConfig, micro: int, dp: int) -> int:
 
 
 def _precision(asked: str, accelerator: str, hw: Hardware) -> str:
+    if asked == "fp8":  # bf16 everywhere but the large linear layers' matmuls (plan.fp8, launcher/train/fp8.py)
+        return "bf16"
     if asked == "auto":
         return "bf16" if accelerator == "cuda" and (hw.bf16 or hw.accelerator == "cpu") else "fp32"
     if asked == "fp16" and accelerator == "cpu":

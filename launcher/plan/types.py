@@ -81,6 +81,7 @@ class Plan:
     stage3_param_persistence_kb: int = 100
     stage3_fetch: str = "layer"
     compile: str = "off"
+    fp8: bool = False  # train.precision=fp8: bf16 (precision) with float8 matmuls in the large linear layers
     deepspeed: dict[str, Any] = field(default_factory=dict)  # plan.deepspeed: merged into ds_config.json last
     auto_reason: str = ""  # +plan=auto: why this plan, and the runner-up
     memory_hint: str = ""  # when the estimate does not fit: what would

@@ -126,15 +126,16 @@ def _padded(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def collate(examples: Sequence[Example | PackedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a micro batch to its longest row.
+def collate(examples: Sequence[Example | PackedExample], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Right-pad a micro batch to its longest row, rounded up to `multiple` (FP8's compiled layers take a few widths,
+    not every one: launcher/train/fp8.py).
 
     Plain examples get an attention_mask when a row is padded; full rows need none (SDPA then runs its causal kernel
     without transformers first reading the mask on the GPU, a host sync per forward). Packed rows get position_ids and NO attention_mask: transformers builds
     the block-diagonal causal mask from position_ids only when attention_mask is None (and use_cache is off); the
     padding tail gets its own restarting positions, so it forms one more document that nothing attends to.
     """
-    width = max(len(example.input_ids) for example in examples)
+    width = -(-max(len(example.input_ids) for example in examples) // multiple) * multiple
     batch = {
         "input_ids": _padded([e.input_ids for e in examples], width, pad_id),
         "labels": _padded([e.labels for e in examples], width, IGNORE_INDEX),
@@ -160,13 +161,15 @@ def step_target_tokens(examples: Sequence[Any], seed: int, global_batch: int, st
 
 
 def rank_micro_batches(examples: Sequence[Any], seed: int, global_batch: int, micro_batch: int, grad_accum: int,
-                       dp_rank: int, dp_size: int, step: int, pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
-    """This data-parallel rank's collated micro batches of `step`, one at a time (collated as they are used)."""
+                       dp_rank: int, dp_size: int, step: int, pad_id: int, multiple: int = 1
+                       ) -> Iterator[dict[str, torch.Tensor]]:
+    """This data-parallel rank's collated micro batches of `step`, one at a time (collated as they are used), each
+    padded to a multiple of `multiple` tokens."""
     check_batch_split(global_batch, micro_batch, dp_size, grad_accum)
     for micro in range(grad_accum):
         idx = micro_batch_indices(len(examples), seed, step, global_batch, micro_batch, grad_accum, dp_rank, dp_size,
                                   micro)
-        yield collate([examples[i] for i in idx], pad_id)
+        yield collate([examples[i] for i in idx], pad_id, multiple)
 
 
 def batch_tokens(batch: dict[str, torch.Tensor]) -> int:

@@ -48,7 +48,7 @@ def evaluate(engine: Any, examples: Sequence[Any], plan: Plan, info: RankInfo, p
 
             loss_sum = eval_loss_sum(engine, batches, pad_id)
         else:
-            loss_sum = _loss_sum(engine, batches, pad_id, info)
+            loss_sum = _loss_sum(engine, batches, pad_id, info, pad_multiple(plan))
     tokens = sum(row.num_targets for batch in batches for row in batch) if info.counts_tokens else 0
     loss = torch.as_tensor(loss_sum if info.reports else 0.0, dtype=torch.float64, device=info.device).reshape(1)
     count = torch.tensor([float(tokens if info.reports else 0)], dtype=torch.float64)
@@ -58,7 +58,7 @@ def evaluate(engine: Any, examples: Sequence[Any], plan: Plan, info: RankInfo, p
     return total_loss / max(total_tokens, 1.0), int(total_tokens)
 
 
-def _loss_sum(engine: Any, batches: list[list[Any]], pad_id: int, info: RankInfo) -> torch.Tensor:
+def _loss_sum(engine: Any, batches: list[list[Any]], pad_id: int, info: RankInfo, multiple: int = 1) -> torch.Tensor:
     """Summed token loss of this rank's batches (its slices of them under sequence parallel), on the device (read
     once, by the all-reduce)."""
     device = info.device
@@ -69,7 +69,7 @@ def _loss_sum(engine: Any, batches: list[list[Any]], pad_id: int, info: RankInfo
     try:
         with torch.no_grad():
             for rows in batches:
-                batch = info.shard(collate(rows, pad_id), pad_id)
+                batch = info.shard(collate(rows, pad_id, multiple), pad_id)
                 out = engine(**{k: to_device(v, device) for k, v in batch.items()}, num_items_in_batch=one,
                              use_cache=False)
                 total += out.loss.detach().double()

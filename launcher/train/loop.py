@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from launcher.plan.types import Plan
 from launcher.train.batching import batch_tokens, rank_micro_batches, step_target_tokens
+from launcher.train.fp8 import pad_multiple
 from launcher.train.failures import injected_nonfinite_step, nonfinite_error
 from launcher.train.metrics import StepMetrics
 from launcher.train.parallel import replicated_grad_norm
@@ -153,7 +154,7 @@ def train_step(engine: Any, examples: Sequence[Any], plan: Plan, info: RankInfo,
                           info.device)
     loss_sum, tokens, grad_norm = torch.zeros((), dtype=torch.float64, device=info.device), 0, None
     batches = rank_micro_batches(examples, t.seed, g, plan.micro_batch_size, plan.grad_accum, info.dp_rank,
-                                 info.dp_size, step, pad_id)
+                                 info.dp_size, step, pad_id, pad_multiple(plan))
     for micro, batch in enumerate(batches):
         with phase("batch"):
             tokens += batch_tokens(batch) if info.counts_tokens else 0

@@ -57,6 +57,10 @@ def setup_logging(run_dir: Path, rank: int) -> None:
     log.propagate = False
     for noisy in ("DeepSpeed", "deepspeed", "transformers", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # where torchao is installed, transformers imports it in every rank: it names each optional kernel library it
+    # lacks, and torch calls one of its registrations deprecated; neither is about this run
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def disable_shm_comm_op() -> None:
@@ -170,6 +174,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
     from launcher.data.tokenization import load_tokenizer
     from launcher.train.examples import load_examples
     from launcher.train.attention import apply_sdpa_backend
+    from launcher.train.fp8 import apply_fp8
     from launcher.train.model import build_model
     from launcher.train.pipeline import build_pipeline_module
 
@@ -179,6 +184,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
     marks["data"] = time.time()
     hf_ds = _zero3_init_context(plan, ds_config)
     model = build_model(plan, tokenizer, info.local_rank)
+    apply_fp8(model, plan, info.device)
     apply_sdpa_backend(plan.model.sdpa_backend, plan, model.config, info.device)
     marks["model"] = time.time()
     if plan.pp > 1:

@@ -249,13 +249,21 @@ def resume_word_that_is_not_a_choice(places: Places) -> Bad:
                 "use auto, never, a global step number or the path of a checkpoint directory"])
 
 
+def fp8_on_a_machine_without_a_gpu(places: Places) -> Bad:
+    run_dir = places.tmp_path / "run"
+    assert run_launcher(f"run.dir={run_dir}", "run.dry_run=true").returncode == 0
+    fake_checkpoint(run_dir, 4)
+    return Bad(["train.precision=fp8", f"run.dir={run_dir}"], run_dir,
+               ["train.precision='fp8'", "FP8 matmuls need a CUDA GPU", "use train.precision=bf16 or fp32"])
+
+
 CASES: dict[str, Callable[[Places], Bad]] = {case.__name__: case for case in (
     run_dir_is_a_file, run_dir_under_a_file, run_dir_on_a_read_only_filesystem, run_dir_on_a_full_disk,
     run_dir_not_writable_by_this_user, output_dir_is_a_file, data_path_is_a_directory_of_notes, data_path_is_empty,
     data_path_is_binary, data_path_is_latin1, registry_name_that_is_not_there, registry_columns_naming_a_missing_key,
     registry_entry_of_a_kind_not_trained, weights_that_do_not_match_the_sets, val_size_larger_than_the_set,
     eval_every_without_a_validation_set, resume_step_on_a_fresh_run_dir, resume_step_that_was_never_saved,
-    resume_path_that_does_not_exist, resume_word_that_is_not_a_choice,
+    resume_path_that_does_not_exist, resume_word_that_is_not_a_choice, fp8_on_a_machine_without_a_gpu,
 )}
 
 

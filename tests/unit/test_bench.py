@@ -1,6 +1,10 @@
 """bench/perf.py reads the ranks' checkpoint timing lines and times steps between their ends: the pure parts."""
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from bench.perf import LOADED, SAVED, step_times_from_ends
 from launcher.train.saver import throughput
 
@@ -196,3 +200,19 @@ def test_kernel_report_splits_the_gpus_busy_time_by_kernel_kind_within_the_loops
     assert shares == {"matmul": 40.0, "optimizer": 20.0, "other": 10.0, "attention": 5.0, "copy / set": 3.0,
                       "liger / Triton": 2.0}
     assert "10.00 ms  void at::native::vectorized_elementwise_kernel" in report.split("'other' kernels")[1]
+
+
+def test_fp8_parity_compares_the_last_steps_and_says_met_or_missed_or_why_not(tmp_path):
+    from bench.fp8_parity import compare, report, write_data
+
+    bf16 = [6.0 - 0.01 * i for i in range(300)]
+    close = [x * 1.005 for x in bf16]
+    far = [x * 1.05 for x in bf16]
+    assert compare(bf16, close)[2] == pytest.approx(0.005)
+    assert "difference 0.50% (margin 2%): met" in "\n".join(report(bf16, close, 300, []))
+    assert "difference 5.00% (margin 2%): MISSED" in "\n".join(report(bf16, far, 300, []))
+    assert "not finite: parity FAILED" in "\n".join(report(bf16, close[:-1] + [float("nan")], 300, []))
+    assert "did not finish: exit 1: boom" in "\n".join(report(bf16, close[:10], 300, ["exit 1: boom"]))
+    write_data(tmp_path / "d.jsonl", rows=3)
+    rows = [json.loads(x) for x in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(len(r["output"].split()) == 150 for r in rows) and rows[0] != rows[1]

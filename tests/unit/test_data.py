@@ -303,6 +303,27 @@ def test_collate_gives_full_rows_no_attention_mask_so_sdpa_never_reads_one(token
     assert "attention_mask" not in batch and batch["input_ids"].tolist() == [e.input_ids for e in full]
 
 
+def test_collate_pads_to_a_multiple_for_fp8s_compiled_widths(tokenizer, examples):
+    """train.precision=fp8 pads each micro batch to a multiple of 64 tokens: plain rows get a mask over the padding,
+    packed rows restarting positions, and the labels of the padding are ignored either way."""
+    plain = collate(examples[:3], tokenizer.pad_token_id, multiple=64)
+    longest = max(len(e.input_ids) for e in examples[:3])
+    assert plain["input_ids"].shape[1] == -(-longest // 64) * 64 > longest
+    assert plain["attention_mask"].sum(dim=1).tolist() == [len(e.input_ids) for e in examples[:3]]
+    full = [Example(e.input_ids[:8], e.labels[:8]) for e in examples[:3]]
+    padded = collate(full, tokenizer.pad_token_id, multiple=64)  # full rows become padded ones: a mask now
+    assert padded["input_ids"].shape[1] == 64 and padded["attention_mask"].sum(dim=1).tolist() == [8, 8, 8]
+    rows = pack_examples(examples[:6], seq_len=100)
+    packed = collate(rows, tokenizer.pad_token_id, multiple=64)
+    width = packed["input_ids"].shape[1]
+    assert width % 64 == 0 and "attention_mask" not in packed
+    for i, row in enumerate(rows):
+        tail = width - len(row.input_ids)
+        assert packed["position_ids"][i, len(row.input_ids):].tolist() == list(range(tail))
+        assert (packed["labels"][i, len(row.input_ids):] == IGNORE_INDEX).all()
+    assert collate(full, tokenizer.pad_token_id, multiple=8)["input_ids"].shape[1] == 8  # already a multiple
+
+
 def test_packed_batch_gives_each_document_the_logits_it_gets_alone(tokenizer, examples):
     from transformers import LlamaConfig, LlamaForCausalLM
 
