@@ -21,6 +21,7 @@ import torch.distributed as dist
 from launcher.data.formats import IGNORE_INDEX, Example
 from launcher.plan.types import Plan
 from launcher.train.batching import collate
+from launcher.train.fp8 import pad_multiple
 from launcher.train.loop import RankInfo, to_device
 
 

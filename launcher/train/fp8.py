@@ -4,7 +4,7 @@ The weights, the optimizer, the checkpoints and every other operation stay those
 is bf16, DeepSpeed's bf16 mode keeps fp32 master weights): torchao's `Float8Linear` casts a layer's input, weight and
 output gradient to float8 e4m3/e5m2 with one scale per tensor ("tensorwise", its fastest recipe) and multiplies with
 the FP8 tensor cores of compute capability 8.9 and later (Ada, Hopper, Blackwell; a GB10 is 12.1). Its state dict is
-a Linear's, so checkpoints resume into a bf16 run and export to a plain Hugging Face model.
+a Linear's: a checkpoint holds the tensors a bf16 run's holds, under the same names (tests/gpu resumes one in bf16).
 
 The casts are separate elementwise passes over each input: run as their own kernels they cost more than the faster
 matmul gains (bench/fp8_matmul.py: 1.72x faster matmuls, 0.46x with unfused casts, one H100). So each converted layer
