@@ -201,13 +201,15 @@ def test_sdpa_backend_auto_measures_cudnn_and_trains_like_torchs_order(tmp_path)
 
 FP8 = importlib.util.find_spec("torchao") is not None
 # A model whose MLP layers are large enough for FP8 (launcher/train/fp8.py converts gate/up: 256 -> 2048)
-FP8_MODEL = ("model.arch.hidden_size=256", "model.arch.intermediate_size=2048")
+FP8_MODEL = ("model.arch.hidden_size=256", "model.arch.intermediate_size=2048", "data.val_size=0.1",
+             "train.eval_every=8")
 
 
 @pytest.mark.skipif(gpus() < 1 or not FP8, reason="needs a GPU and torchao")
 def test_fp8_trains_like_bf16_resumes_and_its_checkpoint_resumes_in_bf16(tmp_path):
     """train.precision=fp8 converts the MLP's large layers, pads micro batches of varied widths (the shipped data)
-    to a few compiled widths, trains like bf16, resumes itself, and its checkpoint resumes in a bf16 run."""
+    to a few compiled widths, trains and scores the validation set like bf16, resumes itself, and its checkpoint
+    resumes in a bf16 run."""
     import torch
 
     if torch.cuda.get_device_capability() < (8, 9):
@@ -217,11 +219,15 @@ def test_fp8_trains_like_bf16_resumes_and_its_checkpoint_resumes_in_bf16(tmp_pat
         run_dir = tmp_path / precision
         result = run_launcher("+plan=zero2", f"train.precision={precision}", f"run.dir={run_dir}", *FP8_MODEL, *JOB)
         losses[precision] = [m["loss"] for m in trained(result, run_dir)]
+        scores = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x]
+        losses[f"{precision} eval"] = [row["eval_loss"] for row in scores]  # compiled layers under no_grad too
     log = (tmp_path / "fp8" / "logs" / "rank0.log").read_text()
     assert "train.precision=fp8: 4 linear layers run their matmuls in float8" in log, log[-3000:]
     assert "bf16 + fp8 matmuls" in result.stdout
     late = lambda xs: sum(xs[-4:]) / 4  # noqa: E731
     assert abs(late(losses["fp8"]) - late(losses["bf16"])) / late(losses["bf16"]) < 0.05, losses
+    assert len(losses["fp8 eval"]) == 2 and abs(losses["fp8 eval"][-1] - losses["bf16 eval"][-1]) < 0.05 * losses[
+        "bf16 eval"][-1], losses
     again = run_launcher("+plan=zero2", "train.precision=fp8", f"run.dir={tmp_path / 'fp8'}", *FP8_MODEL,
                          "train.max_steps=20", "train.save_every=8")
     assert again.returncode == 0 and "resumed from global step 16" in again.stdout, again.stdout[-3000:]
