@@ -180,9 +180,7 @@ class TrainConfig:
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip: float = 1.0
-    # auto | bf16 | fp16 | fp32 | fp8 (bf16 with the large linear layers' matmuls in float8 through torchao: full
-    # fine-tuning on GPUs of compute capability 8.9+, launcher/train/fp8.py)
-    precision: str = "auto"
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32 | fp8 (bf16, large matmuls in float8: launcher/train/fp8.py)
     gradient_checkpointing: bool = False
     # DeepSpeed's tiled MLP (long sequences: the MLP's activations of one slice at a time, for a second MLP forward):
     # auto = on CUDA when a rank holds long enough rows (plan/memory.py: tiled_mlp_applies) | on | off
