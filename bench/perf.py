@@ -8,8 +8,9 @@ Every entry is its own process tree with its own timeout (one failure leaves a r
 baselines in bench/baselines/ (a DeepSpeed ZeRO-2 and ZeRO-3 loop with FusedAdam, FSDP2, HF Trainer + ZeRO-3).
 All train the same Llama-shaped model from its config with the same micro batch of full seq_len rows (no padding),
 one micro batch per step, bf16, AdamW, clipping 1.0; a step's time is the wall time between the ends of consecutive
-steps, each end after a host sync. Two rows differ in batch: launcher-auto is `python -m launcher +plan=auto` with
-the micro batch left to the launcher (auto) at a global batch of 32 sequences per GPU, and ds-zero2-liger is the
+steps, each end after a host sync. Three rows differ in batch: launcher-auto is `python -m launcher +plan=auto` with
+the micro batch left to the launcher (auto) at a global batch of 32 sequences per GPU, launcher-auto-fp8 the same
+with train.precision=fp8 (opt-in FP8 matmuls through torchao; GPUs of compute capability 8.9+), and ds-zero2-liger the
 ZeRO-2 loop with liger-kernel's kernels at its best micro batch (4, 8 then 16, until one runs out of memory or is
 slower). Every row's rate is its own tokens per step (bench/perf_table.py) over its median step time.
 The table goes to the console and, on GPUs, is appended to bench/results/perf.md.
@@ -401,7 +402,7 @@ def versions() -> str:
     parts = [f"python {sys.version.split()[0]}", f"torch {torch.__version__}"]
     if torch.version.cuda:
         parts.append(f"CUDA {torch.version.cuda}")
-    for package in ("deepspeed", "transformers", "liger-kernel"):
+    for package in ("deepspeed", "transformers", "liger-kernel", "torchao"):
         try:
             parts.append(f"{package} {metadata.version(package)}")
         except metadata.PackageNotFoundError:
@@ -419,9 +420,10 @@ def variant(text: str) -> tuple[str, str]:
 
 
 MAIN_ROWS = ["ds-zero2", "launcher-zero2", "fsdp2", "ds-zero3", "launcher-zero3", "hf-zero3"]
-ORDER = [*MAIN_ROWS, "ds-zero2-liger", "launcher-auto"]
+ORDER = [*MAIN_ROWS, "ds-zero2-liger", "launcher-auto", "launcher-auto-fp8"]
 STEPS = ("launcher-zero2-resume", "startups")  # not rows: the checkpoint load and the extra start-ups
-SMOKE_SKIPS = {"hf-zero3": "GPU only: on the CPU accelerate runs the Trainer as one process beside DeepSpeed's two"}
+SMOKE_SKIPS = {"hf-zero3": "GPU only: on the CPU accelerate runs the Trainer as one process beside DeepSpeed's two",
+               "launcher-auto-fp8": "GPU only: FP8 matmuls need compute capability 8.9 or newer"}
 
 
 def plan_rows(only: set[str], skip: set[str], candidates: list[str], variants: list[str], startups: int) -> list[str]:
@@ -478,8 +480,9 @@ def run_row(bench: Bench, name: str, variants: dict[str, str], optimizer: str) -
         overrides = variants[name.removeprefix("launcher-")].split()
         batch = [o for o in overrides if o.startswith(BATCH_KEYS)]
         return bench.launcher(name, [o for o in overrides if o not in batch], save=False, batch=batch or None)
-    if name == "launcher-auto":  # the micro batch left to the launcher: no train.micro_batch_size
-        return bench.launcher(name, ["+plan=auto"], save=False,
+    if name in ("launcher-auto", "launcher-auto-fp8"):  # the micro batch left to the launcher
+        fp8 = ["train.precision=fp8"] if name.endswith("fp8") else []
+        return bench.launcher(name, ["+plan=auto", *fp8], save=False,
                               batch=[f"train.global_batch_size={AUTO_GLOBAL_PER_GPU * bench.nproc}"])
     if name.startswith("launcher-"):
         return bench.launcher(name, [f"+plan={name.removeprefix('launcher-')}"], keep=name == "launcher-zero2")

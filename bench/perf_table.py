@@ -149,7 +149,18 @@ def startup_targets(startups: dict[str, list[float]]) -> list[str]:
 def targets(results: dict[str, Result], first: int, startups: dict[str, list[float]], per_token: float,
             peak_flops: float | None) -> list[str]:
     rate = rates(results, first)
-    return ratio_targets(rate) + mfu_targets(rate, per_token, peak_flops) + startup_targets(startups)
+    return (ratio_targets(rate) + mfu_targets(rate, per_token, peak_flops) + startup_targets(startups)
+            + fp8_lines(rate, per_token, peak_flops))
+
+
+def fp8_lines(rate: dict[str, float], per_token: float, peak_flops: float | None) -> list[str]:
+    """The opt-in FP8 row against the loop and bf16 auto: no target of its own, its MFU against the bf16 peak."""
+    if "launcher-auto-fp8" not in rate:
+        return []
+    mfu = f", MFU {rate['launcher-auto-fp8'] * per_token / peak_flops:.1%} of the bf16 peak" if peak_flops else ""
+    against = [f"{rate['launcher-auto-fp8'] / rate[r]:.2f}x {r}" for r in ("ds-zero2-liger", "launcher-auto")
+               if r in rate]
+    return [f"- launcher-auto-fp8 (train.precision=fp8, opt-in): {', '.join(against) or 'no row to compare'}{mfu}"]
 
 
 def startup_samples(samples: list[float]) -> str:

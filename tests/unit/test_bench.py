@@ -86,6 +86,14 @@ def test_targets_compare_each_rows_own_rate_and_the_auto_rows_mfu():
     assert "- best (launcher-auto) / hf-zero3: not measured (a row failed or was skipped)" in lines
     assert any(line.startswith("- launcher-zero2 MFU: ") for line in lines)
     assert targets(results, 1, {}, 7e9, None)[-1].startswith("- launcher-auto / ds-zero2-liger")  # no MFU on CPU
+    assert not any("fp8" in line for line in lines)  # no fp8 row, no fp8 line
+    results["launcher-auto-fp8"] = row("launcher-auto-fp8", 32 * 2048, 0.72)
+    lines = targets(results, first=1, startups={}, per_token=7e9, peak_flops=989e12)
+    # 91,022 tokens/s: 1.39x the loop's 65,536, 1.25x auto's 72,818, 64.4% of the bf16 peak
+    assert "- launcher-auto-fp8 (train.precision=fp8, opt-in): 1.39x ds-zero2-liger, 1.25x launcher-auto, MFU 64.4% " \
+        "of the bf16 peak" in lines
+    assert targets(results, 1, {}, 7e9, None)[-1] == ("- launcher-auto-fp8 (train.precision=fp8, opt-in): 1.39x "
+                                                       "ds-zero2-liger, 1.25x launcher-auto")
 
 
 def test_a_launcher_rows_notes_say_its_micro_batch_and_what_plan_auto_chose():
@@ -103,7 +111,7 @@ def test_one_call_can_run_only_the_liger_and_auto_rows_beside_their_anchors():
 
     everything = plan_rows(set(), set(), [], [], startups=2)
     assert everything == ["ds-zero2", "launcher-zero2", "fsdp2", "ds-zero3", "launcher-zero3", "hf-zero3",
-                          "launcher-zero2-resume", "startups", "ds-zero2-liger", "launcher-auto"]
+                          "launcher-zero2-resume", "startups", "ds-zero2-liger", "launcher-auto", "launcher-auto-fp8"]
     only = {"ds-zero2", "ds-zero2-liger", "launcher-zero2", "launcher-auto"}
     assert plan_rows(only, {"launcher-zero2-resume"}, [], [], startups=0) == [
         "ds-zero2", "launcher-zero2", "ds-zero2-liger", "launcher-auto"]
