@@ -8,6 +8,7 @@ from typing import Any
 
 from launcher.config.schema import LauncherConfig
 from launcher.errors import LauncherError
+from launcher.plan.types import Plan
 
 # Measured on 2x H200, 2026-11-30 (bench/results/gpu_runs.md). torch 2.13 traces the ContextVar on the CPU, so a later
 # stack may lift this; it comes back only with a GPU run that trains and resumes under it.
@@ -142,6 +143,17 @@ def check_fp8(cfg: LauncherConfig, accelerator: str, hw_arch: str, local: bool) 
     field, value, fix, problem = _fp8_conflict(cfg, accelerator, hw_arch, local)
     if field:
         raise LauncherError(field, value, fix, problem=problem)
+
+
+FP8_INSTALL = ("install torchao (pip install -e '.[fp8]' in the launcher's checkout: torchao>=0.17, for torch 2.11+) "
+               "or use train.precision=bf16")
+
+
+def check_fp8_installed(plan: Plan, installed: bool) -> None:
+    """On the launching host, before any rank starts: a local fp8 run needs torchao in this environment (ranks on
+    other hosts check their own when they convert, launcher/train/fp8.py)."""
+    if plan.fp8 and plan.backend == "local" and not installed:
+        raise LauncherError("train.precision", "fp8", FP8_INSTALL, problem="torchao is not installed in this environment")
 
 
 def _fp8_conflict(cfg: LauncherConfig, accelerator: str, hw_arch: str, local: bool) -> tuple[str, Any, str, str]:

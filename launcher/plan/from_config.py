@@ -7,6 +7,7 @@ from pathlib import Path
 from launcher.config import inputs, services
 from launcher.config.schema import LauncherConfig
 from launcher.plan.hardware import Hardware, detect
+from launcher.plan.checks import check_fp8_installed
 from launcher.plan.types import Plan
 from launcher.plan.resolve import resolve
 from launcher.rundir import default_run_name
@@ -29,6 +30,7 @@ def plan_job(cfg: LauncherConfig, cwd: str, environ: dict[str, str]) -> tuple[La
                  importlib.util.find_spec("wandb") is not None)
     plan = resolve(cfg, hw, run_dir=str(run_dir), run_name=name, data_sets=data_sets, wandb_env=wandb_env,
                    micro_cap=recorded_micro_batch(run_dir) if cfg.train.micro_batch_size == "auto" else 0)
+    check_fp8_installed(plan, importlib.util.find_spec("torchao") is not None)
     return cfg, plan, hw
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from launcher.errors import LauncherError
+from launcher.plan.checks import FP8_INSTALL
 
 log = logging.getLogger("launcher")
 MIN_CAPABILITY = (8, 9)
@@ -69,9 +70,7 @@ def convert(model: torch.nn.Module, compile_layers: bool, small_k: int = SMALL_K
     try:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
     except ImportError as e:
-        raise LauncherError("train.precision", "fp8", "install torchao (pip install -e '.[fp8]' in the launcher's "
-                            "checkout: torchao>=0.17, for torch 2.11+) or use train.precision=bf16",
-                            problem=f"torchao is missing ({e})") from e
+        raise LauncherError("train.precision", "fp8", FP8_INSTALL, problem=f"torchao is missing ({e})") from e
     names = [n for n, m in model.named_modules() if converts(m, n, small_k, small_n)]
     if not names:
         raise LauncherError("train.precision", "fp8", "use train.precision=bf16 for this model",

@@ -3,6 +3,7 @@ casts and scaled matmuls run on the CPU too, in bf16), and the plan checks that 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ if EXTRAS not in sys.path:
 from launcher.config.compose import compose
 from launcher.errors import LauncherError
 from launcher.launch.summary import plan_table, summary_lines
+from launcher.plan.checks import check_fp8_installed
 from launcher.plan.hardware import Hardware
 from launcher.plan.resolve import resolve
 from launcher.plan.types import Plan
@@ -155,6 +157,17 @@ def test_without_torchao_the_error_says_what_to_install(model, monkeypatch):
         convert(model, compile_layers=False, small_k=32, small_n=32)
     assert err.value.field == "train.precision" and "torchao is missing" in str(err.value)
     assert "pip install" in str(err.value) and "train.precision=bf16" in str(err.value)
+
+
+def test_a_local_fp8_run_without_torchao_is_refused_before_any_rank_starts():
+    plan = plan_for()
+    with pytest.raises(LauncherError) as err:
+        check_fp8_installed(plan, installed=False)
+    assert err.value.field == "train.precision" and "torchao is not installed" in str(err.value)
+    assert "pip install -e '.[fp8]'" in str(err.value)
+    check_fp8_installed(plan, installed=True)
+    check_fp8_installed(plan_for("+topo=dual_pgx"), installed=False)  # the other hosts' ranks check their own
+    check_fp8_installed(dataclasses.replace(plan, fp8=False), installed=False)
 
 
 def test_a_rank_without_a_cuda_gpu_is_refused():
