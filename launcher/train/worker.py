@@ -32,6 +32,7 @@ from launcher.train.reporter import Reporter
 from launcher.train.saver import make_saver, set_rng_state, throughput
 from launcher.train.schedule import resync, warmup_cosine
 from launcher.train.signals import PreemptionFlag
+from launcher.train.zero_step import speed_up_zero_step
 
 log = logging.getLogger("launcher")
 
@@ -198,6 +199,8 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
     )
     info = parallel.with_engine_coords(info, engine, plan)
     del hf_ds
+    if patched := speed_up_zero_step(engine):
+        log.info("ZeRO optimizer step: " + ", ".join(patched))
     if plan.compile == "torch":
         log.info(f"plan.compile={plan.compile}: the model compiles during its first steps, which take longer")
         engine.compile()

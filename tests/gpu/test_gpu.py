@@ -42,9 +42,35 @@ def test_every_plan_trains_on_all_local_gpus_in_bf16_and_resumes(plan, tmp_path)
     assert metrics[-1]["memory_gb"] > 0 and metrics[-1]["mfu"] is not None
     if LIGER:  # the fast path is the one these runs exercise
         assert "liger-kernel: rms_norm, swiglu, rope" in (run_dir / "logs" / "rank0.log").read_text()
+    if plan in ("zero1", "zero2"):  # launcher/train/zero_step.py on the engine the worker built
+        assert ("ZeRO optimizer step: gradient norm in one float32 pass, clip inside fused AdamW"
+                in (run_dir / "logs" / "rank0.log").read_text())
     again = run_launcher(f"+plan={plan}", f"run.dir={run_dir}", "train.max_steps=20", "train.save_every=8")
     assert again.returncode == 0 and "resumed from global step 16" in again.stdout
     assert read_metrics(run_dir)[-1]["step"] == 20
+
+
+@pytest.mark.skipif(gpus() < 1, reason="needs a GPU")
+def test_cuda_fused_adamw_divides_by_grad_scale_as_the_zero_step_patch_needs():
+    """launcher/train/zero_step.py hands DeepSpeed's clip scale to torch's fused AdamW as `grad_scale`; on CUDA the
+    step must equal one on gradients divided first (tests/integration/test_zero_step.py checks the CPU kernel)."""
+    import torch
+
+    torch.manual_seed(0)
+    start, grads = torch.randn(1 << 20, device="cuda"), [torch.randn(1 << 20, device="cuda") * 5 for _ in range(3)]
+    finals = []
+    for handed in (True, False):
+        p = torch.nn.Parameter(start.clone())
+        opt = torch.optim.AdamW([p], lr=1e-3, weight_decay=0.1, fused=True)
+        for g in grads:
+            scale = torch.full((1,), 7.0, device="cuda")
+            p.grad = g.clone() if handed else g / scale
+            if handed:
+                opt.grad_scale = scale
+            opt.step()
+        finals.append(p.detach())
+    assert (finals[0] - start).abs().max() > 1e-3
+    torch.testing.assert_close(finals[0], finals[1], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.skipif(gpus() < 2, reason="needs 2 GPUs")
