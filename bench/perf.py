@@ -61,7 +61,9 @@ BASELINES = {  # name: (script, arguments, what)
     "ds-zero2-liger": ("ds_loop.py", ["--stage", "2", "--liger"],
                        "hand-written DeepSpeed ZeRO-2 loop + liger-kernel (RoPE, RMSNorm, SwiGLU, fused linear CE)"),
 }
-LIGER_MICROS = (4, 8, 16)  # ds-zero2-liger's micro batches, tried in this order for its best (--liger-micros)
+# ds-zero2-liger's micro batches, tried in this order for its best (--liger-micros): 32 fits a 141 GiB H200, where
+# +plan=auto takes it too; on an 80 GiB H100 the sweep stops at its out-of-memory
+LIGER_MICROS = (4, 8, 16, 32)
 BATCH_KEYS = ("train.micro_batch_size=", "train.global_batch_size=")  # a --variant naming these sets its own batch
 AUTO_GLOBAL_PER_GPU = 32  # launcher-auto's global batch in sequences per GPU: a realistic fine-tuning batch
 SAVED = re.compile(r"saved checkpoint \S+ in ([\d.]+) s \(([\d.]+) GB, ([\d.]+) GB/s\)")

@@ -149,6 +149,8 @@ def test_the_liger_baseline_keeps_its_fastest_micro_batch_and_stops_at_out_of_me
     row, ran = sweep({4: 0.1, 8: 0.25, 16: 0.3})
     assert ran == [4, 8]  # 8 was slower: 16 is not tried
     assert row.tokens_per_step == 4000 and row.notes[0].startswith("micro batch 4, best of 4: 40,000 tok/s, 8: ")
+    row, ran = sweep({4: 0.1, 8: 0.15, 16: 0.25, 32: "exit code 1: torch.OutOfMemoryError: CUDA out of memory"})
+    assert ran == [4, 8, 16, 32] and row.tokens_per_step == 16000  # an 80 GiB card: 32 tried, 16 kept
     row, ran = sweep({4: "exit code 1: torch.OutOfMemoryError: CUDA out of memory"})
     assert ran == [4] and not row.ok and "out of memory" in row.error
 
