@@ -67,7 +67,7 @@ def launch_plan(plan: Plan, hw: Hardware, resolved_yaml: str, script: ScriptLaun
         _write(run_dir, resolved_yaml, plan, spec, {**files, **universal_config(plan, resume, script)}, script)
         held.keep = True  # from here the run dir holds what the user reads: preflight.json, then the run
         run_before_launch(plan, environ)
-        return _launch(plan, spec, environ, held.lease, submits)
+        return _launch(plan, spec, environ, held.lease, submits, 0 if script else plan.max_steps)
 
 
 def wandb_decided(plan: Plan, environ: dict[str, str]) -> Plan:
@@ -82,8 +82,10 @@ def wandb_decided(plan: Plan, environ: dict[str, str]) -> Plan:
     return dataclasses.replace(plan, wandb_mode="offline", wandb_note=why)
 
 
-def _launch(plan: Plan, spec: LaunchSpec, environ: dict[str, str], held: lease_holder.Lease, submits: bool) -> int:
-    """Start the job under the supervisor; the lease carries Ctrl-C to ranks on every host."""
+def _launch(plan: Plan, spec: LaunchSpec, environ: dict[str, str], held: lease_holder.Lease, submits: bool,
+            final_step: int) -> int:
+    """Start the job under the supervisor; the lease carries Ctrl-C to ranks on every host. `final_step`: the global
+    step that completes the run (0 for a user's script)."""
     from launcher.launch.spawn import StopControl
     from launcher.launch.supervisor import run_supervised, submit
 
@@ -98,13 +100,13 @@ def _launch(plan: Plan, spec: LaunchSpec, environ: dict[str, str], held: lease_h
     control = StopControl(request=lambda: held.set_state("stop"), abort=lambda: held.set_state("abort"))
     try:
         code = run_supervised(spec, environ, run_dir, plan.launch.max_restarts, plan.launch.restart_backoff_s,
-                              control=control)
+                              control=control, final_step=final_step)
         while code == OOM_REPLAN_EXIT_CODE:
             plan = replanned(plan)
             if plan is None:
                 return 2
             code = run_supervised(spec, environ, run_dir, plan.launch.max_restarts, plan.launch.restart_backoff_s,
-                                  control=control)
+                                  control=control, final_step=final_step)
     finally:  # also on an error or Ctrl-C: an import cut off by the interpreter's exit can crash it
         preload.join()
     _plots(run_dir)

@@ -40,7 +40,10 @@ def backoff(attempt: int, base_s: float) -> float:
 
 def run_supervised(spec: LaunchSpec, environ: dict[str, str], run_dir: Path, max_restarts: int, backoff_s: float,
                    say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
-                   control: spawn.StopControl | None = None) -> int:
+                   control: spawn.StopControl | None = None, final_step: int = 0) -> int:
+    """The job under the engine's launcher, restarted up to max_restarts times. `final_step`: the global step that
+    completes the run (0 for a user's script, which may not honour it), so a stop that arrives after the last save
+    does not call a finished run stopped."""
     ckpt_root = run_dir / CHECKPOINTS
     code = 0
     for attempt in range(max_restarts + 1):
@@ -58,7 +61,7 @@ def run_supervised(spec: LaunchSpec, environ: dict[str, str], run_dir: Path, max
                 return 2
             code = code or 1
         if signals:
-            return _after_signal(code, signals, ckpt_root, before.global_step if before else 0, say)
+            return _after_signal(code, signals, ckpt_root, before.global_step if before else 0, say, final_step)
         if code == 0:
             return 0
         if not errors:
@@ -76,12 +79,16 @@ def run_supervised(spec: LaunchSpec, environ: dict[str, str], run_dir: Path, max
 
 
 def _after_signal(code: int, signals: list[int], ckpt_root: Path, step_before: int,
-                  say: Callable[[str], None]) -> int:
+                  say: Callable[[str], None], final_step: int = 0) -> int:
     """75 when the job stopped with a complete checkpoint to resume from: it exited cleanly, or it completed a new
     one during this attempt (DeepSpeed's multi-host runner exits 1 after any stop, however well the ranks saved).
+    0 when it exited cleanly with the run's final step saved: the stop came after the work was done.
     A second signal, or a closed terminal, stops without saving: the code of the last signal. A user script's
     Trainer saves checkpoint-N directories: those count too."""
     latest = latest_complete_any(ckpt_root, warn=lambda _m: None)
+    if code == 0 and final_step and latest is not None and latest.global_step >= final_step:
+        say(f"the job had already finished: all {final_step} steps are saved ({latest.path}); the stop changed nothing")
+        return 0
     saved = latest is not None and len(signals) == 1 and signals[0] != signal.SIGHUP and (
         code == 0 or latest.global_step > step_before)
     if saved:

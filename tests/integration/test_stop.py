@@ -207,3 +207,17 @@ def test_sigterm_or_a_closed_terminal_during_preflight_leave_nothing_behind(tmp_
     assert "Traceback" not in text
     assert text.rstrip().endswith("stopped (SIGTERM)") if signum == signal.SIGTERM else "stopped" not in text
     assert not job_processes(run_dir) and not (run_dir / LEASE_FILE).exists()
+
+
+def test_ctrl_c_after_the_last_save_leaves_a_finished_run_finished(tmp_path):
+    """A Ctrl-C that lands after the run's final checkpoint, while the ranks wind down, stopped nothing: exit 0 and
+    no "rerun to resume" (the rerun would only say the run is complete)."""
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    proc = start_launcher(f"run.dir={run_dir}", "train.max_steps=6", "train.save_every=4", log=log)
+    assert wait_for(lambda: (run_dir / "checkpoints" / "global_step6" / "complete.json").exists(), proc, poll=0.005)
+    ctrl_c(proc)
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "the job had already finished: all 6 steps are saved" in text, text[-3000:]
+    assert "rerun the same command" not in text and "finished with exit code 0" in text
+    assert_clean_console(text)
