@@ -1,5 +1,5 @@
 """Two passes of DeepSpeed's ZeRO-1/2 optimizer step that cost a bf16 run time and buy it nothing, removed on the
-engine the worker built (issue 27; the micro-4 profile in bench/results/perf.md, 2026-12-07 ~12:00 UTC: ~13 ms of a
+engine the worker built (issue 27; the micro-4 profile in bench/results/perf.md, 2026-12-07 11:55 UTC: ~13 ms of a
 145 ms step of the 1.14B model on one H100):
 
 - The gradient norm. DeepSpeed 0.19 copies every gradient to float64 before taking its norm (8 bytes written per
