@@ -21,7 +21,7 @@ from launcher.errors import LauncherError
 from launcher.plan.types import Plan
 from launcher.rundir import (CHECKPOINTS, DS_CONFIG_FILE, DS_UNIVERSAL_FILE, LOGS, OOM_REPLAN_EXIT_CODE, PLAN_FILE,
                              rank_log)
-from launcher.train import parallel
+from launcher.train import parallel, zero_step
 from launcher.train.evaluate import eval_due, evaluate
 from launcher.train.loop import RankInfo, train
 from launcher.train.metrics import EvalMetrics
@@ -32,7 +32,6 @@ from launcher.train.reporter import Reporter
 from launcher.train.saver import make_saver, set_rng_state, throughput
 from launcher.train.schedule import resync, warmup_cosine
 from launcher.train.signals import PreemptionFlag
-from launcher.train.zero_step import speed_up_zero_step
 
 log = logging.getLogger("launcher")
 
@@ -199,8 +198,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
     )
     info = parallel.with_engine_coords(info, engine, plan)
     del hf_ds
-    if patched := speed_up_zero_step(engine):
-        log.info("ZeRO optimizer step: " + ", ".join(patched))
+    zero_step.speed_up_zero_step(engine)
     if plan.compile == "torch":
         log.info(f"plan.compile={plan.compile}: the model compiles during its first steps, which take longer")
         engine.compile()

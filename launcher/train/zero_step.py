@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def speed_up_zero_step(engine: Any) -> list[str]:
-    """Patch the engine's ZeRO-1/2 optimizer where that is safe; returns what was changed, for the rank's log."""
+    """Patch the engine's ZeRO-1/2 optimizer where that is safe; logs and returns what was changed."""
     try:
         from deepspeed.runtime.zero import stage_1_and_2 as zero
     except ImportError:
@@ -46,6 +46,7 @@ def speed_up_zero_step(engine: Any) -> list[str]:
         opt.unscale_and_clip_grads = types.MethodType(_clip_inside_adam, opt)
         opt._optimizer_step = types.MethodType(_step_forgetting_scale(type(opt)._optimizer_step), opt)
         done.append("clip inside fused AdamW")
+    log.info("ZeRO optimizer step: " + ", ".join(done))
     return done
 
 
