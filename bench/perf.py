@@ -186,8 +186,8 @@ class Bench:
 
     def _run_notes(self, name: str, run_dir: Path) -> list[str]:
         """What the run dir says of a launcher row: its batch and plan (plan.json; why +plan=auto chose it goes
-        below the table), liger's kernels, the SDPA kernel model.sdpa_backend chose, rank 0's start-up, the checkpoint
-        save."""
+        below the table), liger's kernels, the SDPA kernel model.sdpa_backend chose, the launcher's own start-up and
+        rank 0's, the checkpoint save."""
         plan = json.loads((run_dir / "plan.json").read_text())
         if plan.get("auto_reason"):
             note = plan.get("micro_batch_note") or "given"
@@ -199,6 +199,10 @@ class Bench:
         attention = re.search(r"attention: (.*)", rank0)
         if attention:
             notes.append(f"attention: {attention.group(1)}")
+        own = self.work / f"{name}.log"
+        starting = re.search(r"ranks starting ([\d.]+ s) after", own.read_text() if own.exists() else "")
+        if starting:
+            notes.append(f"the launcher's own process {starting.group(1)} before torchrun")
         ready = re.search(r"ready in ([\d.]+ s) since the rank started: (.*)", rank0)
         if ready:
             notes.append(f"rank 0 ready {ready.group(1)} after its start ({ready.group(2)})")

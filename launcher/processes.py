@@ -24,3 +24,17 @@ def process_tree(pid: int) -> list[int]:
         tree.append(p)
         stack += children(p)
     return tree
+
+
+def age_s(pid: int | str = "self") -> float | None:
+    """Seconds since the process started, from /proc (its start in clock ticks after boot against the uptime); None
+    where /proc cannot say. Covers the interpreter's own start and imports, which a clock read in Python would miss."""
+    import os
+
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        started = int(stat.rpartition(")")[2].split()[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - started)

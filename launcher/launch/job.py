@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from launcher import lease, report
+from launcher import lease, processes, report
 from launcher.launch import lease_holder
 from launcher.config import services
 from launcher.plan.auto import memory_error
@@ -97,6 +97,7 @@ def _launch(plan: Plan, spec: LaunchSpec, environ: dict[str, str], held: lease_h
             print(f"run {name} submitted to Slurm as job {job_id}; its log and checkpoints go to {run_dir}")
         return code
     preload = report.preload()
+    _say_start_age()
     control = StopControl(request=lambda: held.set_state("stop"), abort=lambda: held.set_state("abort"))
     try:
         code = run_supervised(spec, environ, run_dir, plan.launch.max_restarts, plan.launch.restart_backoff_s,
@@ -112,6 +113,18 @@ def _launch(plan: Plan, spec: LaunchSpec, environ: dict[str, str], held: lease_h
     _plots(run_dir)
     print(f"run {name} finished with exit code {code}; run dir {run_dir}", file=sys.stderr if code else sys.stdout)
     return code
+
+
+def _say_start_age() -> None:
+    """How long this process took before the ranks start (config, plan, rendering, checks): with rank 0's own "ready
+    in" line it splits a slow start between the launcher and the ranks (bench/perf.py reads both)."""
+    age = processes.age_s()
+    if age is not None:
+        print(start_age_line(age), flush=True)
+
+
+def start_age_line(age_s: float) -> str:
+    return f"ranks starting {age_s:.1f} s after `python -m launcher` started (config, plan, checks)"
 
 
 class _Held:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,8 @@ def test_full_finetune_trains_and_saves_with_two_processes(plan, trained_run):
     for name in ("resolved.yaml", "ds_config.json", "launch.sh"):
         assert (run_dir / name).exists()
     assert "step 12/12" in result.stdout
+    started = re.search(r"ranks starting ([\d.]+) s after `python -m launcher` started", result.stdout)
+    assert started and float(started.group(1)) > 0, result.stdout[:3000]  # the launcher's own share of the start
 
 
 def test_lora_trains_only_adapters_and_saves_under_zero3(trained_run):

@@ -226,3 +226,24 @@ def test_fp8_parity_compares_the_last_steps_and_says_met_or_missed_or_why_not(tm
     write_data(tmp_path / "d.jsonl", rows=3)
     rows = [json.loads(x) for x in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(len(r["output"].split()) == 150 for r in rows) and rows[0] != rows[1]
+
+
+def test_a_launcher_rows_notes_split_its_start_between_the_launchers_process_and_rank_0(tmp_path):
+    """The launcher prints how long its own process ran before the ranks (launcher/launch/job.py); perf.py puts it
+    beside rank 0's "ready in" line, so a slow start says which side it was."""
+    from bench.baselines.common import Spec
+    from bench.perf import Bench
+    from launcher.launch.job import start_age_line
+
+    spec = Spec(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128, vocab_size=512,
+                seq_len=128, micro_batch_size=2, steps=3, precision="fp32")
+    bench = Bench(spec, True, tmp_path, 2, 60.0, {}, first=1)
+    run_dir = tmp_path / "runs" / "launcher-zero2"
+    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "plan.json").write_text(json.dumps({"plan_name": "zero2", "micro_batch_size": 2, "grad_accum": 1}))
+    (run_dir / "logs" / "rank0.log").write_text("rank0 INFO ready in 5.1 s since the rank started: imports 1.7 s\n")
+    assert not any("own process" in n for n in bench._run_notes("launcher-zero2", run_dir))  # an older launcher
+    (tmp_path / "launcher-zero2.log").write_text(f"command    torchrun ...\n{start_age_line(3.44)}\n")
+    notes = bench._run_notes("launcher-zero2", run_dir)
+    assert notes[-2:] == ["the launcher's own process 3.4 s before torchrun",
+                          "rank 0 ready 5.1 s after its start (imports 1.7 s)"]
