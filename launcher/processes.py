@@ -2,6 +2,7 @@
 group misses them. Shared by the launch side (spawn.py) and preflight's collective check."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -29,8 +30,6 @@ def process_tree(pid: int) -> list[int]:
 def age_s(pid: int | str = "self") -> float | None:
     """Seconds since the process started, from /proc (its start in clock ticks after boot against the uptime); None
     where /proc cannot say. Covers the interpreter's own start and imports, which a clock read in Python would miss."""
-    import os
-
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         started = int(stat.rpartition(")")[2].split()[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
