@@ -128,7 +128,9 @@ class Lease:
     path: Path
     holder: Holder
     lost: Callable[[str], None] = field(default=lambda why: None)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Reentrant: a signal handler (a second Ctrl-C, launch/spawn.py) sets the state from the main thread, and may run
+    # while that thread is inside set_state for the previous signal; a plain Lock deadlocked the launcher there.
+    _lock: threading.RLock = field(default_factory=threading.RLock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _held: bool = True

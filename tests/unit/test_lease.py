@@ -180,3 +180,38 @@ def test_a_crashing_rank_leaves_its_traceback_in_its_log_and_a_record_naming_it(
     assert first["rank"] == 1 and "failed with ValueError: row 7 has no answer" in first["paragraph"]
     assert str(tmp_path / "logs" / "rank1.log") in first["paragraph"]
     assert "Traceback (most recent call last)" in (tmp_path / "logs" / "rank1.log").read_text()
+
+
+REENTRANT = """
+import os, signal, sys
+from launcher import lease
+from launcher.launch import lease_holder
+
+held = lease_holder.acquire(lease_holder.Path(sys.argv[1]), lease.this_process("python -m launcher"), say=print)
+signal.signal(signal.SIGINT, lambda *_: held.set_state("abort"))  # what a second Ctrl-C does (launch/spawn.py)
+fsync, fired = os.fsync, []
+
+
+def fsync_then_ctrl_c(fd):
+    fsync(fd)
+    if not fired:  # the next Ctrl-C lands while the first one's write still holds the lease's lock
+        fired.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+lease_holder.os.fsync = fsync_then_ctrl_c
+held.set_state("stop")
+print("state", lease.read(held.path).state)
+"""
+
+
+def test_a_ctrl_c_landing_while_the_last_ones_state_is_written_does_not_hang_the_launcher(tmp_path):
+    """Found by pressing Ctrl-C three times: the third handler waited for the lock the second held, in the same thread,
+    and the launcher hung with its ranks gone and the run dir still leased. Run in a child so a hang fails the test."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", REENTRANT, str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=30, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("state abort")  # the later Ctrl-C's state is the one left for the ranks
