@@ -18,6 +18,7 @@ import torch
 from launcher import lease, lease_watch
 from launcher.checkpoint import store as checkpoint, universal
 from launcher.errors import LauncherError
+from launcher.gloo_exit import leave_gloo, wait_for_idle_workers
 from launcher.plan.types import Plan
 from launcher.rundir import (CHECKPOINTS, DS_CONFIG_FILE, DS_UNIVERSAL_FILE, LOGS, OOM_REPLAN_EXIT_CODE, PLAN_FILE,
                              rank_log)
@@ -110,13 +111,13 @@ def main(argv: list[str]) -> int:
     except LauncherError as err:
         log.error(err.paragraph())
         record_user_error(run_dir, info.rank, err)
-        _close_gloo_group()
+        leave_gloo()
         if isinstance(err, EarlyOutOfMemory):
             return OOM_REPLAN_EXIT_CODE
         return 1 if isinstance(err, CollectiveFailure) else 2
     except Exception as err:  # a crash: its traceback goes to this rank's log, the supervisor names it on the console
         record_crash(run_dir, info.rank, err)
-        _close_gloo_group()
+        leave_gloo()
         return 1
 
 
@@ -135,16 +136,6 @@ def follow_launcher(run_dir: Path, preempt: PreemptionFlag) -> None:
         os._exit(lease.ABORT_EXIT)
 
     lease_watch.watch_launcher(run_dir, lambda: preempt.request("stop requested by the launcher"), gone, abort)
-
-
-def _close_gloo_group() -> None:
-    """A rank leaving with its gloo group alive can abort in interpreter shutdown (exit 134 instead of this error's
-    code; see launcher/script/site/sitecustomize.py). Destroying a gloo group is local; an NCCL one may wait on peers
-    that are gone, so it is left."""
-    import torch.distributed as dist
-
-    if dist.is_initialized() and dist.get_backend() == "gloo":
-        dist.destroy_process_group()
 
 
 def _die(run_dir: Path, info: RankInfo, err: LauncherError) -> None:
@@ -246,6 +237,7 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
         reporter.close()
     dist.barrier()
     dist.destroy_process_group()
+    wait_for_idle_workers()  # gloo's workers let go of the last collective before the interpreter ends
     if last < plan.max_steps:
         log.info(f"stopped on request at global step {last} after saving; rerun the same command to resume")
     else:

@@ -3,9 +3,10 @@ first on the script's PYTHONPATH. It registers one exit hook and then imports th
 user's or the distribution's), as Python would have.
 
 Why: a rank that exits with a gloo process group still alive can abort while the interpreter shuts down (SIGABRT,
-"terminate called without an active exception": gloo's worker threads outlive the interpreter; pytorch issue 190489,
-and pull request 179291 that would have fixed it in torch was abandoned). Trainer and many plain scripts never call
-destroy_process_group, so a script that finished could be reported as failed with exit code 134.
+"terminate called without an active exception": a gloo worker thread takes the GIL after finalization began; see
+launcher/gloo_exit.py, pytorch issue 190489, and pull request 179291 that would have fixed it in torch was abandoned).
+Trainer and many plain scripts never call destroy_process_group, so a script that finished could be reported as
+failed with exit code 134.
 
 In a rank (LOCAL_RANK set, its parent not a rank) it also follows the launcher's lease (launcher.lease): a stop asked
 in the launcher's terminal on another host reaches the script as SIGTERM, the signal the README documents for
@@ -18,14 +19,14 @@ import sys
 
 
 def _close_gloo_group() -> None:
-    """Destroy a gloo default group while the interpreter is whole. Registered first, so it runs after the script's
-    own exit hooks (wandb's, accelerate's). NCCL groups are left to the script: their teardown may wait on peers."""
-    dist = sys.modules.get("torch.distributed")
+    """Destroy a gloo default group and let gloo's worker threads finish while the interpreter is whole (why, and how
+    it was measured: launcher/gloo_exit.py). Registered first, so it runs after the script's own exit hooks (wandb's,
+    accelerate's). NCCL groups are left to the script: their teardown may wait on peers."""
     try:
-        if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
-            dist.destroy_process_group()
-    except Exception:  # the process is exiting anyway: never turn a clean exit into a traceback
-        pass
+        from launcher.gloo_exit import leave_gloo
+    except ImportError:
+        return
+    leave_gloo()
 
 
 def _import_shadowed() -> None:
