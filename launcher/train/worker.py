@@ -170,7 +170,8 @@ def _train(run_dir: Path, plan: Plan, info: RankInfo, env: dict[str, str], preem
     from launcher.train.pipeline import build_pipeline_module
 
     marks = {"imports and process group": time.time()}
-    tokenizer = load_tokenizer(plan.model.tokenizer or plan.model.path)
+    tokenizer = load_tokenizer(plan.model.tokenizer or plan.model.path)  # the first import of transformers' models
+    marks["tokenizer"] = time.time()
     examples, eval_examples = load_examples(plan, tokenizer, info.local_rank, env)
     marks["data"] = time.time()
     hf_ds = _zero3_init_context(plan, ds_config)

@@ -40,6 +40,9 @@ def test_full_finetune_trains_and_saves_with_two_processes(plan, trained_run):
     assert "step 12/12" in result.stdout
     started = re.search(r"ranks starting ([\d.]+) s after `python -m launcher` started", result.stdout)
     assert started and float(started.group(1)) > 0, result.stdout[:3000]  # the launcher's own share of the start
+    ready = re.search(r"ready in [\d.]+ s since the rank started: (.*)", result.stdout)
+    assert ready and [p.rsplit(" ", 2)[0] for p in ready.group(1).split(", ")] == [
+        "imports and process group", "tokenizer", "data", "model", "engine", "resume"]  # where a slow start went
 
 
 def test_lora_trains_only_adapters_and_saves_under_zero3(trained_run):
