@@ -18,8 +18,11 @@ NAME = "lnch_test_wk"
 
 def named_thread(name: str, busy_s: float, done: threading.Event) -> threading.Thread:
     """A thread called `name` (its /proc comm) that hashes without the GIL for busy_s, then sleeps until done."""
+    named = threading.Event()
+
     def run() -> None:
         ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode())
+        named.set()
         block, end = b"x" * (8 << 20), time.monotonic() + busy_s
         while time.monotonic() < end:
             hashlib.sha256(block).digest()  # releases the GIL for large buffers: the thread runs (R) without it
@@ -27,6 +30,7 @@ def named_thread(name: str, busy_s: float, done: threading.Event) -> threading.T
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
+    assert named.wait(10)  # a loaded machine may start it late
     return thread
 
 
@@ -34,8 +38,7 @@ def test_the_wait_lasts_while_a_worker_runs_and_ends_once_it_sleeps():
     done = threading.Event()
     named_thread(NAME, busy_s=0.6, done=done)
     try:
-        time.sleep(0.05)
-        assert "R" in gloo_exit.worker_states(name=NAME)
+        assert any("R" in gloo_exit.worker_states(name=NAME) or time.sleep(0.005) for _ in range(100))  # it runs
         start = time.monotonic()
         assert gloo_exit.wait_for_idle_workers(timeout_s=5.0, name=NAME)
         assert 0.4 < time.monotonic() - start < 3.0
