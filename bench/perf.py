@@ -434,12 +434,13 @@ SMOKE_SKIPS = {"hf-zero3": "GPU only: on the CPU accelerate runs the Trainer as 
 
 def plan_rows(only: set[str], skip: set[str], candidates: list[str], variants: list[str], startups: int) -> list[str]:
     """What runs, in order: the main rows, the checkpoint load and start-ups (with launcher-zero2, right after the
-    main rows), the liger and auto rows, candidates, variants; --only picks rows, --skip drops rows or STEPS."""
+    main rows), the liger and auto rows, candidates, variants; --only picks rows, --skip drops rows or STEPS
+    (`--only startups`: the extra start-ups alone)."""
     rows = [n for n in ORDER + candidates if not only or n in only] + variants
-    if "launcher-zero2" in rows:
-        at = max(rows.index(n) for n in rows if n in MAIN_ROWS) + 1
-        rows = [*rows[:at], "launcher-zero2-resume", *(["startups"] if startups else []), *rows[at:]]
-    return [n for n in rows if n not in skip]
+    steps = (["launcher-zero2-resume"] if "launcher-zero2" in rows else []) \
+        + (["startups"] if startups and ("launcher-zero2" in rows or "startups" in only) else [])
+    at = max((rows.index(n) + 1 for n in rows if n in MAIN_ROWS), default=0)
+    return [n for n in [*rows[:at], *steps, *rows[at:]] if n not in skip]
 
 
 def parse_args() -> argparse.Namespace:

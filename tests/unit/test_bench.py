@@ -117,6 +117,8 @@ def test_one_call_can_run_only_the_liger_and_auto_rows_beside_their_anchors():
         "ds-zero2", "launcher-zero2", "ds-zero2-liger", "launcher-auto"]
     assert plan_rows({"launcher-auto"}, set(), ["launcher-zero1"], ["launcher-z3c"], 2) == [
         "launcher-auto", "launcher-z3c"]
+    assert plan_rows({"startups"}, set(), [], [], startups=2) == ["startups"]
+    assert plan_rows({"startups"}, set(), [], [], startups=0) == []
 
 
 def test_the_liger_baseline_keeps_its_fastest_micro_batch_and_stops_at_out_of_memory(tmp_path):
