@@ -46,6 +46,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.baselines.common import Spec  # noqa: E402
+from bench.bytecode import compile_ahead  # noqa: E402
 from bench.perf_table import Result, plan_notes, step_rows, table, targets, tokens_per_gpu  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "perf.md"
@@ -586,6 +587,9 @@ def main() -> int:
     rows = plan_rows(only, skip, candidates, [f"launcher-{v}" for v in variants], args.startups)
 
     print(f"work dir {work}; {nproc} x {device}; {versions()}", flush=True)
+    if not args.smoke:  # the CPU smoke run's venv comes from pip, bytecode included
+        bench.extra.append(compile_ahead())
+        print(bench.extra[-1], flush=True)
     bench.write_data()
     optimizer = "fused" if not args.smoke and {"ds-zero2", "ds-zero3", "ds-zero2-liger"} & set(rows) else "torch"
     if optimizer == "fused":

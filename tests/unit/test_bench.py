@@ -249,3 +249,26 @@ def test_a_launcher_rows_notes_split_its_start_between_the_launchers_process_and
     notes = bench._run_notes("launcher-zero2", run_dir)
     assert notes[-2:] == ["the launcher's own process 3.4 s before torchrun",
                           "rank 0 ready 5.1 s after its start (imports 1.7 s)"]
+
+
+# ---- bytecode ahead of the timed starts (bench/bytecode.py) -------------------------------------------------------
+def test_bytecode_is_compiled_once_for_modules_that_lack_it_and_then_found_present(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from bench.bytecode import compile_ahead, missing, package_dirs
+
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    for path in (pkg / "__init__.py", pkg / "a.py", pkg / "sub" / "b.py"):
+        path.write_text("VALUE = 1\n")
+    assert missing([pkg]) == 3
+    said = compile_ahead([pkg], workers=1)
+    assert said.startswith("bytecode: 3 modules had none and were compiled ahead in ")
+    assert "still lack" not in said
+    assert Path(importlib.util.cache_from_source(str(pkg / "sub" / "b.py"))).is_file()
+    assert missing([pkg]) == 0
+    assert compile_ahead([pkg], workers=1) == "bytecode: already compiled for every package the rows import"
+    (pkg / "broken.py").write_text("def (:\n")
+    assert "1 still lack it" in compile_ahead([pkg], workers=1)
+    assert Path(importlib.util.find_spec("bench").submodule_search_locations[0]) in package_dirs(("bench", "no_such"))
