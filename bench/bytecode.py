@@ -3,10 +3,11 @@
 A `pip install` writes each module's bytecode at install time, so a user's process start reads it. On a lent GPU
 machine one import of torch, DeepSpeed and transformers compiled 918 modules from source (5.3 s of
 `builtins.compile`), in the fifth process of a call to import them (bench/results/perf.md, 2026-12-07 19:43): no
-bytecode was there and none got written, and the carried wheels are installed with `--no-compile`. That cost falls on every row's
-start-up, and more on the launcher's, which also imports Hydra, OmegaConf and its own modules, so it made the launch
-overhead a measure of the image. Compiling once ahead removes it for every row alike. The bytecode is used even where
-PYTHONDONTWRITEBYTECODE is set, since that variable only stops an import from writing it.
+bytecode was there and none got written, and the carried wheels are installed with `--no-compile`. That cost falls
+on every row's start-up, and more on the launcher's, which also imports Hydra, OmegaConf and its own modules, so it
+made the launch overhead partly a measure of the machine's image. Compiling once ahead removes it for every row
+alike. The bytecode is used even where PYTHONDONTWRITEBYTECODE is set: that variable only stops an import from
+writing it.
 """
 from __future__ import annotations
 
