@@ -12,12 +12,13 @@ step: ZeRO saves are collective, so one rank must never save alone.
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from types import FrameType
 from typing import Any
 
 from transformers import TrainerCallback
+
+from launcher.train.signals import say
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -31,8 +32,7 @@ class SaveOnSignal(TrainerCallback):
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if not self.requested:
             self.requested, self.first_at = True, time.monotonic()
-            print(f"received {signal.Signals(signum).name}: saving at the end of this step", file=sys.stderr,
-                  flush=True)
+            say(f"received {signal.Signals(signum).name}: saving at the end of this step")
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if _any_rank(self.requested):
