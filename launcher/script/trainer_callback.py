@@ -12,7 +12,6 @@ step: ZeRO saves are collective, so one rank must never save alone.
 from __future__ import annotations
 
 import signal
-import time
 from types import FrameType
 from typing import Any
 
@@ -25,13 +24,13 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 class SaveOnSignal(TrainerCallback):
     def __init__(self) -> None:
-        self.requested, self.first_at = False, 0.0
+        self.requested = False
         for s in SIGNALS:
             signal.signal(s, self._handle)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if not self.requested:
-            self.requested, self.first_at = True, time.monotonic()
+            self.requested = True
             say(f"received {signal.Signals(signum).name}: saving at the end of this step")
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
