@@ -58,7 +58,7 @@ def test_the_wait_gives_up_after_its_timeout_and_returns_at_once_without_workers
         done.set()
     start = time.monotonic()
     assert gloo_exit.wait_for_idle_workers(name="no_such_thread")
-    assert time.monotonic() - start < 0.05
+    assert time.monotonic() - start < 0.5  # at once: well under WAIT_S (2 s), with room for a descheduled test process
 
 
 def test_torch_names_its_gloo_workers_as_the_wait_expects(tmp_path):
